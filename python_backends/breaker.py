@@ -1,0 +1,512 @@
+"""Circuit breaker in pybreaker's shape: named states, a storage interface, listeners, and an injected clock.
+
+Each Triton instance of a model is its own process, so the breaker's state lives in storage shared by all of them
+(`FileBreakerStorage`, one JSON file per model version) and every decision re-reads it: a trip made by one
+instance stops its siblings too, and a restarted server finds the breaker where it was left. Timestamps are wall
+clock because they outlive the process.
+
+The transitions are pure functions over an immutable `BreakerSnapshot`, so each one is testable on its own. The
+breaker applies them in two short storage transactions per request (`admit`, then `record_*`); nothing is locked
+while the model runs, and listeners are called after the storage lock is released, so a listener that reads the
+breaker can't deadlock it (the runtime we replace hung on its first trip that way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from python_backends.errors import BreakerOpen
+from python_backends.storage import JsonFileStore
+
+__all__ = [
+    "BREAKER_GAUGE",
+    "Admission",
+    "BreakerListener",
+    "BreakerPolicy",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerStorage",
+    "CircuitBreaker",
+    "FileBreakerStorage",
+    "MemoryBreakerStorage",
+    "Rejection",
+    "on_admit",
+    "on_failure",
+    "on_reset",
+    "on_success",
+]
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_SCHEMA = 1
+
+
+class BreakerState(str, enum.Enum):
+    """The persisted spelling of each state (the value is what the state file holds)."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+#: value of the `ruth_breaker_state` gauge per state
+BREAKER_GAUGE: Mapping[BreakerState, int] = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerPolicy:
+    """When to trip and for how long (pybreaker's fail_max is failure_threshold, its reset_timeout cooldown_s)."""
+
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+    max_cooldown_s: float = 600.0
+    backoff_factor: float = 2.0
+    half_open_max_trials: int = 1
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {self.failure_threshold}")
+        if not self.cooldown_s > 0:
+            raise ValueError(f"cooldown_s must be > 0, got {self.cooldown_s}")
+        if not self.max_cooldown_s >= self.cooldown_s:
+            raise ValueError(f"max_cooldown_s ({self.max_cooldown_s}) must be >= cooldown_s ({self.cooldown_s})")
+        if not self.backoff_factor >= 1:
+            raise ValueError(f"backoff_factor must be >= 1, got {self.backoff_factor}")
+        if self.half_open_max_trials < 1:
+            raise ValueError(f"half_open_max_trials must be >= 1, got {self.half_open_max_trials}")
+
+    def cooldown_for(self, trips: int) -> float:
+        """Cooldown after the `trips`-th consecutive trip: exponential, capped at `max_cooldown_s`."""
+        exponent = max(trips - 1, 0)
+        try:
+            cooldown = self.cooldown_s * self.backoff_factor**exponent
+        except OverflowError:
+            cooldown = math.inf
+        return min(cooldown, self.max_cooldown_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSnapshot:
+    """Everything the breaker knows, as stored. Immutable: transitions return a new snapshot.
+
+    `trips` counts consecutive trips (it drives the exponential cooldown and is reset on close); `total_trips` only
+    grows, so it also identifies a half-open episode. `seq` grows with every stored change, which lets a breaker
+    tell a fresh observation from a stale one. `last_trial_at` is when the newest half-open trial was admitted.
+    """
+
+    state: BreakerState
+    consecutive_failures: int = 0
+    trips: int = 0
+    total_trips: int = 0
+    opened_at: float | None = None
+    retry_at: float | None = None
+    trials_in_flight: int = 0
+    updated_at: float = 0.0
+    last_trial_at: float | None = None
+    seq: int = 0
+
+    @classmethod
+    def initial(cls, now: float) -> BreakerSnapshot:
+        """A breaker that has never failed."""
+        return cls(state=BreakerState.CLOSED, updated_at=now)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        data["schema"] = _SCHEMA
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BreakerSnapshot:
+        """Parse a stored snapshot; `ValueError` for anything that isn't one (callers fall back to CLOSED)."""
+        try:
+            snap = cls(
+                state=BreakerState(data["state"]),
+                consecutive_failures=_int(data.get("consecutive_failures", 0)),
+                trips=_int(data.get("trips", 0)),
+                total_trips=_int(data.get("total_trips", 0)),
+                opened_at=_opt_float(data.get("opened_at")),
+                retry_at=_opt_float(data.get("retry_at")),
+                trials_in_flight=_int(data.get("trials_in_flight", 0)),
+                updated_at=float(data.get("updated_at", 0.0)),
+                last_trial_at=_opt_float(data.get("last_trial_at")),
+                seq=_int(data.get("seq", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a breaker snapshot: {exc!r}") from exc
+        if snap.state is BreakerState.OPEN and snap.retry_at is None:
+            raise ValueError("not a breaker snapshot: OPEN without retry_at")
+        return snap
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number or null, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """Permission to run one request; hand it back to `record_success`/`record_failure`.
+
+    `episode` is the snapshot's `total_trips` at admission: a trial's outcome only decides the half-open episode it
+    was admitted in, so a late answer from an older episode (or from before an operator reset) can't flip a newer one.
+    """
+
+    trial: bool
+    episode: int
+    admitted_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """The breaker refuses the request; `retry_at` (wall clock) is when it is worth trying again."""
+
+    retry_at: float
+    state: BreakerState
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transitions: pure functions (snapshot, policy, now) -> snapshot. An unchanged result is returned as the same object.
+
+
+def _changed(snap: BreakerSnapshot, now: float, **fields: Any) -> BreakerSnapshot:
+    return dataclasses.replace(snap, updated_at=now, seq=snap.seq + 1, **fields)
+
+
+def _trip(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, failures: int) -> BreakerSnapshot:
+    trips = snap.trips + 1
+    return _changed(
+        snap,
+        now,
+        state=BreakerState.OPEN,
+        consecutive_failures=failures,
+        trips=trips,
+        total_trips=snap.total_trips + 1,
+        opened_at=now,
+        retry_at=now + policy.cooldown_for(trips),
+        trials_in_flight=0,
+        last_trial_at=None,
+    )
+
+
+def _close(snap: BreakerSnapshot, now: float) -> BreakerSnapshot:
+    return _changed(
+        snap,
+        now,
+        state=BreakerState.CLOSED,
+        consecutive_failures=0,
+        trips=0,
+        opened_at=None,
+        retry_at=None,
+        trials_in_flight=0,
+        last_trial_at=None,
+    )
+
+
+def _live_trials(snap: BreakerSnapshot, policy: BreakerPolicy, now: float) -> int:
+    """Trials still worth waiting for: those older than the cooldown (or stamped in the future) are presumed lost,
+    e.g. their process was killed before it could record an outcome."""
+    if snap.trials_in_flight == 0 or snap.last_trial_at is None:
+        return 0
+    age = now - snap.last_trial_at
+    if age >= policy.cooldown_for(max(snap.trips, 1)) or age < -policy.max_cooldown_s:
+        return 0
+    return snap.trials_in_flight
+
+
+def on_admit(snap: BreakerSnapshot, policy: BreakerPolicy, now: float) -> tuple[BreakerSnapshot, Admission | Rejection]:
+    """CLOSED admits; OPEN rejects until `retry_at`, then half-opens and admits a trial; HALF_OPEN admits up to
+    `half_open_max_trials` concurrent trials and rejects the rest."""
+    if snap.state is BreakerState.CLOSED:
+        return snap, Admission(trial=False, episode=snap.total_trips, admitted_at=now)
+    if snap.state is BreakerState.OPEN:
+        retry_at = snap.retry_at if snap.retry_at is not None else now
+        # A retry_at further away than any cooldown can only come from a wall clock that jumped back: don't wait it out.
+        if now < retry_at and retry_at - now <= policy.max_cooldown_s:
+            return snap, Rejection(retry_at=retry_at, state=snap.state)
+        half_open = _changed(snap, now, state=BreakerState.HALF_OPEN, trials_in_flight=1, last_trial_at=now)
+        return half_open, Admission(trial=True, episode=snap.total_trips, admitted_at=now)
+    trials = _live_trials(snap, policy, now)
+    if trials < policy.half_open_max_trials:
+        admitted = _changed(snap, now, trials_in_flight=trials + 1, last_trial_at=now)
+        return admitted, Admission(trial=True, episode=snap.total_trips, admitted_at=now)
+    # The trial in flight decides, usually within one inference: worth retrying at once rather than after a cooldown.
+    return snap, Rejection(retry_at=now, state=snap.state)
+
+
+def _is_current_trial(snap: BreakerSnapshot, admission: Admission) -> bool:
+    return admission.trial and admission.episode == snap.total_trips
+
+
+def on_success(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, admission: Admission) -> BreakerSnapshot:
+    """CLOSED: the failure streak ends. HALF_OPEN: a trial of this episode closes the breaker. Otherwise stale news."""
+    if snap.state is BreakerState.CLOSED:
+        return _changed(snap, now, consecutive_failures=0) if snap.consecutive_failures else snap
+    if snap.state is BreakerState.HALF_OPEN and _is_current_trial(snap, admission):
+        return _close(snap, now)
+    return snap
+
+
+def on_failure(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, admission: Admission) -> BreakerSnapshot:
+    """CLOSED: count, and trip at `failure_threshold`. HALF_OPEN: a trial of this episode re-opens with a longer
+    cooldown. OPEN, or a request admitted before the trip: ignored (it says nothing about the model now)."""
+    if snap.state is BreakerState.CLOSED:
+        failures = snap.consecutive_failures + 1
+        if failures >= policy.failure_threshold:
+            return _trip(snap, policy, now, failures)
+        return _changed(snap, now, consecutive_failures=failures)
+    if snap.state is BreakerState.HALF_OPEN and _is_current_trial(snap, admission):
+        return _trip(snap, policy, now, snap.consecutive_failures + 1)
+    return snap
+
+
+def on_reset(snap: BreakerSnapshot, now: float) -> BreakerSnapshot:
+    """Operator reset: CLOSED with a fresh cooldown ladder; `total_trips` is history and stays."""
+    return _close(snap, now)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Storage
+
+
+class BreakerStorage(Protocol):
+    """Where a breaker's snapshot lives. `transact` must run `fn` atomically with respect to every other user of the
+    same storage (threads and, for shared storage, processes) and store the snapshot it returns."""
+
+    def load(self) -> BreakerSnapshot | None: ...
+
+    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R: ...
+
+
+class MemoryBreakerStorage:
+    """Process-local storage: tests, and models that run a single instance."""
+
+    def __init__(self, snapshot: BreakerSnapshot | None = None) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = snapshot
+
+    def load(self) -> BreakerSnapshot | None:
+        return self._snapshot
+
+    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
+        with self._lock:
+            self._snapshot, result = fn(self._snapshot)
+            return result
+
+
+class FileBreakerStorage:
+    """One JSON file per breaker, shared by every process that opens the same path.
+
+    A damaged or foreign file reads as "no state" (the breaker starts CLOSED) with one warning, and the next change
+    overwrites it: a corrupt state file must never take the request path down. Unchanged snapshots aren't rewritten,
+    so the steady CLOSED state costs a file read per call and no fsync.
+    """
+
+    def __init__(self, path: Path, lock_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self._store = JsonFileStore(self.path, lock_timeout_s=lock_timeout_s)
+        self._warned = False
+
+    def load(self) -> BreakerSnapshot | None:
+        return self._parse(self._store.read())
+
+    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
+        results: list[R] = []
+
+        def apply(data: dict[str, Any]) -> dict[str, Any]:
+            current = self._parse(data)
+            new, result = fn(current)
+            results.append(result)
+            return data if new == current else new.to_json()
+
+        self._store.update(apply)
+        return results[-1]
+
+    def _parse(self, data: dict[str, Any]) -> BreakerSnapshot | None:
+        if not data:
+            return None
+        try:
+            snap = BreakerSnapshot.from_json(data)
+        except ValueError as exc:
+            if not self._warned:
+                log.warning("breaker state file %s is unusable (%s); starting CLOSED", self.path, exc)
+                self._warned = True
+            return None
+        self._warned = False
+        return snap
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The breaker
+
+
+class BreakerListener(Protocol):
+    """Told about every state change this breaker observes, including changes made by sibling processes (so each
+    process can keep its own gauge right). Count trips from `snap.total_trips`, not from calls, or every observing
+    process would count each trip once."""
+
+    def on_transition(self, name: str, old: BreakerState, new: BreakerState, snap: BreakerSnapshot) -> None: ...
+
+
+class CircuitBreaker:
+    """Guards one model version: `admit()` before running it, then `record_success`/`record_failure` with the admission.
+
+    The steady state takes no lock: each call first evaluates its transition on a lock-free read of the storage and
+    only takes the storage transaction when something would change. That read is consistent (storage swaps whole
+    snapshots), so acting on it is the same as having run just before a concurrent writer.
+
+    If storage can't be written (disk full, lock timeout), the breaker logs it and fails open: the request runs on the
+    decision taken from the last read, rather than failing because bookkeeping failed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        storage: BreakerStorage,
+        clock: Callable[[], float] = time.time,
+        listeners: Sequence[BreakerListener] = (),
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._storage = storage
+        self._clock = clock
+        self._listeners: list[BreakerListener] = list(listeners)
+        self._seen_lock = threading.Lock()
+        self.storage_errors = 0
+        self._storage_failing = False
+        first = self._load(clock())
+        self._seen = (first.state, first.seq, first.updated_at)
+
+    # public API ------------------------------------------------------------------------------------------------
+
+    def admit(self) -> Admission:
+        """Admission for one request, or `BreakerOpen` (UNAVAILABLE) saying when to retry."""
+        now = self._clock()
+        decision = self._apply(lambda snap: on_admit(snap, self.policy, now), now)
+        if isinstance(decision, Rejection):
+            raise BreakerOpen(self.name, decision.retry_at, decision.retry_at - now)
+        return decision
+
+    def record_success(self, admission: Admission) -> None:
+        now = self._clock()
+        self._apply(lambda snap: (on_success(snap, self.policy, now, admission), None), now)
+
+    def record_failure(self, admission: Admission) -> None:
+        """Report a model failure or timeout. Client errors (InvalidInput) must not be reported: see
+        `errors.counts_as_failure`."""
+        now = self._clock()
+        self._apply(lambda snap: (on_failure(snap, self.policy, now, admission), None), now)
+
+    def reset(self) -> None:
+        """Operator reset to CLOSED. Raises `OSError` if the state can't be stored (the operator must know)."""
+        now = self._clock()
+        self._apply(lambda snap: (on_reset(snap, now), None), now, fast=False)
+
+    def snapshot(self) -> BreakerSnapshot:
+        snap = self._load(self._clock())
+        self._observe(snap)
+        return snap
+
+    @property
+    def state(self) -> BreakerState:
+        return self.snapshot().state
+
+    def add_listener(self, listener: BreakerListener) -> None:
+        self._listeners.append(listener)
+
+    # internals -------------------------------------------------------------------------------------------------
+
+    def _load(self, now: float) -> BreakerSnapshot:
+        try:
+            snap = self._storage.load()
+        except OSError as exc:
+            self._storage_failed(exc)
+            snap = None
+        return snap if snap is not None else BreakerSnapshot.initial(now)
+
+    def _apply(
+        self, step: Callable[[BreakerSnapshot], tuple[BreakerSnapshot, R]], now: float, *, fast: bool = True
+    ) -> R:
+        fast_result: tuple[R] | None = None
+        if fast:
+            current = self._load(now)
+            new, result = step(current)
+            self._observe(current)
+            if new == current:
+                return result
+            fast_result = (result,)
+
+        seen: list[tuple[BreakerSnapshot, BreakerSnapshot]] = []
+
+        def transaction(stored: BreakerSnapshot | None) -> tuple[BreakerSnapshot, R]:
+            before = stored if stored is not None else BreakerSnapshot.initial(now)
+            after, result = step(before)
+            seen.append((before, after))
+            return after, result
+
+        try:
+            result = self._storage.transact(transaction)
+        except OSError as exc:
+            if fast_result is None:
+                raise
+            self._storage_failed(exc)
+            return fast_result[0]
+        self._storage_failing = False
+        before, after = seen[-1]
+        if before.state is not after.state:
+            self._log_transition(before, after, now)
+        self._observe(after)
+        return result
+
+    def _observe(self, snap: BreakerSnapshot) -> None:
+        """Notify listeners when `snap` is newer than the last snapshot seen and in another state."""
+        with self._seen_lock:
+            old_state, seq, updated_at = self._seen
+            if snap.seq <= seq and snap.updated_at <= updated_at:
+                return  # a stale read that raced a newer transition
+            self._seen = (snap.state, snap.seq, snap.updated_at)
+        if old_state is not snap.state:
+            for listener in list(self._listeners):
+                try:
+                    listener.on_transition(self.name, old_state, snap.state, snap)
+                except Exception:
+                    log.exception("breaker %s: listener %r failed", self.name, listener)
+
+    def _log_transition(self, before: BreakerSnapshot, after: BreakerSnapshot, now: float) -> None:
+        if after.state is BreakerState.OPEN:
+            log.warning(
+                "breaker %s: %s -> open after %d consecutive failure(s) (trip %d); retry in %.1fs",
+                self.name,
+                before.state.value,
+                after.consecutive_failures,
+                after.trips,
+                (after.retry_at or now) - now,
+            )
+        else:
+            log.info("breaker %s: %s -> %s", self.name, before.state.value, after.state.value)
+
+    def _storage_failed(self, exc: OSError) -> None:
+        self.storage_errors += 1
+        if not self._storage_failing:
+            log.error("breaker %s: state storage failed (%s); deciding from the last state read", self.name, exc)
+            self._storage_failing = True

@@ -1,0 +1,112 @@
+"""The error hierarchy of the model library, and the one table that maps it onto Triton's error codes.
+
+Callers branch on the exception *type*, never on message text. Every error that reaches a client is
+translated exactly once, at the edge (`base.RuthModel.execute`), through `triton_code_for`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(str, enum.Enum):
+    """Triton's `pb_utils.TritonError` codes that we use (spelled as in the Python backend)."""
+
+    INVALID_ARG = "INVALID_ARG"  # HTTP 400 / gRPC INVALID_ARGUMENT: the client's mistake
+    UNAVAILABLE = "UNAVAILABLE"  # HTTP 503 / gRPC UNAVAILABLE: retry later (breaker open, deadline)
+    INTERNAL = "INTERNAL"  # HTTP 500 / gRPC INTERNAL: our failure
+    NOT_FOUND = "NOT_FOUND"
+    UNSUPPORTED = "UNSUPPORTED"
+
+
+class RuthError(Exception):
+    """Root of every error the model library raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+    #: label used in metrics (`ruth_requests_total{code=...}`); stable, low-cardinality
+    outcome: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(RuthError):
+    """The request is malformed or out of limits. Never counts against the circuit breaker."""
+
+    code = ErrorCode.INVALID_ARG
+    outcome = "invalid_arg"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unavailable(RuthError):
+    """The model can't serve this request now; the client may retry later."""
+
+    code = ErrorCode.UNAVAILABLE
+    outcome = "unavailable"
+
+
+class BreakerOpen(Unavailable):
+    """The circuit breaker is open: fail fast instead of queueing work on a failing model."""
+
+    outcome = "breaker_open"
+
+    def __init__(self, name: str, retry_at: float, retry_in_s: float) -> None:
+        super().__init__(
+            f"circuit breaker for {name} is OPEN after repeated failures; retry in {max(retry_in_s, 0.0):.1f}s"
+        )
+        self.name = name
+        self.retry_at = retry_at
+        self.retry_in_s = retry_in_s
+
+
+class InferenceTimeout(Unavailable):
+    """Inference ran past its deadline. The work may still be running (a zombie) but the client is answered."""
+
+    outcome = "timeout"
+
+    def __init__(self, name: str, timeout_s: float) -> None:
+        super().__init__(f"inference of {name} exceeded its deadline of {timeout_s * 1000:.0f} ms")
+        self.timeout_s = timeout_s
+
+
+class Internal(RuthError):
+    """The model failed while running a valid request. Counts against the circuit breaker."""
+
+    code = ErrorCode.INTERNAL
+    outcome = "internal"
+
+
+class ModelLoadError(RuthError):
+    """The model can't be loaded. Raised from `initialize()` so Triton's repository index shows the reason."""
+
+    outcome = "load_failed"
+
+
+def triton_code_for(error: BaseException) -> ErrorCode:
+    """Which Triton error code a client gets for `error`: anything unexpected is INTERNAL."""
+    if isinstance(error, RuthError):
+        return error.code
+    return ErrorCode.INTERNAL
+
+
+def outcome_for(error: BaseException | None) -> str:
+    """Metric label for the outcome of one request."""
+    if error is None:
+        return "ok"
+    if isinstance(error, RuthError):
+        return error.outcome
+    return "internal"
+
+
+def counts_as_failure(error: BaseException) -> bool:
+    """Whether `error` is the model's fault (breaker food) rather than the client's or the breaker's own."""
+    if isinstance(error, (InvalidInput, BreakerOpen)):
+        return False
+    return True

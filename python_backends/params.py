@@ -1,0 +1,126 @@
+"""Typed runtime parameters, parsed once at `initialize()` from config.pbtxt and the environment.
+
+The spec in `config/models/` is rendered into config.pbtxt `parameters` (see docs/model-spec.md); the hot path
+only reads attributes of the frozen objects built here. A bad value fails the load with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from python_backends.breaker import BreakerPolicy
+from python_backends.errors import ModelLoadError
+from python_backends.faults import FaultPlan
+from python_backends.validation import Limits
+
+T = TypeVar("T")
+MODEL_PREFIX = "model."
+
+
+def parameters_of(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """config.pbtxt `parameters` ({key: {string_value: v}}) as a flat str->str mapping."""
+    raw = model_config.get("parameters") or {}
+    return {key: str(value.get("string_value", "")) for key, value in raw.items() if isinstance(value, Mapping)}
+
+
+def _get(raw: Mapping[str, str], key: str, convert: Callable[[str], T], default: T) -> T:
+    if key not in raw or raw[key] == "":
+        return default
+    try:
+        return convert(raw[key])
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"config.pbtxt parameter {key}={raw[key]!r} is invalid: {exc}") from exc
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    inference_timeout_s: float
+    limits: Limits
+    breaker: BreakerPolicy
+    zombie_limit: int
+    memory_estimate_mb: int
+    state_idle_ttl_s: float
+    state_max_streams: int
+    weights: tuple[Mapping[str, str], ...]
+    faults: FaultPlan
+    model: Mapping[str, str]  # the model's own `model.<key>` parameters, prefix removed
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> ModelParams:
+        defaults = Limits()
+        limits = Limits(
+            min_width=max(_get(raw, "ruth.frame.min_width", int, defaults.min_width), defaults.min_width),
+            min_height=max(_get(raw, "ruth.frame.min_height", int, defaults.min_height), defaults.min_height),
+            max_width=min(_get(raw, "ruth.frame.max_width", int, defaults.max_width), defaults.max_width),
+            max_height=min(_get(raw, "ruth.frame.max_height", int, defaults.max_height), defaults.max_height),
+            max_timestamp_drift_s=_get(
+                raw, "ruth.timestamp_max_drift_s", float, defaults.max_timestamp_drift_s
+            ),
+        )
+        breaker = BreakerPolicy(
+            failure_threshold=_get(raw, "ruth.breaker.failure_threshold", int, 5),
+            cooldown_s=_get(raw, "ruth.breaker.cooldown_s", float, 30.0),
+            max_cooldown_s=_get(raw, "ruth.breaker.max_cooldown_s", float, 600.0),
+            half_open_max_trials=_get(raw, "ruth.breaker.half_open_max_trials", int, 1),
+        )
+        timeout_ms = _get(raw, "ruth.inference_timeout_ms", float, 5000.0)
+        if timeout_ms <= 0:
+            raise ModelLoadError("config.pbtxt parameter ruth.inference_timeout_ms must be > 0")
+        try:
+            faults = FaultPlan.from_params(raw)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        weights = _get(raw, "ruth.weights", json.loads, [])
+        return cls(
+            inference_timeout_s=timeout_ms / 1000.0,
+            limits=limits,
+            breaker=breaker,
+            zombie_limit=_get(raw, "ruth.watchdog.zombie_limit", int, 4),
+            memory_estimate_mb=_get(raw, "ruth.memory_estimate_mb", int, 256),
+            state_idle_ttl_s=_get(raw, "ruth.state.idle_ttl_s", float, 300.0),
+            state_max_streams=_get(raw, "ruth.state.max_streams", int, 10000),
+            weights=tuple(weights),
+            faults=faults,
+            model={k[len(MODEL_PREFIX) :]: v for k, v in raw.items() if k.startswith(MODEL_PREFIX)},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeEnv:
+    """What `ruthctl serve` hands to the model processes through the environment (see ruthctl/settings.py)."""
+
+    state_dir: Path
+    weights_dir: Path
+    enable_gpu: bool
+    fallback_to_cpu: bool
+    reserve_mb: int
+    metrics_enabled: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeEnv:
+        env = os.environ if environ is None else environ
+        try:
+            return cls(
+                state_dir=Path(env.get("RUTH_STATE_DIR", ".ruth-state")).resolve(),
+                weights_dir=Path(env.get("RUTH_WEIGHTS_DIR", "weights")).resolve(),
+                enable_gpu=_bool(env.get("ENABLE_GPU", "1")),
+                fallback_to_cpu=_bool(env.get("GPU_FALLBACK_TO_CPU", "1")),
+                reserve_mb=int(env.get("GPU_MEMORY_RESERVE_MB", "512")),
+                metrics_enabled=_bool(env.get("METRICS_ENABLED", "1")),
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"invalid runtime environment: {exc}") from exc

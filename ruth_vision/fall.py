@@ -1,0 +1,200 @@
+"""Fall detection from poses over time: posture per frame, then a rule per tracked person on FRAME time.
+
+One frame can say "this person is lying"; only time can say "this person fell": upright, then lying within
+`max_transition_s`, then still down `min_down_s` later -> `fall_detected` (critical). Lying without that evidence
+(a slow lie-down, a person first seen lying, or not down long enough yet) -> `possible_fall` (high).
+
+The original runtime thresholded absolute pixel distances in a 640x640 squashed frame, so the same scene gave
+different answers at different resolutions. Every feature here is an angle or a ratio, scale-free.
+Decisions use frame timestamps and the observations at or before the frame being judged, so frames that arrive
+late or out of order are judged as if they had come in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ruth_vision.pose import PoseResult, keypoints_json
+from ruth_vision.tracking import DEFAULT_TRACKER, Observation, TrackerConfig, history_until, update_tracks
+
+__all__ = [
+    "FallConfig",
+    "FallDecision",
+    "Posture",
+    "assess_frame",
+    "decide",
+    "posture_of",
+]
+
+NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER = 0, 1, 2, 3, 4, 5, 6
+L_HIP, R_HIP = 11, 12
+HEAD = (NOSE, L_EYE, R_EYE, L_EAR, R_EAR)
+
+PostureState = Literal["upright", "lying", "unclear"]
+EventType = Literal["fall_detected", "possible_fall"]
+
+
+class FallConfig(BaseModel):
+    """Per-stream settings (the request's CONFIG)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_down_s: float = Field(2.0, ge=0.0, le=600.0, description="time down after the fall before fall_detected")
+    max_transition_s: float = Field(2.0, gt=0.0, le=30.0, description="upright -> lying within this is 'fast'")
+    lying_threshold: float = Field(0.65, gt=0.0, le=1.0, description="lying score at or above: lying")
+    upright_threshold: float = Field(0.35, ge=0.0, lt=1.0, description="lying score below: upright")
+    keypoint_threshold: float = Field(0.25, ge=0.0, le=1.0, description="keypoint score to count as visible")
+    min_person_score: float = Field(0.2, ge=0.0, le=1.0, description="ignore poses scored below this")
+    report_possible_falls: bool = True
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> FallConfig:
+        if self.upright_threshold >= self.lying_threshold:
+            raise ValueError("upright_threshold must be below lying_threshold")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Posture:
+    """Scale-free posture features of one person in one frame."""
+
+    torso_angle: float | None  # degrees between the hips->shoulders (or shoulders->head) axis and "up"; 90 = flat
+    aspect: float  # box width / height
+    head_height: float | None  # (torso reference y - head y) / box's longer side; > 0 = head above, < 0 = below
+    lying_score: float  # 0 = clearly upright .. 1 = clearly lying
+    state: PostureState
+
+
+def _mean_visible(keypoints: np.ndarray, indices: Sequence[int], threshold: float) -> np.ndarray | None:
+    pts = keypoints[list(indices)]
+    visible = pts[pts[:, 2] >= threshold]
+    return visible[:, :2].mean(axis=0) if len(visible) else None
+
+
+def _ramp(value: float, zero_at: float, one_at: float) -> float:
+    """0 at `zero_at`, 1 at `one_at`, linear between (either direction)."""
+    return float(np.clip((value - zero_at) / (one_at - zero_at), 0.0, 1.0))
+
+
+def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
+    kp = pose.keypoints
+    shoulders = _mean_visible(kp, (L_SHOULDER, R_SHOULDER), config.keypoint_threshold)
+    hips = _mean_visible(kp, (L_HIP, R_HIP), config.keypoint_threshold)
+    head = _mean_visible(kp, HEAD, config.keypoint_threshold)
+    x1, y1, x2, y2 = pose.box
+    width, height = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    aspect = width / height
+
+    # Torso axis: hips -> shoulders; without hips (upper-body shots) the neck axis shoulders -> head.
+    lower, upper = (hips, shoulders) if hips is not None and shoulders is not None else (shoulders, head)
+    angle = None
+    if lower is not None and upper is not None and float(np.hypot(*(upper - lower))) > 1e-3:
+        dx, dy = upper - lower
+        angle = math.degrees(math.atan2(abs(float(dx)), -float(dy)))  # 0 = upright, 90 = flat, 180 = upside down
+    reference = hips if hips is not None else shoulders
+    head_height = None
+    if head is not None and reference is not None:
+        head_height = float(reference[1] - head[1]) / max(width, height)
+
+    terms: list[tuple[float, float]] = [(_ramp(aspect, 0.8, 1.4), 0.25)]
+    if angle is not None:
+        terms.append((_ramp(angle, 30.0, 70.0), 0.5))
+    if head_height is not None:
+        terms.append((_ramp(head_height, 0.15, -0.05), 0.25))
+    total = sum(w for _, w in terms)
+    score = sum(v * w for v, w in terms) / total
+    state: PostureState = (
+        "lying" if score >= config.lying_threshold else "upright" if score < config.upright_threshold else "unclear"
+    )
+    return Posture(angle, aspect, head_height, round(score, 4), state)
+
+
+@dataclasses.dataclass(frozen=True)
+class FallDecision:
+    event: EventType | None
+    confidence: float
+    down_for_s: float | None  # frame time since the person was first seen lying in this run
+    transition_s: float | None  # frame time between the last upright and the first lying observation
+
+
+def decide(history: Sequence[Observation], t: float, config: FallConfig) -> FallDecision:
+    """The verdict for a track at frame time `t` from its observations at or before `t` (`data["state"]`,
+    `data["lying"]`). A run of lying continues through 'unclear' frames and ends at an upright one."""
+    past = [o for o in history if o.t <= t]
+    if not past or past[-1].data.get("state") != "lying":
+        return FallDecision(None, 0.0, None, None)
+    run: list[Observation] = []
+    last_upright: Observation | None = None
+    for obs in reversed(past):
+        if obs.data.get("state") == "upright":
+            last_upright = obs
+            break
+        run.append(obs)
+    lying = [o for o in run if o.data.get("state") == "lying"]
+    first_down = lying[-1]  # run is newest-first
+    down_for = t - first_down.t
+    transition = first_down.t - last_upright.t if last_upright is not None else None
+    evidence = float(np.mean([float(o.data.get("lying", 0.0)) for o in lying]))
+    fast = transition is not None and transition <= config.max_transition_s
+    if fast and down_for >= config.min_down_s:
+        return FallDecision("fall_detected", round(0.5 + 0.5 * evidence, 4), down_for, transition)
+    if config.report_possible_falls:
+        return FallDecision("possible_fall", round(0.5 * evidence, 4), down_for, transition)
+    return FallDecision(None, 0.0, down_for, transition)
+
+
+def _bbox(pose: PoseResult) -> list[float]:
+    return [round(float(v), 2) for v in pose.box]
+
+
+def assess_frame(
+    state: Mapping[str, Any] | None,
+    t: float,
+    poses: Sequence[PoseResult],
+    config: FallConfig,
+    tracker: TrackerConfig = DEFAULT_TRACKER,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One frame of one stream: returns (new tracker state, RESULT payload). Pure: call it inside
+    `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances."""
+    people = [p for p in poses if p.score >= config.min_person_score]
+    postures = [posture_of(p, config) for p in people]
+    data = [{"state": q.state, "lying": q.lying_score} for q in postures]
+    new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker)
+    detections: list[dict[str, Any]] = []
+    for pose, posture, track_id in zip(people, postures, ids, strict=True):
+        verdict = decide(history_until(new_state, track_id, t), t, config)
+        detections.append({
+            "bbox": _bbox(pose),
+            "confidence": round(pose.score, 4),
+            "track_id": track_id,
+            "keypoints": keypoints_json(pose.keypoints),
+            "posture": posture.state,
+            "torso_angle": None if posture.torso_angle is None else round(posture.torso_angle, 1),
+            "aspect_ratio": round(posture.aspect, 3),
+            "lying_score": posture.lying_score,
+            "event": verdict.event,
+            "event_confidence": verdict.confidence,
+            "down_for_s": None if verdict.down_for_s is None else round(verdict.down_for_s, 3),
+            "transition_s": None if verdict.transition_s is None else round(verdict.transition_s, 3),
+        })  # fmt: skip
+    falls = [d for d in detections if d["event"] == "fall_detected"]
+    possible = [d for d in detections if d["event"] == "possible_fall"]
+    flagged = falls or possible
+    violation_type = "fall_detected" if falls else "possible_fall" if possible else None
+    payload = {
+        "violation_detected": bool(flagged),
+        "violation_type": violation_type,
+        "severity": "critical" if falls else "high" if possible else "low",
+        "confidence": max((d["event_confidence"] for d in flagged), default=0.0),
+        "detections": detections,
+        "detection_count": len(detections),
+        "falls_detected": len(falls),
+        "possible_falls": len(possible),
+    }
+    return new_state, payload

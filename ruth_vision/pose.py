@@ -1,0 +1,379 @@
+"""Multi-person pose estimation: one network pass gives each person's box and 17 COCO keypoints.
+
+The three person-centric models (fall, geo-fencing, PPE) all start from the same poses, so the network sits behind
+one small interface (`PoseEngine`) and everything about it that varies (runtime, weights, output layout) is data in
+the model spec, not code: MoveNet MultiPose on LiteRT out of the box, the same network (or a user's YOLO-pose export)
+on ONNX Runtime, with the CUDA execution provider on a GPU.
+
+Every coordinate that leaves this module is in the ORIGINAL frame's pixels: the letterbox is undone here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "KEYPOINT_NAMES",
+    "POSE_ROW_WIDTH",
+    "EngineLoadError",
+    "Letterbox",
+    "LiteRTRunner",
+    "OnnxRunner",
+    "PoseEngine",
+    "PoseEngineConfig",
+    "PoseNetwork",
+    "PoseResult",
+    "build_engine",
+    "decode_movenet",
+    "decode_yolo_pose",
+    "keypoints_json",
+    "poses_from_array",
+    "poses_to_array",
+]
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)  # fmt: skip
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+#: One person on the wire (pose_estimator's POSES row): 17 x (x, y, score), then x1, y1, x2, y2, then score.
+POSE_ROW_WIDTH = NUM_KEYPOINTS * 3 + 4 + 1
+
+
+class EngineLoadError(RuntimeError):
+    """The pose network can't be loaded (missing runtime, unreadable weights, unsupported device)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseResult:
+    """One person. `keypoints` is (17, 3) float32: x, y in original-frame pixels, and the keypoint's score."""
+
+    box: tuple[float, float, float, float]
+    keypoints: np.ndarray
+    score: float
+
+    def to_row(self) -> np.ndarray:
+        row = np.empty(POSE_ROW_WIDTH, dtype=np.float32)
+        row[: NUM_KEYPOINTS * 3] = self.keypoints.reshape(-1)
+        row[NUM_KEYPOINTS * 3 : NUM_KEYPOINTS * 3 + 4] = self.box
+        row[-1] = self.score
+        return row
+
+    @classmethod
+    def from_row(cls, row: np.ndarray) -> PoseResult:
+        if row.shape != (POSE_ROW_WIDTH,):
+            raise ValueError(f"a pose row has {POSE_ROW_WIDTH} values, got shape {row.shape}")
+        keypoints = np.asarray(row[: NUM_KEYPOINTS * 3], dtype=np.float32).reshape(NUM_KEYPOINTS, 3).copy()
+        x1, y1, x2, y2 = (float(v) for v in row[NUM_KEYPOINTS * 3 : NUM_KEYPOINTS * 3 + 4])
+        return cls(box=(x1, y1, x2, y2), keypoints=keypoints, score=float(row[-1]))
+
+
+def keypoints_json(keypoints: np.ndarray) -> list[dict[str, Any]]:
+    """Keypoints as the original runtime's detections carried them ({x, y, confidence}), plus the name."""
+    return [
+        {"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "confidence": round(float(s), 4)}
+        for name, (x, y, s) in zip(KEYPOINT_NAMES, keypoints, strict=True)
+    ]
+
+
+def poses_to_array(poses: Sequence[PoseResult]) -> np.ndarray:
+    """The POSES tensor of one frame: float32 [N, 56] (N may be 0)."""
+    if not poses:
+        return np.zeros((0, POSE_ROW_WIDTH), dtype=np.float32)
+    return np.stack([p.to_row() for p in poses])
+
+
+def poses_from_array(array: np.ndarray) -> list[PoseResult]:
+    """Inverse of `poses_to_array`; accepts a leading batch axis of 1 (what a BLS response carries)."""
+    rows = np.asarray(array, dtype=np.float32)
+    if rows.ndim == 3 and rows.shape[0] == 1:
+        rows = rows[0]
+    if rows.ndim != 2 or rows.shape[1] != POSE_ROW_WIDTH:
+        raise ValueError(f"POSES must be [N, {POSE_ROW_WIDTH}], got shape {rows.shape}")
+    return [PoseResult.from_row(r) for r in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """Aspect-preserving resize into a `size` x `size` canvas, centred; remembers how to map back.
+
+    A plain resize (what the original runtime did) squashes people and returns coordinates in the wrong space.
+    """
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    size: int
+    width: int
+    height: int
+
+    @classmethod
+    def fit(cls, width: int, height: int, size: int) -> Letterbox:
+        if width <= 0 or height <= 0 or size <= 0:
+            raise ValueError(f"cannot letterbox a {width}x{height} frame into {size}")
+        scale = min(size / width, size / height)
+        resized_w, resized_h = max(1, round(width * scale)), max(1, round(height * scale))
+        return cls(scale, (size - resized_w) // 2, (size - resized_h) // 2, size, width, height)
+
+    def apply(self, frame: np.ndarray, pad_value: int = 0) -> np.ndarray:
+        resized_w = max(1, round(self.width * self.scale))
+        resized_h = max(1, round(self.height * self.scale))
+        interpolation = cv2.INTER_AREA if self.scale < 1.0 else cv2.INTER_LINEAR
+        resized = cv2.resize(frame, (resized_w, resized_h), interpolation=interpolation)
+        canvas = np.full((self.size, self.size, 3), pad_value, dtype=np.uint8)
+        canvas[self.pad_y : self.pad_y + resized_h, self.pad_x : self.pad_x + resized_w] = resized
+        return canvas
+
+    def to_frame(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Canvas pixels -> original-frame pixels, clipped to the frame."""
+        fx = np.clip((np.asarray(x, dtype=np.float32) - self.pad_x) / self.scale, 0.0, self.width - 1)
+        fy = np.clip((np.asarray(y, dtype=np.float32) - self.pad_y) / self.scale, 0.0, self.height - 1)
+        return fx, fy
+
+
+def decode_movenet(raw: np.ndarray, box: Letterbox, min_score: float) -> list[PoseResult]:
+    """MoveNet MultiPose output [1, 6, 56]: per person 17 x (y, x, score) normalised to the canvas, then
+    (ymin, xmin, ymax, xmax), then the person score."""
+    rows = np.asarray(raw, dtype=np.float32).reshape(-1, POSE_ROW_WIDTH)
+    results: list[PoseResult] = []
+    for row in rows:
+        score = float(row[55])
+        if score < min_score:
+            continue
+        yxs = row[:51].reshape(NUM_KEYPOINTS, 3)
+        kx, ky = box.to_frame(yxs[:, 1] * box.size, yxs[:, 0] * box.size)
+        bx, by = box.to_frame(row[[52, 54]] * box.size, row[[51, 53]] * box.size)
+        if bx[1] <= bx[0] or by[1] <= by[0]:
+            continue
+        keypoints = np.stack([kx, ky, yxs[:, 2]], axis=1).astype(np.float32)
+        results.append(PoseResult((float(bx[0]), float(by[0]), float(bx[1]), float(by[1])), keypoints, score))
+    results.sort(key=lambda p: -p.score)
+    return results
+
+
+def _nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    areas = np.maximum(0, boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * np.maximum(0, boxes_xyxy[:, 3] - boxes_xyxy[:, 1])
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        ix1 = np.maximum(boxes_xyxy[i, 0], boxes_xyxy[rest, 0])
+        iy1 = np.maximum(boxes_xyxy[i, 1], boxes_xyxy[rest, 1])
+        ix2 = np.minimum(boxes_xyxy[i, 2], boxes_xyxy[rest, 2])
+        iy2 = np.minimum(boxes_xyxy[i, 3], boxes_xyxy[rest, 3])
+        inter = np.maximum(0, ix2 - ix1) * np.maximum(0, iy2 - iy1)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return keep
+
+
+def decode_yolo_pose(
+    raw: np.ndarray, box: Letterbox, min_score: float, iou_threshold: float = 0.45, max_people: int = 20
+) -> list[PoseResult]:
+    """Ultralytics YOLO-pose ONNX output [1, 56, A] (or [1, A, 56]): cx, cy, w, h in canvas pixels, person score,
+    then 17 x (x, y, visibility). Non-maximum suppression here, because the export leaves it out."""
+    preds = np.asarray(raw, dtype=np.float32)
+    preds = preds.reshape(preds.shape[-2], preds.shape[-1])
+    if preds.shape[0] == POSE_ROW_WIDTH and preds.shape[1] != POSE_ROW_WIDTH:
+        preds = preds.T
+    if preds.shape[1] != POSE_ROW_WIDTH:
+        raise ValueError(f"YOLO-pose output must have {POSE_ROW_WIDTH} values per anchor, got {raw.shape}")
+    preds = preds[preds[:, 4] >= min_score]
+    if preds.size == 0:
+        return []
+    xyxy = np.stack(
+        [preds[:, 0] - preds[:, 2] / 2, preds[:, 1] - preds[:, 3] / 2,
+         preds[:, 0] + preds[:, 2] / 2, preds[:, 1] + preds[:, 3] / 2], axis=1,
+    )  # fmt: skip
+    results: list[PoseResult] = []
+    for i in _nms(xyxy, preds[:, 4], iou_threshold)[:max_people]:
+        kps = preds[i, 5:].reshape(NUM_KEYPOINTS, 3)
+        kx, ky = box.to_frame(kps[:, 0], kps[:, 1])
+        bx, by = box.to_frame(xyxy[i, [0, 2]], xyxy[i, [1, 3]])
+        keypoints = np.stack([kx, ky, kps[:, 2]], axis=1).astype(np.float32)
+        xyxy_frame = (float(bx[0]), float(by[0]), float(bx[1]), float(by[1]))
+        results.append(PoseResult(xyxy_frame, keypoints, float(preds[i, 4])))
+    return results
+
+
+class TensorRunner(Protocol):
+    """Runs the network on one prepared input tensor and returns its first output."""
+
+    def run(self, tensor: np.ndarray) -> np.ndarray: ...
+
+
+class LiteRTRunner:
+    """TensorFlow Lite (LiteRT) on the CPU. The MultiPose graph is built for batch 1 (its SQUEEZE ops refuse
+    anything else), so a batch is a loop of invokes."""
+
+    def __init__(self, weights: Path, size: int, threads: int = 2) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:  # pragma: no cover - ai-edge-litert is a core dependency
+            raise EngineLoadError(f"ai-edge-litert is not installed ({exc}); `pip install ai-edge-litert`") from exc
+        try:
+            self._interpreter = Interpreter(model_path=str(weights), num_threads=threads)
+            index = self._interpreter.get_input_details()[0]["index"]
+            self._interpreter.resize_tensor_input(index, (1, size, size, 3))
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise EngineLoadError(f"LiteRT cannot load {weights}: {exc}") from exc
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self._input, tensor)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output))  # copy: the next invoke reuses the buffer
+
+
+def onnx_providers(device: str) -> list[Any]:
+    """Execution providers for a device string from the allocator ('cpu', 'cuda', 'cuda:N')."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)})]
+    raise EngineLoadError(f"unsupported device {device!r} for ONNX Runtime (expected cpu or cuda:N)")
+
+
+class OnnxRunner:
+    """ONNX Runtime, imported only when a spec asks for it. On `cuda:N` the CUDA execution provider is REQUIRED:
+    if ONNX Runtime silently fell back to the CPU, a GPU deployment would run at CPU speed unnoticed."""
+
+    def __init__(
+        self,
+        weights: Path,
+        device: str = "cpu",
+        threads: int = 2,
+        importer: Callable[[str], Any] = importlib.import_module,
+    ) -> None:
+        try:
+            ort = importer("onnxruntime")
+        except ImportError as exc:
+            raise EngineLoadError(
+                "the spec selects the ONNX engine but onnxruntime is not installed: install `onnxruntime` "
+                "(CPU) or `onnxruntime-gpu` (CUDA), or set model.engine to litert"
+            ) from exc
+        providers = onnx_providers(device)
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if wanted not in ort.get_available_providers():
+            raise EngineLoadError(
+                f"{wanted} is not available in this onnxruntime build (has {ort.get_available_providers()}); "
+                "install onnxruntime-gpu matching the CUDA runtime for a cuda device"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            raise EngineLoadError(f"ONNX Runtime cannot load {weights}: {exc}") from exc
+        if wanted not in self._session.get_providers():
+            enabled = self._session.get_providers()
+            raise EngineLoadError(f"ONNX Runtime did not enable {wanted} for {weights} (enabled: {enabled})")
+        self._input = self._session.get_inputs()[0]
+        self.providers: list[str] = list(self._session.get_providers())
+
+    @property
+    def input_type(self) -> str:
+        return str(self._input.type)
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._input.name: tensor})[0])
+
+
+class PoseEngine(Protocol):
+    """What the models need from a pose network; any runtime/weights pair that returns `PoseResult`s fits."""
+
+    def infer(self, frame_bgr: np.ndarray) -> list[PoseResult]: ...
+
+    def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]: ...
+
+
+class PoseNetwork:
+    """A runner plus the pre- and post-processing of one output layout (`movenet` or `yolo_pose`)."""
+
+    def __init__(
+        self,
+        runner: TensorRunner,
+        layout: Literal["movenet", "yolo_pose"],
+        input_size: int,
+        min_score: float,
+        iou_threshold: float = 0.45,
+        max_people: int = 6,
+    ) -> None:
+        self._runner = runner
+        self.layout = layout
+        self.input_size = input_size
+        self.min_score = min_score
+        self.iou_threshold = iou_threshold
+        self.max_people = max_people
+
+    def prepare(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
+        box = Letterbox.fit(frame_bgr.shape[1], frame_bgr.shape[0], self.input_size)
+        if self.layout == "movenet":  # uint8 RGB NHWC, black padding (as the model was trained)
+            rgb = cv2.cvtColor(box.apply(frame_bgr, 0), cv2.COLOR_BGR2RGB)
+            return rgb[np.newaxis], box
+        rgb = cv2.cvtColor(box.apply(frame_bgr, 114), cv2.COLOR_BGR2RGB)  # ultralytics: grey 114, NCHW float 0-1
+        return (rgb.transpose(2, 0, 1)[np.newaxis].astype(np.float32) / 255.0), box
+
+    def infer(self, frame_bgr: np.ndarray) -> list[PoseResult]:
+        tensor, box = self.prepare(frame_bgr)
+        raw = self._runner.run(tensor)
+        if self.layout == "movenet":
+            return decode_movenet(raw, box, self.min_score)[: self.max_people]
+        return decode_yolo_pose(raw, box, self.min_score, self.iou_threshold, self.max_people)
+
+    def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]:
+        return [self.infer(frame) for frame in frames_bgr]
+
+
+class PoseEngineConfig(BaseModel):
+    """How to build the pose network; filled from the spec's `model.*` parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["litert", "onnx"] = "litert"
+    layout: Literal["movenet", "yolo_pose"] = "movenet"
+    weights: Path
+    input_size: int = Field(256, ge=32, le=2048, multiple_of=32)
+    min_score: float = Field(0.2, ge=0.0, le=1.0)
+    iou_threshold: float = Field(0.45, gt=0.0, le=1.0)
+    max_people: int = Field(6, ge=1, le=100)
+    threads: int = Field(2, ge=1, le=64)
+
+
+def build_engine(
+    config: PoseEngineConfig,
+    device: str = "cpu",
+    importer: Callable[[str], Any] = importlib.import_module,
+) -> PoseNetwork:
+    """The engine the spec describes, on `device`. Refuses combinations that would not run where asked."""
+    if not config.weights.is_file():
+        raise EngineLoadError(f"pose weights {config.weights} do not exist")
+    if config.engine == "litert":
+        if device != "cpu":
+            raise EngineLoadError(
+                f"the litert engine runs on the CPU only, but {device} was granted: use model.engine=onnx with "
+                "ONNX weights on a GPU profile (docs/pose-estimator.md)"
+            )
+        if config.layout != "movenet":
+            raise EngineLoadError("the litert engine supports the movenet layout only; YOLO-pose needs engine onnx")
+        runner: TensorRunner = LiteRTRunner(config.weights, config.input_size, config.threads)
+    else:
+        runner = OnnxRunner(config.weights, device, config.threads, importer)
+    return PoseNetwork(runner, config.layout, config.input_size, config.min_score, config.iou_threshold,
+                       config.max_people)  # fmt: skip

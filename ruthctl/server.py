@@ -1,0 +1,380 @@
+"""Owner of the tritonserver process: finds the bundled server, prepares its environment, starts and stops it.
+
+The PyPI wheel `nvidia-pytriton` carries a real tritonserver 2.51 with the Python backend and one stub per
+Python version. Running it needs what `triton-2.51-behaviour.md` §1 found: a backends folder with the stub for
+*this* Python, this virtual environment first on PATH (the stub finds its prefix through `python3` on PATH and
+ignores PYTHONPATH), and LD_LIBRARY_PATH pointing at the base interpreter's libpython so the C interpreter
+matches the stdlib it loads. Flags are a typed object rendered to argv, never a shell string.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "ruth"  # our runs' python-backend shm regions are named ruth<pid>_...
+
+
+class TritonNotInstalled(RuntimeError):
+    """The bundled server or the stub for this Python can't be found; the message says what to install."""
+
+
+class TritonStartError(RuntimeError):
+    """The server exited or did not become live in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    python_backend: Path  # folder with libtriton_python.so and triton_python_backend_utils.py
+    stub: Path  # triton_python_backend_stub for the running Python
+
+    @classmethod
+    def locate(cls, binary: Path | None = None, backend_directory: Path | None = None) -> TritonInstall:
+        """The server inside nvidia-pytriton (or an image's own, when `binary` is given)."""
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if binary is not None:
+            backends = backend_directory or binary.parent.parent / "backends"
+            stub = backends / "python" / "triton_python_backend_stub"
+            if not binary.exists():
+                raise TritonNotInstalled(f"tritonserver not found at {binary} (RUTH_TRITONSERVER)")
+            return cls(binary=binary, python_backend=backends / "python", stub=stub)
+        try:
+            import pytriton  # noqa: PLC0415 - heavy optional import, only when serving
+        except ImportError as exc:
+            raise TritonNotInstalled(
+                "the bundled Triton server is missing: install it with `pip install nvidia-pytriton==0.7.0` "
+                "(or `pip install -e .` in this repository)"
+            ) from exc
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        install = cls(
+            binary=root / "bin" / "tritonserver",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        for path, what in ((install.binary, "tritonserver binary"), (install.stub, f"Python {version} stub")):
+            if not path.exists():
+                raise TritonNotInstalled(
+                    f"{what} not found at {path}: reinstall with `pip install --force-reinstall nvidia-pytriton==0.7.0`"
+                    f" (stubs exist for Python 3.8-3.13; this is {version})"
+                )
+        return install
+
+
+def prepare_backends_dir(install: TritonInstall, state_dir: Path) -> Path:
+    """A private backends folder of symlinks holding the stub for this Python (the wheel ships it elsewhere)."""
+    if install.stub.parent == install.python_backend:
+        return install.python_backend.parent  # an image's own server: already complete
+    backends = state_dir / "backends"
+    python_dir = backends / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": install.python_backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": install.python_backend / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": install.stub,
+    }
+    for name, target in links.items():
+        link = python_dir / name
+        if link.is_symlink() and os.readlink(link) == str(target):
+            continue
+        tmp = python_dir / f".{name}.tmp{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(link)
+    return backends
+
+
+def base_python_libdir() -> Path | None:
+    """The lib folder of the interpreter this venv was made from, if it has a shared libpython."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if libdir and any(Path(libdir).glob(f"libpython{version}*.so*")):
+        return Path(libdir)
+    return None
+
+
+def server_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """Environment for tritonserver and, through inheritance, for every model's stub process."""
+    env = dict(base)
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    env["PATH"] = venv_bin + (os.pathsep + path if path else "")
+    libdir = base_python_libdir()
+    if libdir is not None:
+        current = env.get("LD_LIBRARY_PATH", "")
+        env["LD_LIBRARY_PATH"] = str(libdir) + (os.pathsep + current if current else "")
+    env.pop("PYTHONPATH", None)  # ignored by the stub's isolated interpreter; misleading if left
+    env.update(extra)
+    return env
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TritonFlags:
+    """tritonserver options, rendered to argv by `to_argv`."""
+
+    model_repository: Path
+    backend_directory: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_config_name: str | None = None
+    exit_timeout_s: int = 30
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    log_level: str = "INFO"
+    strict_readiness: bool = True
+    metrics_enabled: bool = True
+    admin_token: str | None = None
+    shm_prefix: str = SHM_PREFIX
+    shm_default_bytes: int = 4 * 1024 * 1024
+    shm_growth_bytes: int = 4 * 1024 * 1024
+    extra: tuple[str, ...] = ()
+
+    def to_argv(self, binary: Path) -> list[str]:
+        argv = [
+            str(binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.backend_directory}",
+            "--model-control-mode=explicit",
+            "--disable-auto-complete-config",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--strict-readiness={'true' if self.strict_readiness else 'false'}",
+            "--allow-gpu-metrics=false" if not _has_gpu() else "--allow-gpu-metrics=true",
+            "--pinned-memory-pool-byte-size=0" if not _has_gpu() else "--pinned-memory-pool-byte-size=268435456",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
+            f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}",
+            f"--log-verbose={self.log_verbose}",
+            f"--log-info={'true' if self.log_level in ('DEBUG', 'INFO') else 'false'}",
+            f"--log-warning={'true' if self.log_level != 'ERROR' else 'false'}",
+            "--log-error=true",
+        ]
+        if self.metrics_enabled:
+            argv += [f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--allow-metrics=true"]
+        else:
+            argv.append("--allow-metrics=false")
+        if self.model_config_name:
+            argv.append(f"--model-config-name={self.model_config_name}")
+        if self.admin_token:
+            argv += [
+                f"--http-restricted-api=model-repository:ruth-admin-token={self.admin_token}",
+                f"--grpc-restricted-protocol=model-repository:ruth-admin-token={self.admin_token}",
+            ]
+        argv += [f"--load-model={name}" for name in self.load_models]
+        argv += list(self.extra)
+        return argv
+
+
+def _has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def sweep_stale_shm(
+    shm_dir: Path = SHM_DIR, prefix: str = SHM_PREFIX, is_alive: Callable[[int], bool] | None = None
+) -> list[Path]:
+    """Remove Python-backend shm regions left by crashed runs of ours (their owner pid is in the name)."""
+    alive = is_alive or pid_alive
+    removed: list[Path] = []
+    if not shm_dir.is_dir():
+        return removed
+    for region in shm_dir.glob(f"{prefix}*"):
+        pid = _owner_pid(region.name, prefix)
+        if pid is None or alive(pid):
+            continue
+        try:
+            region.unlink()
+            removed.append(region)
+        except OSError as exc:  # another sweeper got it first, or not ours to remove
+            log.debug("could not remove %s: %s", region, exc)
+    return removed
+
+
+def _owner_pid(name: str, prefix: str) -> int | None:
+    digits = name[len(prefix) :].split("_", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """PR_SET_PDEATHSIG: the server gets SIGTERM if ruthctl dies, so no orphan keeps the ports."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+    os.setpgrp()
+
+
+class TritonServer:
+    """One tritonserver process. Start refuses to run twice; stop is safe to call twice."""
+
+    def __init__(
+        self,
+        flags: TritonFlags,
+        install: TritonInstall,
+        env: Mapping[str, str],
+        *,
+        log_file: Path | None = None,
+        log_format: str = "text",
+    ) -> None:
+        self.flags = flags
+        self.install = install
+        self.env = dict(env)
+        self.log_file = log_file
+        self.log_format = log_format
+        self.process: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+        self._log_handle: IO[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.flags.host}:{self.flags.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.flags.host}:{self.flags.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.flags.host}:{self.flags.metrics_port}/metrics"
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            raise TritonStartError("server already running")
+        swept = sweep_stale_shm()
+        if swept:
+            log.warning("removed %d stale shm regions of crashed runs", len(swept))
+        flags = dataclasses.replace(self.flags, shm_prefix=f"{SHM_PREFIX}{os.getpid()}_")
+        self.flags = flags
+        argv = flags.to_argv(self.install.binary)
+        log.info("starting tritonserver: %s", " ".join(argv))
+        stdout: int | IO[bytes] | None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = self.log_file.open("ab")
+            stdout = self._log_handle
+        elif self.log_format == "json":
+            stdout = subprocess.PIPE
+        else:
+            stdout = None
+        self.process = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            argv, env=self.env, stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        if stdout is subprocess.PIPE:
+            self._pump = threading.Thread(target=self._pump_json, name="triton-log", daemon=True)
+            self._pump.start()
+
+    def _pump_json(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line:
+                sys.stdout.write(json.dumps({"ts": time.time(), "source": "tritonserver", "msg": line}) + "\n")
+                sys.stdout.flush()
+
+    def wait_live(self, timeout_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """Poll /v2/health/live until it answers; fail early if the process exits."""
+        deadline = clock() + timeout_s
+        while clock() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                rc = None if self.process is None else self.process.returncode
+                raise TritonStartError(f"tritonserver exited during start (rc={rc}); see its log")
+            if http_status(f"http://{self.http_url}/v2/health/live") == 200:
+                return
+            time.sleep(0.1)
+        raise TritonStartError(f"tritonserver not live after {timeout_s:.0f}s")
+
+    def send_signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM, wait for the drain (exit timeout + margin), then SIGKILL. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s if grace_s is not None else self.flags.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                log.error("tritonserver did not stop in time; killing it")
+                self.process.kill()
+                self.process.wait()
+        if self._pump is not None:
+            self._pump.join(timeout=2)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the stubs notice and exit on their own."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def http_status(url: str, data: bytes | None = None, timeout_s: float = 2.0) -> int | None:
+    """Status code of a GET (or POST with data), None when nothing answers."""
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback URLs we built
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def repository_models(repository: Path) -> list[str]:
+    """Model directories in the repository (those with a config.pbtxt), sorted."""
+    return sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+
+
+def order_for_loading(names: Iterable[str], first: Iterable[str] = ("pose_estimator",)) -> list[str]:
+    """BLS callees first, so a caller never starts before the model it calls."""
+    names = list(names)
+    head = [n for n in first if n in names]
+    return head + [n for n in names if n not in head]

@@ -1,0 +1,140 @@
+"""12-factor settings: every environment variable the runtime honours, in one place.
+
+The runtime we replace declared most of these and read few. Here each one is either used by `ruthctl serve`
+itself, mapped to a tritonserver flag, or passed on to the model processes (which read it through
+`python_backends.params.RuntimeEnv`). `docs/configuration.md` lists them with defaults and effects.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Profile(str, enum.Enum):
+    """Deployment profile: picks `configs/<profile>.pbtxt` in every model directory."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+    JETSON = "jetson"
+
+
+class Hardware(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "gpu"
+    JETSON = "jetson"
+
+
+#: Profile names of the runtime we replace, accepted so existing deployments keep working.
+LEGACY_PROFILES = {
+    "dev": Profile.CPU,
+    "test": Profile.CPU,
+    "prod-cpu": Profile.CPU,
+    "prod-gpu": Profile.GPU,
+    "edge-jetson": Profile.JETSON,
+}
+
+#: Our own prefix; unknown variables under it are reported (typos otherwise go unnoticed).
+OWN_PREFIXES = ("RUTH_",)
+
+
+class Settings(BaseSettings):
+    """Runtime settings from the environment (and `.env`). Validated at start; a bad value stops the start."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    ruth_ai_env: Literal["development", "test", "staging", "production"] = "production"
+    ruth_ai_profile: Profile = Profile.CPU
+    ai_runtime_hardware: Hardware = Hardware.AUTO
+    graceful_shutdown_timeout_seconds: int = Field(30, ge=1, le=300)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    models_root: Path = REPO_ROOT / "model_repository"
+    enable_gpu: bool = True
+    gpu_fallback_to_cpu: bool = True
+    gpu_memory_reserve_mb: int = Field(512, ge=0)
+    metrics_enabled: bool = True
+    max_concurrent_inferences: int = Field(10, ge=1, le=1000)
+    ruth_state_dir: Path = Path(".ruth-state")
+    ruth_weights_dir: Path = REPO_ROOT / "weights"
+    ruth_host: str = "127.0.0.1"
+    ruth_http_port: int = Field(8000, ge=0, le=65535)
+    ruth_grpc_port: int = Field(8001, ge=0, le=65535)
+    ruth_metrics_port: int = Field(8002, ge=0, le=65535)
+    ruth_admin_token: SecretStr | None = None
+    ruth_triton_url: str = "127.0.0.1:8000"
+    ruth_tritonserver: Path | None = None
+    ruth_backend_directory: Path | None = None
+    ruth_strict_readiness: bool = True
+
+    @field_validator("ruth_ai_profile", mode="before")
+    @classmethod
+    def _legacy_profile(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() in LEGACY_PROFILES:
+            return LEGACY_PROFILES[value.lower()]
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def resolved_hardware(self) -> Hardware:
+        """`auto` looks at the machine: a Jetson has /etc/nv_tegra_release, a GPU host has a working nvidia-smi."""
+        if self.ai_runtime_hardware is not Hardware.AUTO:
+            return self.ai_runtime_hardware
+        return detect_hardware()
+
+    def model_env(self) -> dict[str, str]:
+        """Variables handed to the model processes (the Python-backend stubs inherit tritonserver's environment)."""
+        hardware = self.resolved_hardware()
+        return {
+            "RUTH_STATE_DIR": str(self.ruth_state_dir.resolve()),
+            "RUTH_WEIGHTS_DIR": str(self.ruth_weights_dir.resolve()),
+            "RUTH_AI_PROFILE": self.ruth_ai_profile.value,
+            "AI_RUNTIME_HARDWARE": hardware.value,
+            # a CPU host never grants a GPU, whatever the profile says
+            "ENABLE_GPU": "1" if self.enable_gpu and hardware is not Hardware.CPU else "0",
+            "GPU_FALLBACK_TO_CPU": "1" if self.gpu_fallback_to_cpu else "0",
+            "GPU_MEMORY_RESERVE_MB": str(self.gpu_memory_reserve_mb),
+            "METRICS_ENABLED": "1" if self.metrics_enabled else "0",
+            "LOG_LEVEL": self.log_level,
+        }
+
+
+def detect_hardware(
+    tegra_release: Path = Path("/etc/nv_tegra_release"), which: object = shutil.which
+) -> Hardware:
+    if tegra_release.exists():
+        return Hardware.JETSON
+    if callable(which) and which("nvidia-smi") and Path("/dev/nvidia0").exists():
+        return Hardware.GPU
+    return Hardware.CPU
+
+
+def unknown_own_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """`RUTH_*` variables that no setting reads: most likely typos, reported at start."""
+    env = os.environ if environ is None else environ
+    known = {name.upper() for name in Settings.model_fields}
+    return sorted(k for k in env if k.upper().startswith(OWN_PREFIXES) and k.upper() not in known)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with CLI options (non-None) taking precedence."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**clean)  # type: ignore[arg-type]
+    for name in unknown_own_variables():
+        log.warning("unknown setting %s is ignored (see docs/configuration.md)", name)
+    return settings

@@ -1,0 +1,214 @@
+"""Helpers for tests that drive the real tritonserver: start it like `ruthctl serve` does, build wire-contract
+requests, read results. Fixtures built on these live in conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class TritonHandle:
+    """A running server and what a test needs to talk to it."""
+
+    server: Any  # ruthctl.server.TritonServer
+    state_dir: Path
+    repository: Path
+    log_path: Path
+    token: str
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.server.metrics_url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"ruth-admin-token": self.token}
+
+    def load(self, name: str, config: dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> None:
+        import tritonclient.http as httpclient
+
+        with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            client.load_model(
+                name, headers=self.headers, config=json.dumps(config) if config is not None else None, files=files
+            )
+
+    def unload(self, name: str) -> None:
+        import tritonclient.http as httpclient
+
+        with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            client.unload_model(name, headers=self.headers)
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        import tritonclient.http as httpclient
+
+        with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            return dict(client.get_model_config(name))
+
+    def index(self) -> list[dict[str, Any]]:
+        import tritonclient.http as httpclient
+
+        with contextlib.closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            return list(client.get_model_repository_index(headers=self.headers))
+
+    def wait_state(self, name: str, state: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        entry: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            entry = next((e for e in self.index() if e.get("name") == name), {})
+            if entry.get("state") == state:
+                return entry
+            time.sleep(0.2)
+        raise AssertionError(f"{name} did not reach {state} in {timeout_s}s: {entry}")
+
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_triton(
+    tmp: Path,
+    models: list[str] | None = None,
+    *,
+    repository: Path = MODEL_REPOSITORY,
+    state_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    exit_timeout_s: int = 10,
+    profile: str = "cpu",
+) -> TritonHandle:
+    """Start a real server, wait until live, load `models` (None: every model in the repository)."""
+    from ruthctl.commands.serve import build_server, load_model
+    from ruthctl.server import repository_models
+    from ruthctl.settings import Settings
+
+    state = state_dir or tmp / "state"
+    settings = Settings(
+        models_root=repository,
+        ruth_state_dir=state,
+        ruth_http_port=free_port(),
+        ruth_grpc_port=free_port(),
+        ruth_metrics_port=free_port(),
+        graceful_shutdown_timeout_seconds=exit_timeout_s,
+        ruth_ai_profile=profile,  # type: ignore[arg-type]
+        ruth_weights_dir=Path(os.environ.get("RUTH_WEIGHTS_DIR", REPO_ROOT / "weights")),
+    )
+    log_path = tmp / f"tritonserver-{uuid.uuid4().hex[:6]}.log"
+    server = build_server(settings, log_file=log_path)
+    if env:
+        server.env.update(env)
+    server.start()
+    handle = TritonHandle(server, state.resolve(), repository, log_path, server.flags.admin_token or "")
+    try:
+        server.wait_live(timeout_s=60)
+        for name in models if models is not None else repository_models(repository):
+            ok, reason = load_model(server.http_url, name, server.flags.admin_token, 120)
+            if not ok:
+                raise RuntimeError(f"model {name} failed to load: {reason}")
+    except BaseException:
+        print(handle.log_text()[-8000:])
+        server.stop(grace_s=15)
+        raise
+    return handle
+
+
+# ---- request helpers shared by integration tests ---------------------------------------------------------------
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def vision_inputs(
+    module: Any,
+    *,
+    image: bytes | None = None,
+    frame: np.ndarray | None = None,
+    stream_id: str | None = None,
+    timestamp: str | None = None,
+    config: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[Any]:
+    """tritonclient InferInput list for one request of the wire contract (`module` = tritonclient.http or .grpc)."""
+    tensors: list[tuple[str, np.ndarray]] = []
+    if image is not None:
+        tensors.append(("IMAGE", np.array([[image]], dtype=np.object_)))
+    if frame is not None:
+        tensors.append(("FRAME", frame[np.newaxis, ...]))
+    tensors.append(("STREAM_ID", np.array([[(stream_id or str(uuid.uuid4())).encode()]], dtype=np.object_)))
+    tensors.append(("TIMESTAMP", np.array([[(timestamp or now_iso()).encode()]], dtype=np.object_)))
+    if config is not None:
+        tensors.append(("CONFIG", np.array([[json.dumps(config).encode()]], dtype=np.object_)))
+    if metadata is not None:
+        tensors.append(("METADATA", np.array([[json.dumps(metadata).encode()]], dtype=np.object_)))
+    inputs = []
+    for name, array in tensors:
+        dtype = "UINT8" if array.dtype == np.uint8 else "BYTES"
+        tensor = module.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def result_of(response: Any) -> dict[str, Any]:
+    raw = response.as_numpy("RESULT")[0][0]
+    return dict(json.loads(raw))
+
+
+# ---- synthetic frames ------------------------------------------------------------------------------------------
+DEFAULT_TANK_BOX = (128, 96, 512, 384)  # centre 60% of 640x480: the default ROI
+
+
+def tank_frame(
+    level: float,
+    box: tuple[int, int, int, int] = DEFAULT_TANK_BOX,
+    size: tuple[int, int] = (480, 640),
+    seed: int = 0,
+    noise: float = 3.0,
+) -> np.ndarray:
+    """A dark background, a bright empty tank in `box`, and liquid (a different colour) up to `level` percent."""
+    rng = np.random.default_rng(seed)
+    frame = np.full((*size, 3), 60, np.float64)
+    x1, y1, x2, y2 = box
+    frame[y1:y2, x1:x2] = 200
+    surface = round(y2 - level / 100.0 * (y2 - y1))
+    frame[surface:y2, x1:x2] = (140, 90, 30)
+    frame += rng.normal(0.0, noise, frame.shape)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+    assert ok
+    return bytes(data.tobytes())
