@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from python_backends import contract, triton
+from python_backends import contract, logs, triton
 from python_backends.breaker import CircuitBreaker, FileBreakerStorage
 from python_backends.errors import (
     BreakerOpen,
@@ -102,6 +102,7 @@ class _GuardedModel:
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def initialize(self, args: Mapping[str, str]) -> None:
+        logs.configure()
         self.model_config: dict[str, Any] = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.version = str(args.get("model_version", "1"))
@@ -173,6 +174,9 @@ class _GuardedModel:
             allocator = getattr(self, "_allocator", None)
             if allocator is not None:
                 allocator.release(self.device)
+                self._allocator = None
+            log.info("%s v%s %s: finalized", getattr(self, "name", "?"), getattr(self, "version", "?"),
+                     getattr(self, "instance", "?"))
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------
     def check_contract(self, model_config: Mapping[str, Any]) -> None:
@@ -196,11 +200,15 @@ class _GuardedModel:
         if not admitted:
             return
         running = [item for item, _ in admitted]
-        if self.faults is not None:
-            self._inject_faults(running)
+
+        def watched() -> None:
+            if self.faults is not None:  # inside the watchdog: an injected hang must hit the deadline like a real one
+                self._inject_faults(running)
+            work([i for i in running if i.error is None])
+
         started = time.perf_counter()
         try:
-            self.watchdog.run(lambda: work([i for i in running if i.error is None]), self.params.inference_timeout_s)
+            self.watchdog.run(watched, self.params.inference_timeout_s)
         except InferenceTimeout as exc:
             self.metrics.watchdog_timeout()
             for item in running:

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,7 +60,7 @@ class _base_or_instance(Generic[_P, _R]):  # noqa: N801 - used as a decorator, n
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def __get__(self, obj: object | None, objtype: type) -> Callable[_P, _R]:
-        return functools.partial(self._func, obj if obj is not None else objtype())
+        return types.MethodType(self._func, obj if obj is not None else objtype())
 
 
 @dataclass(frozen=True)

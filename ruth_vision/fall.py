@@ -45,12 +45,12 @@ class FallConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_down_s: float = Field(2.0, ge=0.0, le=600.0, description="time down after the fall before fall_detected")
-    max_transition_s: float = Field(2.0, gt=0.0, le=30.0, description="upright -> lying within this is 'fast'")
-    lying_threshold: float = Field(0.65, gt=0.0, le=1.0, description="lying score at or above: lying")
-    upright_threshold: float = Field(0.35, ge=0.0, lt=1.0, description="lying score below: upright")
-    keypoint_threshold: float = Field(0.25, ge=0.0, le=1.0, description="keypoint score to count as visible")
-    min_person_score: float = Field(0.2, ge=0.0, le=1.0, description="ignore poses scored below this")
+    min_down_s: float = Field(default=2.0, ge=0.0, le=600.0, description="down this long after a fast fall")
+    max_transition_s: float = Field(default=2.0, gt=0.0, le=30.0, description="upright -> lying within: fast")
+    lying_threshold: float = Field(default=0.65, gt=0.0, le=1.0, description="lying score at or above: lying")
+    upright_threshold: float = Field(default=0.35, ge=0.0, lt=1.0, description="lying score below: upright")
+    keypoint_threshold: float = Field(default=0.25, ge=0.0, le=1.0, description="keypoint score for visible")
+    min_person_score: float = Field(default=0.2, ge=0.0, le=1.0, description="ignore poses scored below")
     report_possible_falls: bool = True
 
     @model_validator(mode="after")

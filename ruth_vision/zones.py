@@ -28,10 +28,10 @@ class Zone(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=64)
-    name: str = Field("", max_length=128)
+    name: str = Field(default="", max_length=128)
     points: list[tuple[float, float]] = Field(min_length=3, max_length=256)
     type: Literal["restricted", "allowed"] = "restricted"
-    min_dwell_s: float | None = Field(None, ge=0.0, le=3600.0, description="overrides GeoConfig.min_dwell_s")
+    min_dwell_s: float | None = Field(default=None, ge=0.0, le=3600.0, description="overrides the stream's")
 
     @field_validator("points")
     @classmethod
@@ -50,11 +50,11 @@ class GeoConfig(BaseModel):
 
     zones: list[Zone] = Field(default_factory=list, max_length=64)
     coordinates: Literal["auto", "pixels", "normalized"] = Field(
-        "auto", description="auto: a zone whose coordinates are all within 0..1 is normalised to the frame"
+        default="auto", description="auto: a zone whose coordinates are all within 0..1 is normalised to the frame"
     )
-    min_dwell_s: float = Field(0.0, ge=0.0, le=3600.0)
-    keypoint_threshold: float = Field(0.25, ge=0.0, le=1.0)
-    min_person_score: float = Field(0.2, ge=0.0, le=1.0)
+    min_dwell_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    keypoint_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    min_person_score: float = Field(default=0.2, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod

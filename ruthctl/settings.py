@@ -111,6 +111,7 @@ class Settings(BaseSettings):
             "GPU_MEMORY_RESERVE_MB": str(self.gpu_memory_reserve_mb),
             "METRICS_ENABLED": "1" if self.metrics_enabled else "0",
             "LOG_LEVEL": self.log_level,
+            "LOG_FORMAT": self.log_format,
         }
 
 
