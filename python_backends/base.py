@@ -171,10 +171,10 @@ class _GuardedModel:
                     log.warning("%s: %d zombie inference(s) still running at finalize", self.name, left)
             self.finalize_model()
         finally:
-            allocator = getattr(self, "_allocator", None)
+            allocator: DeviceAllocator | None = getattr(self, "_allocator", None)
             if allocator is not None:
                 allocator.release(self.device)
-                self._allocator = None
+                del self._allocator
             log.info("%s v%s %s: finalized", getattr(self, "name", "?"), getattr(self, "version", "?"),
                      getattr(self, "instance", "?"))
 
@@ -323,7 +323,7 @@ class RuthModel(_GuardedModel):
         for frame, ctx in zip(frames, ctxs, strict=True):
             try:
                 results.append(self.infer(frame, ctx))
-            except Exception as exc:  # noqa: BLE001 - kept per frame, translated at the edge
+            except Exception as exc:
                 results.append(exc)
         return results
 
@@ -337,7 +337,7 @@ class RuthModel(_GuardedModel):
             for index, request in enumerate(requests):
                 try:
                     items.extend(self._decode(index, request))
-                except Exception as exc:  # noqa: BLE001 - per-request error, never the batch's
+                except Exception as exc:
                     request_errors[index] = exc
             self._run_guarded(items, self._work)
             by_request: dict[int, list[_Item]] = {}
@@ -350,14 +350,14 @@ class RuthModel(_GuardedModel):
                 if error is None:
                     try:
                         responses[index] = self._ok_response(by_request[index])
-                    except Exception as exc:  # noqa: BLE001 - a result breaking the contract is our error
+                    except Exception as exc:
                         error = exc
                 if error is not None:
                     responses[index] = self._error_response(error)
                 self._count(error)
                 self.metrics.request_latency(time.perf_counter() - started)
             self._report_health()
-        except BaseException as exc:  # noqa: BLE001 - last resort: execute() must never raise
+        except BaseException as exc:
             log.exception("%s: unexpected failure in execute()", self.name)
             for index, response in enumerate(responses):
                 if response is None:
@@ -479,7 +479,7 @@ class RawRuthModel(_GuardedModel):
         for inputs in batch:
             try:
                 results.append(self.infer_tensors(inputs))
-            except Exception as exc:  # noqa: BLE001 - kept per request
+            except Exception as exc:
                 results.append(exc)
         return results
 
@@ -496,7 +496,7 @@ class RawRuthModel(_GuardedModel):
                     if missing:
                         raise InvalidInput(missing[0], "required input missing")
                     items.append(_Item(index, np.empty(0), _RAW_CTX, time.perf_counter(), result=tensors))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors[index] = exc
             self._run_guarded(items, self._work)
             for item in items:
@@ -511,7 +511,7 @@ class RawRuthModel(_GuardedModel):
                     responses[index] = self._error_response(error)
                 self._count(error)
             self._report_health()
-        except BaseException as exc:  # noqa: BLE001 - execute() must never raise
+        except BaseException as exc:
             log.exception("%s: unexpected failure in execute()", self.name)
             for index, response in enumerate(responses):
                 if response is None:

@@ -19,6 +19,7 @@ from python_backends.faults import FaultPlan
 from python_backends.validation import Limits
 
 T = TypeVar("T")
+D = TypeVar("D")
 MODEL_PREFIX = "model."
 
 
@@ -28,7 +29,7 @@ def parameters_of(model_config: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value.get("string_value", "")) for key, value in raw.items() if isinstance(value, Mapping)}
 
 
-def _get(raw: Mapping[str, str], key: str, convert: Callable[[str], T], default: T) -> T:
+def _get(raw: Mapping[str, str], key: str, convert: Callable[[str], T], default: D) -> T | D:
     if key not in raw or raw[key] == "":
         return default
     try:
@@ -61,16 +62,16 @@ class ModelParams:
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> ModelParams:
-        defaults = Limits()
-        limits = Limits(
-            min_width=max(_get(raw, "ruth.frame.min_width", int, defaults.min_width), defaults.min_width),
-            min_height=max(_get(raw, "ruth.frame.min_height", int, defaults.min_height), defaults.min_height),
-            max_width=min(_get(raw, "ruth.frame.max_width", int, defaults.max_width), defaults.max_width),
-            max_height=min(_get(raw, "ruth.frame.max_height", int, defaults.max_height), defaults.max_height),
-            max_timestamp_drift_s=_get(
-                raw, "ruth.timestamp_max_drift_s", float, defaults.max_timestamp_drift_s
-            ),
-        )
+        try:  # a model may narrow the global limits, never widen them
+            limits = Limits().for_model(
+                min_width=_get(raw, "ruth.frame.min_width", int, None),
+                min_height=_get(raw, "ruth.frame.min_height", int, None),
+                max_width=_get(raw, "ruth.frame.max_width", int, None),
+                max_height=_get(raw, "ruth.frame.max_height", int, None),
+                max_timestamp_drift_s=_get(raw, "ruth.timestamp_max_drift_s", float, None),
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"config.pbtxt frame limits are inconsistent: {exc}") from exc
         breaker = BreakerPolicy(
             failure_threshold=_get(raw, "ruth.breaker.failure_threshold", int, 5),
             cooldown_s=_get(raw, "ruth.breaker.cooldown_s", float, 30.0),
@@ -84,7 +85,7 @@ class ModelParams:
             faults = FaultPlan.from_params(raw)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
-        weights = _get(raw, "ruth.weights", json.loads, [])
+        weights: list[Mapping[str, str]] = _get(raw, "ruth.weights", json.loads, [])
         return cls(
             inference_timeout_s=timeout_ms / 1000.0,
             limits=limits,

@@ -57,7 +57,7 @@ class TritonInstall:
                 raise TritonNotInstalled(f"tritonserver not found at {binary} (RUTH_TRITONSERVER)")
             return cls(binary=binary, python_backend=backends / "python", stub=stub)
         try:
-            import pytriton  # noqa: PLC0415 - heavy optional import, only when serving
+            import pytriton
         except ImportError as exc:
             raise TritonNotInstalled(
                 "the bundled Triton server is missing: install it with `pip install nvidia-pytriton==0.7.0` "
@@ -288,7 +288,7 @@ class TritonServer:
             stdout = subprocess.PIPE
         else:
             stdout = None
-        self.process = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        self.process = subprocess.Popen(
             argv, env=self.env, stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
         if stdout is subprocess.PIPE:
@@ -358,9 +358,9 @@ class TritonServer:
 
 def http_status(url: str, data: bytes | None = None, timeout_s: float = 2.0) -> int | None:
     """Status code of a GET (or POST with data), None when nothing answers."""
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")  # noqa: S310
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback URLs we built
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

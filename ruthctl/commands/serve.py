@@ -50,7 +50,9 @@ def serve(
     ] = None,
     log_format: Annotated[Literal["json", "text"] | None, typer.Option(envvar="LOG_FORMAT")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models.")] = None,
-    tritonserver: Annotated[Path | None, typer.Option(envvar="RUTH_TRITONSERVER", help="Use this server binary.")] = None,
+    tritonserver: Annotated[
+        Path | None, typer.Option(envvar="RUTH_TRITONSERVER", help="Use this server binary.")
+    ] = None,
     backend_directory: Annotated[Path | None, typer.Option(envvar="RUTH_BACKEND_DIRECTORY")] = None,
     log_file: Annotated[Path | None, typer.Option(help="Write the server log here instead of stdout.")] = None,
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for each model load.")] = 120.0,
@@ -108,7 +110,7 @@ def desired_models(settings: Settings) -> list[str]:
     """Models the deployment wants active: the registry's desired state, or every model in the repository."""
     available = repository_models(settings.models_root)
     try:
-        from ruthctl.registry import Registry  # noqa: PLC0415 - optional until the registry exists
+        from ruthctl.registry import Registry
     except ImportError:
         return order_for_loading(available)
     wanted = Registry(settings.ruth_state_dir).desired_active()
@@ -119,14 +121,14 @@ def desired_models(settings: Settings) -> list[str]:
 
 def load_model(http_url: str, name: str, token: str | None, timeout_s: float) -> tuple[bool, str]:
     """Load through the repository API; returns (ok, Triton's reason on failure)."""
-    request = urllib.request.Request(  # noqa: S310 - loopback URL we built
+    request = urllib.request.Request(
         f"http://{http_url}/v2/repository/models/{name}/load",
         data=b"{}",
         method="POST",
         headers={"Content-Type": "application/json", **auth_headers(token)},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s):
             return True, ""
     except urllib.error.HTTPError as exc:
         body = exc.read().decode("utf-8", "replace")

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from python_backends.streams import EVICT_EVERY, StreamStateStore
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[StreamStateStore]:
+    s = StreamStateStore(tmp_path / "streams.sqlite", clock=clock)
+    yield s
+    s.close()
+
+
+def bump(state: dict[str, Any] | None) -> dict[str, Any]:
+    return {"n": (state or {}).get("n", 0) + 1}
+
+
+def test_a_new_stream_starts_from_none(store: StreamStateStore) -> None:
+    seen: list[dict[str, Any] | None] = []
+
+    def fn(state: dict[str, Any] | None) -> dict[str, Any]:
+        seen.append(state)
+        return {"n": 1}
+
+    assert store.update("s1", "cfg", fn) == {"n": 1}
+    assert seen == [None]
+    assert store.get("s1") == {"n": 1}
+
+
+def test_streams_are_isolated(store: StreamStateStore) -> None:
+    for _ in range(3):
+        store.update("s1", "cfg", bump)
+    store.update("s2", "cfg", bump)
+
+    assert (store.get("s1"), store.get("s2"), store.get("s3")) == ({"n": 3}, {"n": 1}, None)
+
+
+def test_a_config_change_resets_that_streams_state_only(store: StreamStateStore) -> None:
+    store.update("s1", "zones-v1", bump)
+    store.update("s1", "zones-v1", bump)
+    store.update("s2", "zones-v1", bump)
+
+    assert store.update("s1", "zones-v2", bump) == {"n": 1}
+    assert store.update("s1", "zones-v2", bump) == {"n": 2}
+    assert store.get("s2") == {"n": 1}
+
+
+def test_a_failing_update_changes_nothing(store: StreamStateStore) -> None:
+    store.update("s1", "cfg", bump)
+
+    def fail(state: dict[str, Any] | None) -> dict[str, Any]:
+        raise RuntimeError("bad frame")
+
+    with pytest.raises(RuntimeError):
+        store.update("s1", "cfg", fail)
+    with pytest.raises(TypeError, match="must be a dict"):
+        store.update("s1", "cfg", lambda state: [1])  # type: ignore[arg-type,return-value]
+
+    assert store.get("s1") == {"n": 1}
+    assert store.update("s1", "cfg", bump) == {"n": 2}  # no transaction left open
+
+
+def test_reset_and_count(store: StreamStateStore) -> None:
+    store.update("s1", "cfg", bump)
+    store.update("s2", "cfg", bump)
+
+    assert store.reset("s1") is True
+    assert store.reset("s1") is False
+    assert store.count() == 1
+    assert store.update("s1", "cfg", bump) == {"n": 1}
+
+
+def test_state_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
+    first = StreamStateStore(tmp_path / "s.sqlite", clock=clock)
+    first.update("s1", "cfg", bump)
+    first.close()
+
+    second = StreamStateStore(tmp_path / "s.sqlite", clock=clock)
+    assert second.get("s1") == {"n": 1}
+    second.close()
+
+
+def test_idle_streams_are_evicted(store: StreamStateStore, clock: FakeClock) -> None:
+    store.update("old", "cfg", bump)
+    clock.now += 200
+    store.update("recent", "cfg", bump)
+    clock.now += 101  # "old" idle for 301 s, "recent" for 101 s
+
+    assert store.evict_idle() == 1
+    assert (store.get("old"), store.get("recent")) == (None, {"n": 1})
+
+
+def test_idle_eviction_runs_by_itself_every_so_many_updates(store: StreamStateStore, clock: FakeClock) -> None:
+    store.update("old", "cfg", bump)
+    clock.now += 301
+    for _ in range(EVICT_EVERY):
+        store.update("busy", "cfg", bump)
+
+    assert store.get("old") is None
+
+
+def test_short_lived_streams_stay_bounded_by_max_streams(tmp_path: Path, clock: FakeClock) -> None:
+    store = StreamStateStore(tmp_path / "s.sqlite", max_streams=100, clock=clock)
+    try:
+        for i in range(5000):
+            clock.now += 0.001
+            store.update(f"stream-{i}", "cfg", bump)
+            if i % 500 == 0:
+                assert store.count() <= 100
+        assert store.count() == 100
+        assert store.get("stream-4999") == {"n": 1}  # the newest stay
+        assert store.get("stream-4899") is None  # the least recently seen go
+        assert store.get("stream-4900") == {"n": 1}
+    finally:
+        store.close()
+
+
+def test_eviction_keeps_the_streams_seen_most_recently(tmp_path: Path, clock: FakeClock) -> None:
+    store = StreamStateStore(tmp_path / "s.sqlite", max_streams=2, clock=clock)
+    store.update("a", "cfg", bump)
+    clock.now += 1
+    store.update("b", "cfg", bump)
+    clock.now += 1
+    store.update("a", "cfg", bump)  # "a" is now more recent than "b"
+    clock.now += 1
+    store.update("c", "cfg", bump)
+
+    assert (store.get("a"), store.get("b"), store.get("c")) == ({"n": 2}, None, {"n": 1})
+    store.close()
+
+
+def _increment(path: str, times: int) -> None:
+    store = StreamStateStore(Path(path))
+    for _ in range(times):
+        store.update("shared", "cfg", bump)
+    store.close()
+
+
+def test_two_processes_updating_one_stream_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    StreamStateStore(path).close()  # create the schema before the race
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_increment, args=(str(path), 200)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+
+    reader = StreamStateStore(path)
+    assert reader.get("shared") == {"n": 400}
+    reader.close()
+
+
+def test_threads_sharing_one_store_lose_nothing(store: StreamStateStore) -> None:
+    def work() -> None:
+        for _ in range(100):
+            store.update("shared", "cfg", bump)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert store.get("shared") == {"n": 400}
+
+
+def test_an_unreadable_row_restarts_that_stream(
+    tmp_path: Path, store: StreamStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.update("s1", "cfg", bump)
+    with sqlite3.connect(store.path) as raw:
+        raw.execute("UPDATE streams SET state = '{torn' WHERE stream_id = 's1'")
+
+    with caplog.at_level(logging.WARNING, logger="python_backends.streams"):
+        assert store.get("s1") is None
+        assert store.update("s1", "cfg", bump) == {"n": 1}
+    assert "s1" in caplog.text
+
+
+def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
+    store = StreamStateStore(tmp_path / "s.sqlite")
+    store.close()
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.update("s1", "cfg", bump)
+
+
+def test_the_database_runs_in_wal_mode(store: StreamStateStore) -> None:
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("kwargs", [{"max_streams": 0}, {"idle_ttl_s": 0}])
+def test_nonsense_bounds_are_rejected(tmp_path: Path, kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        StreamStateStore(tmp_path / "s.sqlite", **kwargs)  # type: ignore[arg-type]

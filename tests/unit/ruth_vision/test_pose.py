@@ -1,0 +1,221 @@
+"""Pose engine: letterbox maths, output decoding, and the real MoveNet network on photographs from PyPI packages."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from matplotlib import cbook
+
+from ruth_vision import pose as P
+from ruth_vision.weights import fetch_movenet
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> P.PoseNetwork:
+    weights = fetch_movenet(tmp_path_factory.mktemp("weights"))
+    return P.build_engine(P.PoseEngineConfig(weights=weights))
+
+
+def astronaut() -> np.ndarray:
+    return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def grace_hopper() -> np.ndarray:
+    return cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+
+
+def camera() -> np.ndarray:
+    return cv2.cvtColor(skimage.data.camera(), cv2.COLOR_GRAY2BGR)
+
+
+# --- pure parts ---------------------------------------------------------------------------------------------------
+
+
+def test_letterbox_centres_and_maps_back() -> None:
+    box = P.Letterbox.fit(640, 480, 256)
+    assert (box.scale, box.pad_x, box.pad_y) == (0.4, 0, 32)
+    canvas = box.apply(np.full((480, 640, 3), 200, np.uint8))
+    assert canvas.shape == (256, 256, 3)
+    assert canvas[:32].max() == 0 and canvas[-32:].max() == 0 and canvas[32:224].min() == 200
+    x, y = box.to_frame(np.array([128.0, 0.0]), np.array([128.0, 300.0]))
+    assert x.tolist() == [320.0, 0.0]
+    assert y.tolist() == [240.0, 479.0]  # clipped into the frame
+
+
+def test_pose_rows_round_trip() -> None:
+    kp = np.arange(51, dtype=np.float32).reshape(17, 3)
+    original = P.PoseResult((1.0, 2.0, 3.0, 4.0), kp, 0.5)
+    array = P.poses_to_array([original, original])
+    assert array.shape == (2, P.POSE_ROW_WIDTH) and array.dtype == np.float32
+    back = P.poses_from_array(array[np.newaxis])  # as a BLS response carries it
+    assert back[0].box == original.box and back[0].score == 0.5
+    np.testing.assert_array_equal(back[1].keypoints, kp)
+    assert P.poses_to_array([]).shape == (0, P.POSE_ROW_WIDTH)
+    with pytest.raises(ValueError, match="POSES must be"):
+        P.poses_from_array(np.zeros((2, 55), np.float32))
+
+
+def _movenet_row(y1: float, x1: float, y2: float, x2: float, score: float) -> np.ndarray:
+    row = np.zeros(56, np.float32)
+    row[:51].reshape(17, 3)[:] = [(y1 + y2) / 2, (x1 + x2) / 2, 0.9]
+    row[51:55] = [y1, x1, y2, x2]
+    row[55] = score
+    return row
+
+
+def test_decode_movenet_maps_normalised_yx_to_frame_xy_and_drops_weak_rows() -> None:
+    box = P.Letterbox.fit(640, 480, 256)  # pad_y 32, scale 0.4
+    raw = np.stack([_movenet_row(0.25, 0.25, 0.75, 0.5, 0.3), _movenet_row(0.3, 0.5, 0.6, 0.9, 0.6),
+                    _movenet_row(0.1, 0.1, 0.2, 0.2, 0.05)])[np.newaxis]  # fmt: skip
+    people = P.decode_movenet(raw, box, min_score=0.2)
+    assert [round(p.score, 2) for p in people] == [0.6, 0.3]  # strongest first, the 0.05 one dropped
+    x1, y1, x2, y2 = people[1].box
+    assert (x1, x2) == pytest.approx((160.0, 320.0))
+    assert (y1, y2) == pytest.approx(((0.25 * 256 - 32) / 0.4, (0.75 * 256 - 32) / 0.4))
+    assert people[1].keypoints[0, :2] == pytest.approx([240.0, 240.0])
+
+
+def _yolo_anchor(cx: float, cy: float, w: float, h: float, score: float) -> np.ndarray:
+    a = np.zeros(56, np.float32)
+    a[:5] = [cx, cy, w, h, score]
+    a[5:].reshape(17, 3)[:] = [cx, cy, 0.8]
+    return a
+
+
+def test_decode_yolo_pose_suppresses_duplicates_and_accepts_both_layouts() -> None:
+    box = P.Letterbox.fit(1280, 640, 640)  # scale 0.5, pad_y 160
+    anchors = np.stack([_yolo_anchor(200, 320, 100, 200, 0.9), _yolo_anchor(205, 322, 100, 200, 0.8),
+                        _yolo_anchor(500, 320, 100, 200, 0.7), _yolo_anchor(50, 50, 10, 10, 0.1)])  # fmt: skip
+    for raw in (anchors.T[np.newaxis], anchors[np.newaxis]):
+        people = P.decode_yolo_pose(raw, box, min_score=0.25)
+        assert [round(p.score, 2) for p in people] == [0.9, 0.7]
+        assert people[0].box == pytest.approx((300.0, 120.0, 500.0, 520.0))
+        assert people[1].keypoints[3, :2] == pytest.approx([1000.0, 320.0])
+
+
+# --- the real network ---------------------------------------------------------------------------------------------
+
+
+def test_one_person_in_each_photograph(engine: P.PoseNetwork) -> None:
+    for frame in (astronaut(), grace_hopper(), camera()):
+        assert len(engine.infer(frame)) == 1
+
+
+def test_astronaut_box_and_face_keypoints_are_in_original_pixels(engine: P.PoseNetwork) -> None:
+    (person,) = engine.infer(astronaut())
+    assert person.box == pytest.approx((18, 11, 361, 509), abs=20)
+    nose, left_eye, right_eye = person.keypoints[:3]
+    assert 190 < nose[0] < 260 and 90 < nose[1] < 150 and nose[2] > 0.5
+    assert left_eye[0] > right_eye[0]  # the subject's left is the image's right
+
+
+def test_coordinates_survive_a_wide_letterbox(engine: P.PoseNetwork) -> None:
+    canvas = np.full((512, 1536, 3), 90, np.uint8)
+    canvas[:, 1000:1512] = astronaut()
+    (person,) = engine.infer(canvas)
+    assert person.box[0] == pytest.approx(1018, abs=25)
+    assert person.keypoints[0, 0] == pytest.approx(1000 + 225, abs=25)
+
+
+def test_two_people_side_by_side(engine: P.PoseNetwork) -> None:
+    canvas = np.full((600, 1100, 3), 128, np.uint8)
+    canvas[44:556, 0:512] = astronaut()
+    canvas[0:600, 560:1072] = grace_hopper()
+    people = sorted(engine.infer(canvas), key=lambda p: p.box[0])
+    assert len(people) == 2
+    assert people[0].box[2] < 560 + 40 and people[1].box[0] > 512 - 40
+
+
+def test_an_empty_scene_has_nobody(engine: P.PoseNetwork) -> None:
+    assert engine.infer(np.full((480, 640, 3), 128, np.uint8)) == []
+
+
+def test_batch_equals_one_by_one(engine: P.PoseNetwork) -> None:
+    frames = [astronaut(), grace_hopper()]
+    batch = engine.infer_batch(frames)
+    for frame, people in zip(frames, batch, strict=True):
+        (alone,) = engine.infer(frame)
+        assert people[0].box == pytest.approx(alone.box)
+
+
+def test_engine_rejects_a_frame_that_is_not_bgr_uint8(engine: P.PoseNetwork) -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        engine.infer(np.zeros((10, 10), np.uint8))
+
+
+# --- building engines from a spec ----------------------------------------------------------------------------------
+
+
+def test_litert_refuses_a_gpu_it_cannot_use(engine: P.PoseNetwork, tmp_path: Path) -> None:
+    weights = fetch_movenet(tmp_path)
+    with pytest.raises(P.EngineLoadError, match="CPU only, but cuda:0 was granted"):
+        P.build_engine(P.PoseEngineConfig(weights=weights), device="cuda:0")
+    with pytest.raises(P.EngineLoadError, match="YOLO-pose needs engine onnx"):
+        P.build_engine(P.PoseEngineConfig(weights=weights, layout="yolo_pose"))
+
+
+def test_missing_weights_fail_the_build(tmp_path: Path) -> None:
+    with pytest.raises(P.EngineLoadError, match="do not exist"):
+        P.build_engine(P.PoseEngineConfig(weights=tmp_path / "none.tflite"))
+
+
+def test_onnx_engine_without_onnxruntime_says_what_to_install(tmp_path: Path) -> None:
+    weights = tmp_path / "pose.onnx"
+    weights.write_bytes(b"onnx")
+
+    def no_ort(name: str) -> Any:
+        raise ImportError(f"No module named {name!r}")
+
+    with pytest.raises(P.EngineLoadError, match="onnxruntime is not installed.*onnxruntime-gpu"):
+        P.build_engine(P.PoseEngineConfig(engine="onnx", weights=weights), importer=no_ort)
+
+
+class _FakeSession:
+    def __init__(self, path: str, sess_options: object, providers: list[Any]) -> None:
+        self.providers = [p if isinstance(p, str) else p[0] for p in providers]
+        self.provider_options = providers
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+    def get_inputs(self) -> list[Any]:
+        return [types.SimpleNamespace(name="images", type="tensor(float)")]
+
+    def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (tensor,) = feeds.values()
+        assert tensor.shape == (1, 3, 640, 640) and tensor.dtype == np.float32 and tensor.max() <= 1.0
+        return [np.stack([_yolo_anchor(320, 320, 100, 300, 0.9)]).T[np.newaxis]]
+
+
+def _fake_ort(providers: list[str]) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        get_available_providers=lambda: providers,
+        SessionOptions=lambda: types.SimpleNamespace(intra_op_num_threads=0),
+        InferenceSession=_FakeSession,
+    )
+
+
+def test_onnx_engine_runs_a_yolo_pose_export_through_the_same_interface(tmp_path: Path) -> None:
+    weights = tmp_path / "yolo-pose.onnx"
+    weights.write_bytes(b"onnx")
+    config = P.PoseEngineConfig(engine="onnx", layout="yolo_pose", weights=weights, input_size=640)
+    network = P.build_engine(config, importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
+    (person,) = network.infer(np.zeros((640, 1280, 3), np.uint8))  # scale 0.5, pad_y 160
+    assert person.box == pytest.approx((540.0, 20.0, 740.0, 620.0))
+
+
+def test_onnx_engine_on_cuda_requires_the_cuda_provider(tmp_path: Path) -> None:
+    weights = tmp_path / "pose.onnx"
+    weights.write_bytes(b"onnx")
+    config = P.PoseEngineConfig(engine="onnx", weights=weights)
+    with pytest.raises(P.EngineLoadError, match="CUDAExecutionProvider is not available"):
+        P.build_engine(config, device="cuda:1", importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
+    runner = P.OnnxRunner(weights, "cuda:1", importer=lambda name: _fake_ort(["CUDAExecutionProvider"]))
+    assert runner.providers == ["CUDAExecutionProvider"]
+    assert P.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1})]
