@@ -100,8 +100,8 @@ class BreakerSnapshot:
     """Everything the breaker knows, as stored. Immutable: transitions return a new snapshot.
 
     `trips` counts consecutive trips (it drives the exponential cooldown and is reset on close); `total_trips` only
-    grows, so it also identifies a half-open episode. `seq` grows with every stored change, which lets a breaker
-    tell a fresh observation from a stale one. `last_trial_at` is when the newest half-open trial was admitted.
+    grows, so it also identifies a half-open episode. `seq` grows with every stored change (a cheap "has anything
+    changed" check for tooling). `last_trial_at` is when the newest half-open trial was admitted.
     """
 
     state: BreakerState
@@ -360,9 +360,13 @@ class FileBreakerStorage:
 
 
 class BreakerListener(Protocol):
-    """Told about every state change this breaker observes, including changes made by sibling processes (so each
-    process can keep its own gauge right). Count trips from `snap.total_trips`, not from calls, or every observing
-    process would count each trip once."""
+    """Told about each state change *this* breaker object made, after the storage lock is released.
+
+    Changes made by sibling processes are reported by their own breakers, not here: Triton merges the custom metrics
+    of all instance processes of a model into one series, so every transition is reported exactly once (a trip
+    counter stays exact) and the last transition made anywhere sets the shared gauge. Calls come from whichever
+    thread made the transition; an exception is logged and swallowed.
+    """
 
     def on_transition(self, name: str, old: BreakerState, new: BreakerState, snap: BreakerSnapshot) -> None: ...
 
@@ -391,11 +395,8 @@ class CircuitBreaker:
         self._storage = storage
         self._clock = clock
         self._listeners: list[BreakerListener] = list(listeners)
-        self._seen_lock = threading.Lock()
         self.storage_errors = 0
         self._storage_failing = False
-        first = self._load(clock())
-        self._seen = (first.state, first.seq, first.updated_at)
 
     # public API ------------------------------------------------------------------------------------------------
 
@@ -423,9 +424,7 @@ class CircuitBreaker:
         self._apply(lambda snap: (on_reset(snap, now), None), now, fast=False)
 
     def snapshot(self) -> BreakerSnapshot:
-        snap = self._load(self._clock())
-        self._observe(snap)
-        return snap
+        return self._load(self._clock())
 
     @property
     def state(self) -> BreakerState:
@@ -451,7 +450,6 @@ class CircuitBreaker:
         if fast:
             current = self._load(now)
             new, result = step(current)
-            self._observe(current)
             if new == current:
                 return result
             fast_result = (result,)
@@ -475,22 +473,15 @@ class CircuitBreaker:
         before, after = seen[-1]
         if before.state is not after.state:
             self._log_transition(before, after, now)
-        self._observe(after)
+            self._notify(before.state, after)
         return result
 
-    def _observe(self, snap: BreakerSnapshot) -> None:
-        """Notify listeners when `snap` is newer than the last snapshot seen and in another state."""
-        with self._seen_lock:
-            old_state, seq, updated_at = self._seen
-            if snap.seq <= seq and snap.updated_at <= updated_at:
-                return  # a stale read that raced a newer transition
-            self._seen = (snap.state, snap.seq, snap.updated_at)
-        if old_state is not snap.state:
-            for listener in list(self._listeners):
-                try:
-                    listener.on_transition(self.name, old_state, snap.state, snap)
-                except Exception:
-                    log.exception("breaker %s: listener %r failed", self.name, listener)
+    def _notify(self, old: BreakerState, snap: BreakerSnapshot) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener.on_transition(self.name, old, snap.state, snap)
+            except Exception:
+                log.exception("breaker %s: listener %r failed", self.name, listener)
 
     def _log_transition(self, before: BreakerSnapshot, after: BreakerSnapshot, now: float) -> None:
         if after.state is BreakerState.OPEN:

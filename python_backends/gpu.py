@@ -62,7 +62,7 @@ class DeviceInfo:
     free_bytes: int
 
 
-class ProbeUnavailable(RuntimeError):  # noqa: N818 (the name is the API)
+class ProbeUnavailable(RuntimeError):
     """The probe can't see devices at all (no library, no driver); the message says why."""
 
 

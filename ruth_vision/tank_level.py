@@ -88,7 +88,7 @@ STATUS_CRITICAL_LOW = "CRITICAL LOW"
 STATUS_NO_SURFACE = "NO SURFACE VISIBLE"
 
 
-class RoiOutsideFrame(ValueError):  # noqa: N818 - reads as the condition; the model maps it to InvalidInput
+class RoiOutsideFrame(ValueError):
     """`tank_corners` leave less than a measurable region inside the frame: a configuration mistake."""
 
 

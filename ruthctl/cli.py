@@ -37,6 +37,14 @@ class Context:
     verbose: bool
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ruthctl import __version__
+
+        typer.echo(f"ruthctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -48,6 +56,9 @@ def root(
     state_dir: Annotated[Path | None, typer.Option(envvar="RUTH_STATE_DIR", help="Breaker, registry state.")] = None,
     profile: Annotated[Profile | None, typer.Option(envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     urls = [u for raw in (url or []) for u in raw.split(",") if u] or ["127.0.0.1:8000"]

@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -59,19 +60,25 @@ def serve(
 ) -> None:
     """Start tritonserver, load the models the desired state marks active, and stay up until SIGTERM/SIGINT."""
     root = ctx.obj
-    settings = load_settings(
-        ruth_host=host,
-        ruth_http_port=http_port,
-        ruth_grpc_port=grpc_port,
-        ruth_metrics_port=metrics_port,
-        models_root=model_repository,
-        graceful_shutdown_timeout_seconds=exit_timeout,
-        log_format=log_format,
-        ruth_ai_profile=root.profile if root is not None else None,
-        ruth_state_dir=root.state_dir if root is not None else None,
-        ruth_tritonserver=tritonserver,
-        ruth_backend_directory=backend_directory,
-    )
+    try:
+        settings = load_settings(
+            ruth_host=host,
+            ruth_http_port=http_port,
+            ruth_grpc_port=grpc_port,
+            ruth_metrics_port=metrics_port,
+            models_root=model_repository,
+            graceful_shutdown_timeout_seconds=exit_timeout,
+            log_format=log_format,
+            ruth_ai_profile=root.profile if root is not None else None,
+            ruth_state_dir=root.state_dir if root is not None else None,
+            ruth_tritonserver=tritonserver,
+            ruth_backend_directory=backend_directory,
+        )
+    except ValidationError as exc:
+        for problem in exc.errors():
+            name = str(problem["loc"][0]).upper() if problem["loc"] else "?"
+            err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {problem.get('input')!r})")
+        raise typer.Exit(ExitCode.USAGE) from exc
     try:
         server = build_server(settings, log_file=log_file)
     except TritonNotInstalled as exc:

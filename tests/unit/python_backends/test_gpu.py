@@ -274,9 +274,7 @@ def test_release_reports_whether_there_was_a_booking(tmp_path: Path) -> None:
     assert led.release("a") is False
 
 
-@pytest.mark.parametrize(
-    "content", ["{torn", '{"reservations": []}', '{"reservations": {"x": {"owner": "x"}}}']
-)
+@pytest.mark.parametrize("content", ["{torn", '{"reservations": []}', '{"reservations": {"x": {"owner": "x"}}}'])
 def test_a_damaged_ledger_reads_as_empty_and_is_rewritten(tmp_path: Path, content: str) -> None:
     led = ledger(tmp_path)
     led.path.write_text(content)

@@ -24,6 +24,25 @@ def start(target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
+class ReadHolder:
+    """Holds the read lock on its own thread until `release()`."""
+
+    def __init__(self, lock: FairRWLock) -> None:
+        self._held, self._release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lock.read():
+                self._held.set()
+                self._release.wait(30)
+
+        self._thread = start(hold)
+        assert self._held.wait(5)
+
+    def release(self) -> None:
+        self._release.set()
+        self._thread.join(5)
+
+
 def test_readers_share_the_lock() -> None:
     lock = FairRWLock()
     inside = threading.Barrier(3, timeout=5)  # breaks (and fails the test) unless all 3 are inside together
@@ -73,7 +92,7 @@ def test_writers_exclude_readers_and_each_other() -> None:
 
 def test_a_waiting_writer_holds_back_new_readers() -> None:
     lock = FairRWLock()
-    lock.acquire_read()
+    holder = ReadHolder(lock)
     writer_in = threading.Event()
 
     def writer() -> None:
@@ -84,10 +103,10 @@ def test_a_waiting_writer_holds_back_new_readers() -> None:
     wait_until(lambda: lock.writers_waiting == 1)
 
     with pytest.raises(TimeoutError):
-        lock.acquire_read(timeout=0.05)  # another thread would also have to wait; this one gives up
+        lock.acquire_read(timeout=0.05)  # free for readers, but a writer is waiting
     assert not writer_in.is_set()
 
-    lock.release_read()
+    holder.release()
     assert writer_in.wait(5)
 
 
@@ -133,21 +152,23 @@ def test_read_times_out_while_a_writer_holds_the_lock() -> None:
 
 def test_write_times_out_while_readers_hold_the_lock_and_leaves_it_consistent() -> None:
     lock = FairRWLock()
-    lock.acquire_read()
+    holder = ReadHolder(lock)
 
     with pytest.raises(TimeoutError):
         lock.acquire_write(timeout=0.05)
 
     assert lock.writers_waiting == 0
     assert not lock.write_locked
-    lock.release_read()
+    with lock.read(timeout=0):  # readers aren't held back by a writer that gave up
+        pass
+    holder.release()
     with lock.write(timeout=1):
         pass
 
 
 def test_a_writer_that_gives_up_wakes_the_readers_queued_behind_it() -> None:
     lock = FairRWLock()
-    lock.acquire_read()  # keeps the writer waiting until it times out
+    holder = ReadHolder(lock)  # keeps the writer waiting until it times out
     writer_outcome: list[str] = []
     reader_in = threading.Event()
 
@@ -169,7 +190,7 @@ def test_a_writer_that_gives_up_wakes_the_readers_queued_behind_it() -> None:
     writer_thread.join(5)
     assert writer_outcome == ["timed out"]
     assert reader_in.wait(5), "reader stayed blocked behind a writer that had given up"
-    lock.release_read()
+    holder.release()
 
 
 def test_nested_reads_do_not_deadlock_behind_a_waiting_writer() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,7 +178,8 @@ def test_concurrent_callers_each_get_their_own_answer() -> None:
     def caller(n: int) -> None:
         gate.wait(5)
         for i in range(50):
-            assert watchdog.run(lambda n=n, i=i: n * 1000 + i, timeout_s=5) == n * 1000 + i
+            expected = n * 1000 + i
+            assert watchdog.run(functools.partial(int, expected), timeout_s=5) == expected
         results[n] = n
 
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]

@@ -1,0 +1,96 @@
+"""The launcher's pure parts: flags rendered to argv, the environment the stubs inherit, the shm sweep."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ruthctl.server import (
+    TritonFlags,
+    TritonInstall,
+    order_for_loading,
+    prepare_backends_dir,
+    repository_models,
+    server_environment,
+    sweep_stale_shm,
+)
+
+
+def flags(**overrides: object) -> TritonFlags:
+    base: dict[str, object] = {"model_repository": Path("/repo"), "backend_directory": Path("/backends")}
+    base.update(overrides)
+    return TritonFlags(**base)  # type: ignore[arg-type]
+
+
+def test_argv_has_the_settings_the_behaviour_notes_require() -> None:
+    argv = flags(model_config_name="gpu", exit_timeout_s=45).to_argv(Path("/bin/tritonserver"))
+    assert argv[0] == "/bin/tritonserver"
+    for expected in (
+        "--model-control-mode=explicit",
+        "--disable-auto-complete-config",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--model-config-name=gpu",
+        "--exit-timeout-secs=45",
+        "--model-repository=/repo",
+        "--backend-directory=/backends",
+    ):
+        assert expected in argv
+
+
+def test_the_admin_token_restricts_the_repository_api_on_both_protocols() -> None:
+    argv = flags(admin_token="s3cret").to_argv(Path("/bin/tritonserver"))
+    assert "--http-restricted-api=model-repository:ruth-admin-token=s3cret" in argv
+    assert "--grpc-restricted-protocol=model-repository:ruth-admin-token=s3cret" in argv
+
+
+def test_metrics_can_be_switched_off() -> None:
+    argv = flags(metrics_enabled=False).to_argv(Path("/bin/tritonserver"))
+    assert "--allow-metrics=false" in argv
+    assert not any(a.startswith("--metrics-port") for a in argv)
+
+
+def test_stub_environment_puts_the_venv_first_and_the_matching_libpython_on_the_loader_path() -> None:
+    env = server_environment({"PATH": "/usr/bin", "PYTHONPATH": "/x"}, {"RUTH_STATE_DIR": "/state"})
+    import sys
+
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert "PYTHONPATH" not in env
+    assert env["RUTH_STATE_DIR"] == "/state"
+    lib = env["LD_LIBRARY_PATH"].split(os.pathsep)[0]
+    assert any(Path(lib).glob("libpython3*.so*"))
+
+
+def test_only_regions_of_dead_runs_are_swept(tmp_path: Path) -> None:
+    dead, alive, foreign = tmp_path / "ruth111_tank_0_0", tmp_path / "ruth222_tank_0_0", tmp_path / "other_1"
+    for region in (dead, alive, foreign):
+        region.write_bytes(b"")
+    removed = sweep_stale_shm(tmp_path, "ruth", is_alive=lambda pid: pid == 222)
+    assert removed == [dead]
+    assert alive.exists() and foreign.exists() and not dead.exists()
+
+
+def test_the_private_backends_dir_links_the_stub_for_this_python(tmp_path: Path) -> None:
+    install = TritonInstall.locate()
+    backends = prepare_backends_dir(install, tmp_path)
+    stub = backends / "python" / "triton_python_backend_stub"
+    assert stub.resolve() == install.stub.resolve()
+    assert prepare_backends_dir(install, tmp_path) == backends  # idempotent
+
+
+def test_a_missing_server_binary_says_what_to_install(tmp_path: Path) -> None:
+    from ruthctl.server import TritonNotInstalled
+
+    with pytest.raises(TritonNotInstalled, match="RUTH_TRITONSERVER"):
+        TritonInstall.locate(binary=tmp_path / "tritonserver")
+
+
+def test_bls_callees_load_first(tmp_path: Path) -> None:
+    for name in ("fall_detection", "pose_estimator", "tank"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text("")
+    (tmp_path / "not_a_model").mkdir()
+    assert order_for_loading(repository_models(tmp_path)) == ["pose_estimator", "fall_detection", "tank"]

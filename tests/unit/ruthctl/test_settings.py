@@ -1,0 +1,63 @@
+"""12-factor settings: every variable validated, legacy names accepted, model processes handed what they read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ruthctl.settings import Hardware, Profile, Settings, detect_hardware, unknown_own_variables
+
+
+def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RUTH_AI_PROFILE", "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "LOG_FORMAT", "MAX_CONCURRENT_INFERENCES"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.ruth_ai_profile is Profile.CPU
+    assert settings.graceful_shutdown_timeout_seconds == 30
+    assert (settings.ruth_http_port, settings.ruth_grpc_port, settings.ruth_metrics_port) == (8000, 8001, 8002)
+    assert settings.ruth_host == "127.0.0.1"
+    assert settings.max_concurrent_inferences == 10
+
+
+@pytest.mark.parametrize(("legacy", "profile"), [("prod-gpu", Profile.GPU), ("edge-jetson", Profile.JETSON),
+                                                 ("dev", Profile.CPU), ("GPU", Profile.GPU)])
+def test_legacy_profile_names_are_accepted(monkeypatch: pytest.MonkeyPatch, legacy: str, profile: Profile) -> None:
+    monkeypatch.setenv("RUTH_AI_PROFILE", legacy)
+    assert Settings(_env_file=None).ruth_ai_profile is profile  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "0"), ("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "soon"),
+     ("LOG_LEVEL", "LOUD"), ("AI_RUNTIME_HARDWARE", "tpu"), ("GPU_MEMORY_RESERVE_MB", "-1"),
+     ("MAX_CONCURRENT_INFERENCES", "0"), ("ENABLE_GPU", "maybe")],
+)
+def test_a_bad_value_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert name.lower() in str(raised.value)
+
+
+def test_model_processes_get_the_gpu_policy_and_a_cpu_host_never_grants_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_RUNTIME_HARDWARE", "cpu")
+    monkeypatch.setenv("GPU_FALLBACK_TO_CPU", "false")
+    env = Settings(_env_file=None).model_env()  # type: ignore[call-arg]
+    assert env["ENABLE_GPU"] == "0"
+    assert env["GPU_FALLBACK_TO_CPU"] == "0"
+    assert env["GPU_MEMORY_RESERVE_MB"] == "512"
+    assert Path(env["RUTH_STATE_DIR"]).is_absolute()
+
+
+def test_hardware_detection(tmp_path: Path) -> None:
+    release = tmp_path / "nv_tegra_release"
+    assert detect_hardware(release, which=lambda _: None) is Hardware.CPU
+    release.write_text("# R35")
+    assert detect_hardware(release, which=lambda _: None) is Hardware.JETSON
+
+
+def test_unknown_ruth_variables_are_reported() -> None:
+    env = {"RUTH_STATE_DIR": "/s", "RUTH_STAT_DIR": "/typo", "HOME": "/root"}
+    assert unknown_own_variables(env) == ["RUTH_STAT_DIR"]
