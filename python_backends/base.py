@@ -43,6 +43,7 @@ from python_backends.faults import FaultInjector, InjectedFault
 from python_backends.gpu import Allocation, DeviceAllocator, GpuLedger, NoGpuProbe, default_probe
 from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMetrics, TritonMetrics
 from python_backends.params import ModelParams, RuntimeEnv, parameters_of
+from python_backends.rwlock import FairRWLock
 from python_backends.streams import StreamStateStore
 from python_backends.validation import ValidatedRequest, validate_request
 from python_backends.watchdog import Watchdog
@@ -136,6 +137,8 @@ class _GuardedModel:
         self.metrics.breaker(self.breaker.state, tripped=False)
         self.watchdog = Watchdog(f"{self.name}:{self.version}", zombie_limit=self.params.zombie_limit)
         self.faults = FaultInjector(self.params.faults) if self.params.faults.enabled else None
+        #: readers: every inference; writer: `swap_resources` (weights replaced while requests run)
+        self.resources_lock = FairRWLock()
         try:
             self.setup_state()
             self.load(self.device)
@@ -204,7 +207,8 @@ class _GuardedModel:
         def watched() -> None:
             if self.faults is not None:  # inside the watchdog: an injected hang must hit the deadline like a real one
                 self._inject_faults(running)
-            work([i for i in running if i.error is None])
+            with self.resources_lock.read():
+                work([i for i in running if i.error is None])
 
         started = time.perf_counter()
         try:
@@ -255,6 +259,14 @@ class _GuardedModel:
         self.metrics.request(outcome_for(error))
         if isinstance(error, InvalidInput):
             self.metrics.rejection(error.field.split("|")[0])
+
+    def swap_resources(self, replace: Callable[[], None], timeout_s: float = 30.0) -> None:
+        """Run `replace` (e.g. load new weights into place) once in-flight inferences finish; new ones wait.
+
+        The lock prefers writers, so a steady stream of requests can't starve the swap.
+        """
+        with self.resources_lock.write(timeout=timeout_s):
+            replace()
 
     # ---- BLS ---------------------------------------------------------------------------------------------------
     def call_model(

@@ -29,7 +29,8 @@ from typing import IO
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "ruth"  # our runs' python-backend shm regions are named ruth<pid>_...
+SHM_PREFIX = "ruth"
+RATE_LIMIT_RESOURCE = "ruth_inference"  # our runs' python-backend shm regions are named ruth<pid>_...
 
 
 class TritonNotInstalled(RuntimeError):
@@ -143,6 +144,9 @@ class TritonFlags:
     strict_readiness: bool = True
     metrics_enabled: bool = True
     admin_token: str | None = None
+    #: MAX_CONCURRENT_INFERENCES: Triton's rate limiter hands out this many `ruth_inference` tokens; every vision
+    #: model instance needs one per execution (rendered into its instance_group). None: no limit.
+    max_concurrent_executions: int | None = None
     shm_prefix: str = SHM_PREFIX
     shm_default_bytes: int = 4 * 1024 * 1024
     shm_growth_bytes: int = 4 * 1024 * 1024
@@ -175,6 +179,11 @@ class TritonFlags:
             argv += [f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}", "--allow-metrics=true"]
         else:
             argv.append("--allow-metrics=false")
+        if self.max_concurrent_executions is not None:
+            argv += [
+                "--rate-limit=execution_count",
+                f"--rate-limit-resource={RATE_LIMIT_RESOURCE}:{self.max_concurrent_executions}",
+            ]
         if self.model_config_name:
             argv.append(f"--model-config-name={self.model_config_name}")
         if self.admin_token:

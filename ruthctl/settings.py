@@ -137,5 +137,5 @@ def load_settings(**overrides: object) -> Settings:
     clean = {k: v for k, v in overrides.items() if v is not None}
     settings = Settings(**clean)  # type: ignore[arg-type]
     for name in unknown_own_variables():
-        log.warning("unknown setting %s is ignored (see docs/configuration.md)", name)
+        log.warning("unknown setting %s is ignored (see the configuration table in README.md)", name)
     return settings

@@ -108,6 +108,7 @@ def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonS
         strict_readiness=settings.ruth_strict_readiness,
         metrics_enabled=settings.metrics_enabled,
         admin_token=token,
+        max_concurrent_executions=settings.max_concurrent_inferences,
     )
     env = server_environment(dict(__import__("os").environ), settings.model_env())
     return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format)

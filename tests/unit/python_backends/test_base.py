@@ -278,3 +278,31 @@ def test_finalize_is_safe_to_call_twice() -> None:
     model.finalize()
     model.finalize()
     assert model.loaded_on is not None and model.loaded_on.placement == "cpu"
+
+
+def test_swap_resources_waits_for_in_flight_inference_and_blocks_new_ones() -> None:
+    import threading
+
+    model = make_model()
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    original = model.infer
+
+    def slow_infer(frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
+        inside.set()
+        release.wait(5)
+        order.append("infer")
+        return original(frame, ctx)
+
+    model.infer = slow_infer  # type: ignore[method-assign]
+    runner = threading.Thread(target=lambda: model.execute([request(level=9)]))
+    runner.start()
+    assert inside.wait(5)
+    swapper = threading.Thread(target=lambda: model.swap_resources(lambda: order.append("swap")))
+    swapper.start()
+    swapper.join(0.2)
+    assert swapper.is_alive(), "the swap must wait for the running inference"
+    release.set()
+    runner.join(5)
+    swapper.join(5)
+    assert order == ["infer", "swap"]

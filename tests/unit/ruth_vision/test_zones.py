@@ -12,7 +12,7 @@ import skimage.data
 from matplotlib import cbook
 from pydantic import ValidationError
 
-from ruth_vision import zones as Z
+from ruth_vision import zones
 from ruth_vision.pose import PoseEngineConfig, PoseNetwork, PoseResult, build_engine
 from ruth_vision.weights import fetch_movenet
 
@@ -48,7 +48,7 @@ def people(engine: PoseNetwork) -> dict[str, list[PoseResult]]:
 
 
 def assess(people: list[PoseResult], config: dict[str, Any], t: float = 0.0, state: Any = None) -> dict[str, Any]:
-    return Z.assess_frame(state, t, people, SIZE, Z.GeoConfig.model_validate(config))[1]
+    return zones.assess_frame(state, t, people, SIZE, zones.GeoConfig.model_validate(config))[1]
 
 
 def restricted(points: list[list[float]], zone_id: str = "dock") -> dict[str, Any]:
@@ -75,7 +75,7 @@ def test_the_feet_count_not_the_box_centre(people: dict[str, list[PoseResult]]) 
     (person,) = people["right"]
     x1, y1, x2, y2 = person.box
     centre_band = [[700, 300], [1280, 300], [1280, 560], [700, 560]]  # holds the box centre, not the feet
-    assert Z.point_in_zone(np.asarray(centre_band, np.float32), ((x1 + x2) / 2, (y1 + y2) / 2))
+    assert zones.point_in_zone(np.asarray(centre_band, np.float32), ((x1 + x2) / 2, (y1 + y2) / 2))
     assert assess(people["right"], {"zones": [restricted(centre_band)]})["violation_detected"] is False
 
 
@@ -110,12 +110,12 @@ def test_two_offenders_raise_severity(people: dict[str, list[PoseResult]]) -> No
 
 
 def test_minimum_dwell_on_frame_time(people: dict[str, list[PoseResult]]) -> None:
-    config = Z.GeoConfig.model_validate({"zones": [restricted(RIGHT_FLOOR)], "min_dwell_s": 1.0})
+    config = zones.GeoConfig.model_validate({"zones": [restricted(RIGHT_FLOOR)], "min_dwell_s": 1.0})
     state = None
     flags = []
     steps = ((0.0, "right"), (0.5, "right"), (1.0, "right"), (1.5, "right_back"), (2.0, "right"), (3.0, "right"))
     for t, pose_set in steps:
-        state, payload = Z.assess_frame(state, t, people[pose_set], SIZE, config)
+        state, payload = zones.assess_frame(state, t, people[pose_set], SIZE, config)
         flags.append((payload["violation_detected"], payload["detections"][0]["track_id"]))
         if t == 2.0:
             assert payload["detections"][0]["zone_id"] == "dock"  # inside, but the dwell restarted at 2.0
@@ -132,12 +132,12 @@ def _pose_with_ankles(ankle_score: float) -> PoseResult:
 
 
 def test_foot_point_prefers_visible_ankles() -> None:
-    assert Z.foot_point(_pose_with_ankles(0.8), 0.25) == ((120.0, 390.0), "ankles")
-    assert Z.foot_point(_pose_with_ankles(0.1), 0.25) == ((120.0, 300.0), "box")
+    assert zones.foot_point(_pose_with_ankles(0.8), 0.25) == ((120.0, 390.0), "ankles")
+    assert zones.foot_point(_pose_with_ankles(0.1), 0.25) == ((120.0, 300.0), "box")
 
 
 def test_legacy_point_lists_become_one_restricted_zone() -> None:
-    config = Z.GeoConfig.model_validate({"tank_corners": RIGHT_FLOOR})
+    config = zones.GeoConfig.model_validate({"tank_corners": RIGHT_FLOOR})
     assert [(z.id, z.type) for z in config.zones] == [("zone_1", "restricted")]
 
 
@@ -153,7 +153,7 @@ def test_legacy_point_lists_become_one_restricted_zone() -> None:
 )
 def test_bad_zone_configs_are_rejected(config: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        Z.GeoConfig.model_validate(config)
+        zones.GeoConfig.model_validate(config)
 
 
 def test_no_zones_means_no_violation(people: dict[str, list[PoseResult]]) -> None:

