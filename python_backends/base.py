@@ -124,8 +124,15 @@ class _GuardedModel:
             device_id=int(args.get("model_instance_device_id", "0") or 0),
             memory_estimate_mb=self.params.memory_estimate_mb,
         )
-        log.info("%s v%s %s: device %s (%s) — %s", self.name, self.version, self.instance, self.device.device,
-                 self.device.placement, self.device.reason)
+        log.info(
+            "%s v%s %s: device %s (%s) — %s",
+            self.name,
+            self.version,
+            self.instance,
+            self.device.device,
+            self.device.placement,
+            self.device.reason,
+        )
         self.metrics.device(self.device.placement, self.device.reserved_bytes)
         breaker_file = self.env.state_dir / "breakers" / f"{self.name}-{self.version}.json"
         self.breaker = CircuitBreaker(
@@ -178,8 +185,12 @@ class _GuardedModel:
             if allocator is not None:
                 allocator.release(self.device)
                 del self._allocator
-            log.info("%s v%s %s: finalized", getattr(self, "name", "?"), getattr(self, "version", "?"),
-                     getattr(self, "instance", "?"))
+            log.info(
+                "%s v%s %s: finalized",
+                getattr(self, "name", "?"),
+                getattr(self, "version", "?"),
+                getattr(self, "instance", "?"),
+            )
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------
     def check_contract(self, model_config: Mapping[str, Any]) -> None:

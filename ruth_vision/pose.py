@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -34,9 +34,12 @@ __all__ = [
     "build_engine",
     "decode_movenet",
     "decode_yolo_pose",
+    "estimate_via",
     "keypoints_json",
+    "pack_pose_outputs",
     "poses_from_array",
     "poses_to_array",
+    "split_pose_outputs",
 ]
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -100,6 +103,54 @@ def poses_from_array(array: np.ndarray) -> list[PoseResult]:
     if rows.ndim != 2 or rows.shape[1] != POSE_ROW_WIDTH:
         raise ValueError(f"POSES must be [N, {POSE_ROW_WIDTH}], got shape {rows.shape}")
     return [PoseResult.from_row(r) for r in rows]
+
+
+def pack_pose_outputs(per_frame: Sequence[Sequence[PoseResult]]) -> dict[str, np.ndarray]:
+    """pose_estimator's outputs for a batch of B frames: POSES float32 [B, N, 56] (N = the most people in any
+    frame, shorter frames zero-padded) and COUNT int32 [B, 1] (how many rows of each frame are real)."""
+    most = max((len(people) for people in per_frame), default=0)
+    poses = np.zeros((len(per_frame), most, POSE_ROW_WIDTH), dtype=np.float32)
+    for i, people in enumerate(per_frame):
+        if people:
+            poses[i, : len(people)] = poses_to_array(people)
+    count = np.asarray([[len(people)] for people in per_frame], dtype=np.int32).reshape(len(per_frame), 1)
+    return {"POSES": poses, "COUNT": count}
+
+
+def split_pose_outputs(poses: np.ndarray, count: np.ndarray) -> list[list[PoseResult]]:
+    """Inverse of `pack_pose_outputs`."""
+    rows = np.asarray(poses, dtype=np.float32)
+    counts = np.asarray(count).reshape(-1)
+    if rows.ndim != 3 or rows.shape[0] != counts.shape[0] or rows.shape[2] != POSE_ROW_WIDTH:
+        raise ValueError(f"POSES {rows.shape} and COUNT {np.asarray(count).shape} do not describe one batch")
+    if (counts < 0).any() or (counts > rows.shape[1]).any():
+        raise ValueError(f"COUNT {counts.tolist()} exceeds the {rows.shape[1]} rows of POSES")
+    return [poses_from_array(rows[i, : int(n)]) for i, n in enumerate(counts)]
+
+
+def estimate_via(
+    call: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]], frames: Sequence[np.ndarray]
+) -> list[list[PoseResult] | Exception]:
+    """Poses for `frames` through a callee shaped like pose_estimator (FRAME [B, H, W, 3] -> POSES, COUNT): one
+    call per distinct frame size, so a batch from same-sized cameras costs one round trip. A failed call fails
+    only the frames it carried (their slot holds the exception)."""
+    results: list[list[PoseResult] | Exception] = [ValueError("not estimated")] * len(frames)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, frame in enumerate(frames):
+        groups.setdefault(tuple(frame.shape), []).append(index)
+    for indices in groups.values():
+        try:
+            outputs = call({"FRAME": np.stack([frames[i] for i in indices])})
+            per_frame = split_pose_outputs(outputs["POSES"], outputs["COUNT"])
+            if len(per_frame) != len(indices):
+                raise ValueError(f"the pose model answered {len(per_frame)} frames for {len(indices)}")
+        except Exception as exc:  # handed back per frame: the caller turns it into that frame's error
+            for i in indices:
+                results[i] = exc
+            continue
+        for i, people in zip(indices, per_frame, strict=True):
+            results[i] = people
+    return results
 
 
 @dataclasses.dataclass(frozen=True)

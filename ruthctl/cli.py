@@ -21,10 +21,10 @@ app = typer.Typer(
 )
 
 #: Commands registered through `register(app)`, and sub-apps mounted under their own name.
-COMMAND_MODULES: tuple[str, ...] = (
-    "ruthctl.commands.serve",
-)
-SUBAPP_MODULES: dict[str, str] = {}
+COMMAND_MODULES: tuple[str, ...] = ("ruthctl.commands.serve",)
+SUBAPP_MODULES: dict[str, str] = {
+    "weights": "ruthctl.commands.weights",
+}
 
 
 @dataclasses.dataclass
@@ -50,8 +50,11 @@ def root(
     ctx: typer.Context,
     url: Annotated[
         list[str] | None,
-        typer.Option("--url", envvar="RUTH_TRITON_URL", help="Triton HTTP (host:port) or gRPC (grpc://host:port) "
-                     "endpoint; repeat for a fleet."),
+        typer.Option(
+            "--url",
+            envvar="RUTH_TRITON_URL",
+            help="Triton HTTP (host:port) or gRPC (grpc://host:port) endpoint; repeat for a fleet.",
+        ),
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(envvar="RUTH_STATE_DIR", help="Breaker, registry state.")] = None,
     profile: Annotated[Profile | None, typer.Option(envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson.")] = None,

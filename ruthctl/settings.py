@@ -115,9 +115,7 @@ class Settings(BaseSettings):
         }
 
 
-def detect_hardware(
-    tegra_release: Path = Path("/etc/nv_tegra_release"), which: object = shutil.which
-) -> Hardware:
+def detect_hardware(tegra_release: Path = Path("/etc/nv_tegra_release"), which: object = shutil.which) -> Hardware:
     if tegra_release.exists():
         return Hardware.JETSON
     if callable(which) and which("nvidia-smi") and Path("/dev/nvidia0").exists():

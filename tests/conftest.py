@@ -47,5 +47,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and _LIVE:
         for handle in _LIVE:
             report.sections.append((f"tritonserver log ({handle.http_url})", handle.log_text()[-12000:]))
-
-

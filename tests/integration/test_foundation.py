@@ -153,7 +153,5 @@ def _config_from_disk(handle: Any, name: str) -> dict[str, Any]:
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
-    message = text_format.Parse(
-        (handle.repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
-    )
+    message = text_format.Parse((handle.repository / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))

@@ -37,9 +37,24 @@ def test_serve_loads_models_prints_endpoints_and_drains_on_a_signal(tmp_path: Pa
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "RUTH_STATE_DIR": str(tmp_path / "state"), "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
     proc = subprocess.Popen(
-        [*RUTHCTL, "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--model", "tank_overflow_monitoring", "--log-file", str(tmp_path / "triton.log")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *RUTHCTL,
+            "serve",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--model",
+            "tank_overflow_monitoring",
+            "--log-file",
+            str(tmp_path / "triton.log"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_ready(http, proc)
@@ -65,8 +80,11 @@ def test_serve_refuses_a_bad_setting_naming_the_variable(tmp_path: Path) -> None
 
 
 def test_serve_says_what_to_install_when_the_server_binary_is_missing(tmp_path: Path) -> None:
-    env = {**os.environ, "RUTH_TRITONSERVER": str(tmp_path / "nowhere" / "tritonserver"),
-           "RUTH_STATE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "RUTH_TRITONSERVER": str(tmp_path / "nowhere" / "tritonserver"),
+        "RUTH_STATE_DIR": str(tmp_path),
+    }
     proc = subprocess.run([*RUTHCTL, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "tritonserver not found" in proc.stderr

@@ -147,9 +147,7 @@ def strings(value: str | bytes) -> np.ndarray:
     return np.array([[value.encode() if isinstance(value, str) else value]], dtype=np.object_)
 
 
-def request(
-    *, image: bytes | None = None, level: int = 100, stream: str | None = None, **metadata: Any
-) -> FakeRequest:
+def request(*, image: bytes | None = None, level: int = 100, stream: str | None = None, **metadata: Any) -> FakeRequest:
     tensors = {
         "STREAM_ID": strings(stream or str(uuid.uuid4())),
         "TIMESTAMP": strings(datetime.now(timezone.utc).isoformat()),
@@ -268,9 +266,7 @@ def test_a_load_failure_becomes_a_model_load_error_and_releases_the_device() -> 
 
     model = NoWeights()
     with pytest.raises(ModelLoadError, match="missing.tflite"):
-        model.initialize(
-            {"model_config": json.dumps(model_config()), "model_name": "nw", "model_version": "1"}
-        )
+        model.initialize({"model_config": json.dumps(model_config()), "model_name": "nw", "model_version": "1"})
 
 
 def test_finalize_is_safe_to_call_twice() -> None:

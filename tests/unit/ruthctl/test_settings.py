@@ -21,8 +21,10 @@ def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.max_concurrent_inferences == 10
 
 
-@pytest.mark.parametrize(("legacy", "profile"), [("prod-gpu", Profile.GPU), ("edge-jetson", Profile.JETSON),
-                                                 ("dev", Profile.CPU), ("GPU", Profile.GPU)])
+@pytest.mark.parametrize(
+    ("legacy", "profile"),
+    [("prod-gpu", Profile.GPU), ("edge-jetson", Profile.JETSON), ("dev", Profile.CPU), ("GPU", Profile.GPU)],
+)
 def test_legacy_profile_names_are_accepted(monkeypatch: pytest.MonkeyPatch, legacy: str, profile: Profile) -> None:
     monkeypatch.setenv("RUTH_AI_PROFILE", legacy)
     assert Settings(_env_file=None).ruth_ai_profile is profile  # type: ignore[call-arg]
@@ -30,9 +32,15 @@ def test_legacy_profile_names_are_accepted(monkeypatch: pytest.MonkeyPatch, lega
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "0"), ("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "soon"),
-     ("LOG_LEVEL", "LOUD"), ("AI_RUNTIME_HARDWARE", "tpu"), ("GPU_MEMORY_RESERVE_MB", "-1"),
-     ("MAX_CONCURRENT_INFERENCES", "0"), ("ENABLE_GPU", "maybe")],
+    [
+        ("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "0"),
+        ("GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", "soon"),
+        ("LOG_LEVEL", "LOUD"),
+        ("AI_RUNTIME_HARDWARE", "tpu"),
+        ("GPU_MEMORY_RESERVE_MB", "-1"),
+        ("MAX_CONCURRENT_INFERENCES", "0"),
+        ("ENABLE_GPU", "maybe"),
+    ],
 )
 def test_a_bad_value_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

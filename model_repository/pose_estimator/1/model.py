@@ -1,0 +1,76 @@
+"""pose_estimator: the one copy of the pose network that fall_detection, geo_fencing and ppe_detection call (BLS).
+
+Raw contract (docs/pose-estimator.md): FRAME uint8 [B, H, W, 3] BGR in; POSES float32 [B, N, 56] (per person
+17 x (x, y, score), x1, y1, x2, y2, score, in the frame's own pixels; zero-padded) and COUNT int32 [B, 1] out.
+Which network runs where is the spec's business: `model.engine` auto = LiteRT on a CPU instance, ONNX Runtime with
+the CUDA execution provider on a GPU instance; `model.layout` movenet or yolo_pose; weights pinned by SHA-256 in
+the spec's `weights` list. A model without its weights fails its load with the fix in the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import numpy as np
+from pydantic import ValidationError
+
+from python_backends.base import RawRuthModel
+from python_backends.errors import InvalidInput, ModelLoadError
+from python_backends.gpu import Allocation
+from ruth_vision.pose import EngineLoadError, PoseEngineConfig, PoseNetwork, build_engine, pack_pose_outputs
+from ruth_vision.weights import WeightsError, default_weights_dir, verify
+
+ENGINE_KEYS = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
+
+
+class TritonPythonModel(RawRuthModel):
+    required_inputs = ("FRAME",)
+    output_names = ("POSES", "COUNT")
+
+    def load(self, device: Allocation) -> None:
+        params = self.params.model
+        engine = params.get("engine", "auto")
+        if engine == "auto":
+            engine = "litert" if device.device == "cpu" else "onnx"
+        weights_key = "weights" if engine == "litert" else "onnx_weights"
+        relative = params.get(weights_key) or params.get("weights")
+        if not relative:
+            raise ModelLoadError(f"{self.name}: parameter model.{weights_key} names no weights file")
+        path = default_weights_dir() / relative
+        pinned = {entry["path"]: entry for entry in self.params.weights}
+        if relative not in pinned:
+            raise ModelLoadError(
+                f"{self.name}: {relative} is not pinned in the spec's weights list (path + sha256): weights are "
+                "only loaded when their checksum is known"
+            )
+        try:
+            verify(path, pinned[relative]["sha256"])
+        except WeightsError as exc:
+            source = pinned[relative].get("source")
+            raise ModelLoadError(f"{self.name}: {exc}" + (f" [source: {source}]" if source else "")) from None
+        try:
+            config = PoseEngineConfig.model_validate(
+                {"engine": engine, "weights": path, **{k: params[k] for k in ENGINE_KEYS if k in params}}
+            )
+            self.engine: PoseNetwork = build_engine(config, device.device)
+            self.engine.infer(np.zeros((config.input_size, config.input_size, 3), np.uint8))  # warm-up, fail early
+        except ValidationError as exc:
+            raise ModelLoadError(f"{self.name}: invalid pose parameters: {exc.errors(include_url=False)}") from None
+        except EngineLoadError as exc:
+            raise ModelLoadError(f"{self.name}: {exc}") from None
+        # One interpreter per process, not re-entrant: a request that overran its deadline may still be running.
+        self.lock = threading.Lock()
+
+    def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frames = inputs["FRAME"]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise InvalidInput("FRAME", f"expected uint8 [batch, H, W, 3] BGR, got {frames.dtype} {list(frames.shape)}")
+        limits = self.params.limits
+        height, width = frames.shape[1:3]
+        if not (limits.min_width <= width <= limits.max_width and limits.min_height <= height <= limits.max_height):
+            raise InvalidInput(
+                "FRAME", f"{width}x{height} is outside {limits.min_width}x{limits.min_height}.."
+                f"{limits.max_width}x{limits.max_height}"
+            )
+        with self.lock:
+            per_frame = [self.engine.infer(frame) for frame in frames]
+        return pack_pose_outputs(per_frame)
