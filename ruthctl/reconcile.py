@@ -105,6 +105,7 @@ class ActionKind(str, enum.Enum):
     UNLOAD = "unload"
     LOAD = "load"
     DISABLE = "disable"
+    FORGET = "forget"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +328,7 @@ _FIX: Mapping[Kind, ActionKind] = {
     Kind.LEDGER_STALE: ActionKind.REAP_LEDGER,
     Kind.STATE_STALE: ActionKind.RECORD,
     Kind.UNWANTED: ActionKind.UNLOAD,
-    Kind.UNKNOWN_MODEL: ActionKind.UNLOAD,
+    Kind.UNKNOWN_MODEL: ActionKind.FORGET,
     Kind.NOT_READY: ActionKind.LOAD,
     Kind.VERSION_MISMATCH: ActionKind.LOAD,
     Kind.LIVE_DRIFT: ActionKind.LOAD,
@@ -336,8 +337,8 @@ _FIX: Mapping[Kind, ActionKind] = {
 }
 _ORDER = [
     ActionKind.REBUILD_REGISTRY, ActionKind.ADOPT, ActionKind.REGENERATE, ActionKind.RESOLVE_STUCK,
-    ActionKind.REMOVE_BREAKER, ActionKind.REAP_LEDGER, ActionKind.RECORD, ActionKind.UNLOAD, ActionKind.DISABLE,
-    ActionKind.LOAD,
+    ActionKind.REMOVE_BREAKER, ActionKind.REAP_LEDGER, ActionKind.RECORD, ActionKind.UNLOAD, ActionKind.FORGET,
+    ActionKind.DISABLE, ActionKind.LOAD,
 ]
 
 
@@ -516,7 +517,7 @@ class Reconciler:
                 detail = self._execute(action)
                 results.append(ActionResult(action, True, detail))
             except (lifecycle.ActivationFailed, lifecycle.DrainTimeout, TritonAPIError, RegistryError, SpecError,
-                    OSError, TimeoutError) as exc:
+                    OSError, TimeoutError, ValueError) as exc:
                 results.append(ActionResult(action, False, str(exc)))
         return results
 
@@ -528,7 +529,7 @@ class Reconciler:
         if kind is ActionKind.ADOPT:
             return self._adopt()
         if kind is ActionKind.REGENERATE:
-            spec = self.gather_specs()[name]
+            spec = self._spec(name)
             rendered = render_files(spec, self.profiles)
             changes = sync_files(self.paths.repository, rendered, write=True,
                                  stale=stale_generated_files(self.paths.repository, name, rendered))
@@ -541,6 +542,15 @@ class Reconciler:
             return f"removed {path}"
         if kind is ActionKind.REAP_LEDGER:
             return f"reaped {host.reap_ledger(self.paths.state)} reservations"
+        if kind is ActionKind.FORGET:
+            for adapter in self.adapters.values():
+                try:
+                    if any(e.name == name and e.ready for e in adapter.index()):
+                        adapter.unload(name)
+                except TritonAPIError:
+                    pass  # unreachable servers are reported on their own
+            self.registry.forget(name, "repair: no spec")
+            return "unloaded and forgotten"
         adapter = self.adapters[action.server or ""]
         if kind is ActionKind.RESOLVE_STUCK:
             return self._resolve_stuck(adapter, name)
@@ -553,11 +563,9 @@ class Reconciler:
                 adapter.unload(name)  # keep DISABLED (or no entry) as it is: just take it off the server
                 return "unloaded"
             lifecycle.unload_on(adapter, self.registry, name, timeout_s=self.unload_timeout_s, reason="repair: unwanted")
-            if Kind.UNKNOWN_MODEL in action.causes:
-                self.registry.forget(name, "repair: no spec")
             return "unloaded"
         if kind is ActionKind.LOAD:
-            spec = self.gather_specs()[name]
+            spec = self._spec(name)
             entry = self.registry.get(name)
             causes = ", ".join(c.value for c in action.causes)
             lifecycle.load_on(adapter, self.registry, self.target(spec, entry), timeout_s=self.load_timeout_s,
@@ -571,6 +579,12 @@ class Reconciler:
     def gather_specs(self) -> dict[str, ModelSpec]:
         specs, _ = load_specs(self.paths.specs)
         return specs
+
+    def _spec(self, name: str) -> ModelSpec:
+        spec = self.gather_specs().get(name)
+        if spec is None:
+            raise SpecError(f"{name}: no valid spec in {self.paths.specs}")
+        return spec
 
     def _adopt(self) -> str:
         specs = self.gather_specs()

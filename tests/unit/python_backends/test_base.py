@@ -255,7 +255,7 @@ def test_a_config_that_breaks_the_wire_contract_fails_the_load_with_the_reason()
 
 def test_an_invalid_parameter_fails_the_load_naming_the_key() -> None:
     config = model_config(parameters={"ruth.inference_timeout_ms": {"string_value": "soon"}})
-    with pytest.raises(ModelLoadError, match="ruth.inference_timeout_ms"):
+    with pytest.raises(ModelLoadError, match=r"ruth\.inference_timeout_ms"):
         make_model(config)
 
 
@@ -265,7 +265,7 @@ def test_a_load_failure_becomes_a_model_load_error_and_releases_the_device() -> 
             raise FileNotFoundError("weights/missing.tflite")
 
     model = NoWeights()
-    with pytest.raises(ModelLoadError, match="missing.tflite"):
+    with pytest.raises(ModelLoadError, match=r"missing\.tflite"):
         model.initialize({"model_config": json.dumps(model_config()), "model_name": "nw", "model_version": "1"})
 
 
