@@ -169,20 +169,22 @@ def assess_frame(
     detections: list[dict[str, Any]] = []
     for pose, posture, track_id in zip(people, postures, ids, strict=True):
         verdict = decide(history_until(new_state, track_id, t), t, config)
-        detections.append({
-            "bbox": _bbox(pose),
-            "confidence": round(pose.score, 4),
-            "track_id": track_id,
-            "keypoints": keypoints_json(pose.keypoints),
-            "posture": posture.state,
-            "torso_angle": None if posture.torso_angle is None else round(posture.torso_angle, 1),
-            "aspect_ratio": round(posture.aspect, 3),
-            "lying_score": posture.lying_score,
-            "event": verdict.event,
-            "event_confidence": verdict.confidence,
-            "down_for_s": None if verdict.down_for_s is None else round(verdict.down_for_s, 3),
-            "transition_s": None if verdict.transition_s is None else round(verdict.transition_s, 3),
-        })  # fmt: skip
+        detections.append(
+            {
+                "bbox": _bbox(pose),
+                "confidence": round(pose.score, 4),
+                "track_id": track_id,
+                "keypoints": keypoints_json(pose.keypoints),
+                "posture": posture.state,
+                "torso_angle": None if posture.torso_angle is None else round(posture.torso_angle, 1),
+                "aspect_ratio": round(posture.aspect, 3),
+                "lying_score": posture.lying_score,
+                "event": verdict.event,
+                "event_confidence": verdict.confidence,
+                "down_for_s": None if verdict.down_for_s is None else round(verdict.down_for_s, 3),
+                "transition_s": None if verdict.transition_s is None else round(verdict.transition_s, 3),
+            }
+        )
     falls = [d for d in detections if d["event"] == "fall_detected"]
     possible = [d for d in detections if d["event"] == "possible_fall"]
     flagged = falls or possible

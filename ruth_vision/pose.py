@@ -43,10 +43,24 @@ __all__ = [
 ]
 
 KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
     "right_ankle",
-)  # fmt: skip
+)
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 #: One person on the wire (pose_estimator's POSES row): 17 x (x, y, score), then x1, y1, x2, y2, then score.
 POSE_ROW_WIDTH = NUM_KEYPOINTS * 3 + 4 + 1
@@ -244,9 +258,14 @@ def decode_yolo_pose(
     if preds.size == 0:
         return []
     xyxy = np.stack(
-        [preds[:, 0] - preds[:, 2] / 2, preds[:, 1] - preds[:, 3] / 2,
-         preds[:, 0] + preds[:, 2] / 2, preds[:, 1] + preds[:, 3] / 2], axis=1,
-    )  # fmt: skip
+        [
+            preds[:, 0] - preds[:, 2] / 2,
+            preds[:, 1] - preds[:, 3] / 2,
+            preds[:, 0] + preds[:, 2] / 2,
+            preds[:, 1] + preds[:, 3] / 2,
+        ],
+        axis=1,
+    )
     results: list[PoseResult] = []
     for i in _nms(xyxy, preds[:, 4], iou_threshold)[:max_people]:
         kps = preds[i, 5:].reshape(NUM_KEYPOINTS, 3)
@@ -426,5 +445,6 @@ def build_engine(
         runner: TensorRunner = LiteRTRunner(config.weights, config.input_size, config.threads)
     else:
         runner = OnnxRunner(config.weights, device, config.threads, importer)
-    return PoseNetwork(runner, config.layout, config.input_size, config.min_score, config.iou_threshold,
-                       config.max_people)  # fmt: skip
+    return PoseNetwork(
+        runner, config.layout, config.input_size, config.min_score, config.iou_threshold, config.max_people
+    )

@@ -287,10 +287,16 @@ def judge_person(frame_bgr: np.ndarray, pose: PoseResult, config: PpeConfig) -> 
         if item not in config.required_items:
             continue
         if item == "hardhat":
-            judgements.append(_judge(
-                item, hardhat_region(pose, threshold), frame_bgr, config.hardhat_colours,
-                config.hardhat_min_fraction, background_region(pose, threshold),
-            ))  # fmt: skip
+            judgements.append(
+                _judge(
+                    item,
+                    hardhat_region(pose, threshold),
+                    frame_bgr,
+                    config.hardhat_colours,
+                    config.hardhat_min_fraction,
+                    background_region(pose, threshold),
+                )
+            )
         else:
             region = vest_region(pose, threshold)
             judgements.append(_judge(item, region, frame_bgr, config.vest_colours, config.vest_min_fraction))
@@ -312,17 +318,19 @@ def assess_frame(frame_bgr: np.ndarray, poses: Sequence[PoseResult], config: Ppe
                 violations.append(entry)
             elif j.status == "present":
                 present.append(entry)
-        detections.append({
-            "bbox": [round(float(v), 2) for v in pose.box],
-            "confidence": round(pose.score, 4),
-            "person": index,
-            "keypoints": keypoints_json(pose.keypoints),
-            "items": [j.as_json() for j in judgements],
-            "missing": missing,
-            "present": [j.item for j in judgements if j.status == "present"],
-            "unknown": [j.item for j in judgements if j.status == "unknown"],
-            "violation_type": f"missing_{missing[0]}" if missing else None,
-        })  # fmt: skip
+        detections.append(
+            {
+                "bbox": [round(float(v), 2) for v in pose.box],
+                "confidence": round(pose.score, 4),
+                "person": index,
+                "keypoints": keypoints_json(pose.keypoints),
+                "items": [j.as_json() for j in judgements],
+                "missing": missing,
+                "present": [j.item for j in judgements if j.status == "present"],
+                "unknown": [j.item for j in judgements if j.status == "unknown"],
+                "violation_type": f"missing_{missing[0]}" if missing else None,
+            }
+        )
     missing_items = {v["item"] for v in violations}
     first = next((item for item in VIOLATION_ORDER if item in missing_items), None)
     evidence = violations if violations else present

@@ -111,6 +111,17 @@ def dwell_s(history: Sequence[Observation], zone_id: str, t: float) -> float:
     return 0.0 if start is None else t - start
 
 
+def _severity(offenders: int, top_confidence: float) -> str:
+    """The original runtime's rule: how many people are in violation, and how sure the best detection is."""
+    if not offenders:
+        return "low"
+    if offenders >= 3 or top_confidence > 0.85:
+        return "critical"
+    if offenders >= 2 or top_confidence > 0.7:
+        return "high"
+    return "medium"
+
+
 def assess_frame(
     state: Mapping[str, Any] | None,
     t: float,
@@ -141,36 +152,37 @@ def assess_frame(
             dwell = dwell_s(history, zone.id, t)
             needed = zone.min_dwell_s if zone.min_dwell_s is not None else config.min_dwell_s
             if dwell >= needed:
-                zone_hits.append({
-                    "zone_id": zone.id, "zone_name": zone.name or zone.id, "zone_type": zone.type,
-                    "violation_type": "zone_intrusion" if zone.type == "restricted" else "zone_exit",
-                    "dwell_s": round(dwell, 3),
-                })  # fmt: skip
+                zone_hits.append(
+                    {
+                        "zone_id": zone.id,
+                        "zone_name": zone.name or zone.id,
+                        "zone_type": zone.type,
+                        "violation_type": "zone_intrusion" if zone.type == "restricted" else "zone_exit",
+                        "dwell_s": round(dwell, 3),
+                    }
+                )
         containing = [zone.id for (zone, _), hit in zip(polygons, flags, strict=True) if hit]
         zone_id = zone_hits[0]["zone_id"] if zone_hits else (containing[0] if containing else None)
-        detections.append({
-            "bbox": [round(float(v), 2) for v in pose.box],
-            "confidence": round(pose.score, 4),
-            "track_id": track_id,
-            "keypoints": keypoints_json(pose.keypoints),
-            "foot_point": [round(point[0], 2), round(point[1], 2)],
-            "foot_source": source,
-            "zone_id": zone_id,
-            "in_zone": zone_id is not None and zone_id in containing,
-            "zones_inside": containing,
-            "violation": bool(zone_hits),
-            "violations": zone_hits,
-        })  # fmt: skip
+        detections.append(
+            {
+                "bbox": [round(float(v), 2) for v in pose.box],
+                "confidence": round(pose.score, 4),
+                "track_id": track_id,
+                "keypoints": keypoints_json(pose.keypoints),
+                "foot_point": [round(point[0], 2), round(point[1], 2)],
+                "foot_source": source,
+                "zone_id": zone_id,
+                "in_zone": zone_id is not None and zone_id in containing,
+                "zones_inside": containing,
+                "violation": bool(zone_hits),
+                "violations": zone_hits,
+            }
+        )
 
     offenders = [d for d in detections if d["violation"]]
     kinds = {hit["violation_type"] for d in offenders for hit in d["violations"]}
     top = max((d["confidence"] for d in offenders), default=0.0)
-    severity = (
-        "low" if not offenders
-        else "critical" if len(offenders) >= 3 or top > 0.85
-        else "high" if len(offenders) >= 2 or top > 0.7
-        else "medium"
-    )  # fmt: skip  (the original's thresholds)
+    severity = _severity(len(offenders), top)
     payload = {
         "violation_detected": bool(offenders),
         "violation_type": "zone_intrusion" if "zone_intrusion" in kinds else "zone_exit" if kinds else None,

@@ -21,9 +21,21 @@ app = typer.Typer(
 )
 
 #: Commands registered through `register(app)`, and sub-apps mounted under their own name.
-COMMAND_MODULES: tuple[str, ...] = ("ruthctl.commands.serve",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "ruthctl.commands.serve",
+    "ruthctl.commands.generate",
+    "ruthctl.commands.activate",
+    "ruthctl.commands.deactivate",
+    "ruthctl.commands.verify",
+    "ruthctl.commands.repair",
+    "ruthctl.commands.status",
+    "ruthctl.commands.health",
+    "ruthctl.commands.infer",
+    "ruthctl.commands.watch",
+)
 SUBAPP_MODULES: dict[str, str] = {
     "weights": "ruthctl.commands.weights",
+    "breaker": "ruthctl.commands.breaker",
 }
 
 

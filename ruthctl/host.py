@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -75,7 +76,7 @@ class ProcessTable:
         names: list[str] = []
         for process in processes if processes is not None else self.processes():
             argv = process.argv
-            # stub argv: <stub> <model.py> <shm region> <shm size> <growth> <parent pid> <backend dir> <ipc> <instance> ...
+            # argv: stub, model.py, shm region, shm size, growth, parent pid, backends dir, ipc size, instance, ...
             if Path(argv[0]).name != STUB_BINARY or len(argv) < 9:
                 continue
             if argv[5] == str(server_pid):
@@ -86,8 +87,7 @@ class ProcessTable:
 def _split_flag_match(argv: tuple[str, ...], port: int) -> bool:
     """`--http-port 8000` spelled as two argv items."""
     return any(
-        flag in ("--http-port", "--grpc-port") and value == str(port)
-        for flag, value in zip(argv, argv[1:], strict=False)
+        flag in ("--http-port", "--grpc-port") and value == str(port) for flag, value in itertools.pairwise(argv)
     )
 
 
@@ -96,7 +96,7 @@ def stubs_of(model: str, instances: Iterable[str]) -> int:
     return sum(1 for name in instances if pattern.match(name))
 
 
-# -- weights -------------------------------------------------------------------------------------------------------------
+# -- weights -----------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class WeightProblem:
     model: str
@@ -142,7 +142,9 @@ def check_weights(
     return problems
 
 
-def _check_weight(model: str, weight: WeightFile, weights_dir: Path, digest: Callable[[Path], str]) -> WeightProblem | None:
+def _check_weight(
+    model: str, weight: WeightFile, weights_dir: Path, digest: Callable[[Path], str]
+) -> WeightProblem | None:
     path = weights_dir / weight.path
     how = f"; get it with: {weight.source}" if weight.source else ""
     if not path.is_file():
@@ -153,12 +155,16 @@ def _check_weight(model: str, weight: WeightFile, weights_dir: Path, digest: Cal
         return WeightProblem(model, path, True, weight.source, f"{path} can't be read: {exc}{how}")
     if actual != weight.sha256:
         return WeightProblem(
-            model, path, False, weight.source, f"{path} has sha256 {actual[:12]}…, the spec wants {weight.sha256[:12]}…{how}"
+            model,
+            path,
+            False,
+            weight.source,
+            f"{path} has sha256 {actual[:12]}…, the spec wants {weight.sha256[:12]}…{how}",
         )
     return None
 
 
-# -- breaker files and the GPU ledger ------------------------------------------------------------------------------------
+# -- breaker files and the GPU ledger ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class BreakerFile:
     model: str
@@ -231,7 +237,7 @@ def reap_ledger(state_dir: Path) -> int:
     return len(GpuLedger(ledger_path(state_dir)).reap())
 
 
-# -- metrics ---------------------------------------------------------------------------------------------------------------
+# -- metrics -----------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class HealthGauges:
     """What the model processes report about themselves, per model (worst instance)."""
@@ -253,7 +259,12 @@ def parse_health_gauges(text: str | None) -> dict[str, HealthGauges]:
     breaker: dict[str, float] = {}
     placements: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in ("ruth_model_health", "ruth_zombie_threads", "ruth_breaker_state", "ruth_device_allocation"):
+        if family.name not in (
+            "ruth_model_health",
+            "ruth_zombie_threads",
+            "ruth_breaker_state",
+            "ruth_device_allocation",
+        ):
             continue
         for sample in family.samples:
             model = sample.labels.get("model")
@@ -270,7 +281,9 @@ def parse_health_gauges(text: str | None) -> dict[str, HealthGauges]:
     models = set(health) | set(zombies) | set(breaker) | set(placements)
     return {
         m: HealthGauges(
-            health=health.get(m), zombies=zombies.get(m, 0.0), breaker=breaker.get(m),
+            health=health.get(m),
+            zombies=zombies.get(m, 0.0),
+            breaker=breaker.get(m),
             placements=tuple(sorted(placements.get(m, ()))),
         )
         for m in sorted(models)

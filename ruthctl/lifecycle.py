@@ -9,6 +9,7 @@ what runs is what was validated, whatever the file on disk says.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -125,7 +126,9 @@ def load_on(
                 raise LoadFailed(target.name, entry.reason)
             return entry is not None and entry.ready and entry.version == version
 
-        wait_for(adapter, target.name, ready, timeout_s=timeout_s, what="READY", progress=progress, clock=clock, sleep=sleep)
+        wait_for(
+            adapter, target.name, ready, timeout_s=timeout_s, what="READY", progress=progress, clock=clock, sleep=sleep
+        )
     except (TritonAPIError, TimeoutError) as exc:
         why = exc.reason if isinstance(exc, LoadFailed) else str(exc)
         outcome = _roll_back(adapter, registry, target.name, server, why, was_ready)
@@ -142,13 +145,16 @@ def _roll_back(adapter: TritonAdapter, registry: Registry, name: str, server: st
     except TritonAPIError:
         still = None
     if was_ready and still is not None and still.ready:
-        registry.transition(name, server, State.READY, reason=f"reload failed, previous version kept serving: {why}",
-                            version=int(still.version) if still.version and still.version.isdigit() else None)
+        registry.transition(
+            name,
+            server,
+            State.READY,
+            reason=f"reload failed, previous version kept serving: {why}",
+            version=int(still.version) if still.version and still.version.isdigit() else None,
+        )
         return State.READY
-    try:
+    with contextlib.suppress(TritonAPIError):  # unreachable or gone: FAILED below still records why the load failed
         adapter.unload(name)
-    except TritonAPIError:
-        pass  # unreachable or already gone; FAILED below records why the load failed, which is what matters
     registry.transition(name, server, State.FAILED, reason=why)
     return State.FAILED
 
@@ -173,7 +179,9 @@ def unload_on(
     registry.transition(name, server, State.UNLOADING, reason=reason)
     try:
         adapter.unload(name)
-        wait_for(adapter, name, _gone, timeout_s=timeout_s, what="unloaded", progress=progress, clock=clock, sleep=sleep)
+        wait_for(
+            adapter, name, _gone, timeout_s=timeout_s, what="unloaded", progress=progress, clock=clock, sleep=sleep
+        )
     except TimeoutError as exc:
         raise DrainTimeout(str(exc)) from None
     except TritonAPIError as exc:

@@ -38,6 +38,7 @@ __all__ = [
     "Action",
     "ActionKind",
     "ActionResult",
+    "Check",
     "Kind",
     "LocalFacts",
     "Paths",
@@ -119,8 +120,12 @@ class Action:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind.value, "model": self.model, "server": self.server, "subject": self.subject,
-            "detail": self.detail, "causes": [c.value for c in self.causes],
+            "kind": self.kind.value,
+            "model": self.model,
+            "server": self.server,
+            "subject": self.subject,
+            "detail": self.detail,
+            "causes": [c.value for c in self.causes],
         }
 
 
@@ -158,6 +163,19 @@ class ServerFacts:
     gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The facts of one verify round and what they violate."""
+
+    local: LocalFacts
+    servers: Sequence[ServerFacts]
+    violations: Sequence[Violation]
+
+    @classmethod
+    def empty(cls) -> Check:
+        return cls(LocalFacts(specs={}), (), ())
+
+
 _ACTOR = re.compile(r"@(?P<host>\S+) pid (?P<pid>\d+)")
 
 
@@ -175,7 +193,7 @@ def desired_version(name: str, spec: ModelSpec | None, entry: ModelEntry | None)
     return spec.version if spec is not None else 1
 
 
-# -- rules ---------------------------------------------------------------------------------------------------------------
+# -- rules -------------------------------------------------------------------------------------------------------------
 def find_violations(
     local: LocalFacts,
     servers: Sequence[ServerFacts],
@@ -190,8 +208,15 @@ def find_violations(
     registry = local.registry
     for facts in servers:
         if facts.error is not None:
-            found.append(Violation(Kind.SERVER_UNREACHABLE, facts.error, server=facts.server, fixable=False,
-                                   fix="start the server, or check --url and the admin token"))
+            found.append(
+                Violation(
+                    Kind.SERVER_UNREACHABLE,
+                    facts.error,
+                    server=facts.server,
+                    fixable=False,
+                    fix="start the server, or check --url and the admin token",
+                )
+            )
             continue
         names = set(facts.index) | set(local.specs) | (set(registry.models) if registry else set())
         for name in sorted(names):
@@ -206,34 +231,66 @@ def _local_violations(local: LocalFacts) -> list[Violation]:
     if local.registry_error is not None:
         found.append(Violation(Kind.REGISTRY_CORRUPT, local.registry_error, fix="rebuild it from the audit log"))
     elif local.registry is None:
-        found.append(Violation(Kind.REGISTRY_MISSING, "no registry yet: every model with a spec counts as wanted",
-                               fix="adopt: record every model with a spec as ACTIVE, and what Triton has loaded"))
+        found.append(
+            Violation(
+                Kind.REGISTRY_MISSING,
+                "no registry yet: every model with a spec counts as wanted",
+                fix="adopt: record every model with a spec as ACTIVE, and what Triton has loaded",
+            )
+        )
     for file, error in sorted(local.spec_errors.items()):
         found.append(Violation(Kind.SPEC_INVALID, error, model=Path(file).stem, fixable=False, fix="fix the spec file"))
     for name, differences in sorted(local.disk_drift.items()):
         found.append(Violation(Kind.DISK_DRIFT, "; ".join(differences), model=name, fix="regenerate its config files"))
     for problem in local.weights:
         kind = Kind.WEIGHT_MISSING if problem.missing else Kind.WEIGHT_CORRUPT
-        found.append(Violation(kind, problem.detail, model=problem.model, fixable=False,
-                               fix=f"restore {problem.path}" + (f" ({problem.source})" if problem.source else "")))
+        found.append(
+            Violation(
+                kind,
+                problem.detail,
+                model=problem.model,
+                fixable=False,
+                fix=f"restore {problem.path}" + (f" ({problem.source})" if problem.source else ""),
+            )
+        )
     registry_models = local.registry.models if local.registry else {}
     for breaker in local.breakers:
         spec = local.specs.get(breaker.model)
-        known = spec is not None and breaker.version in {spec.version, desired_version(breaker.model, spec,
-                                                                                        registry_models.get(breaker.model))}
+        known = spec is not None and breaker.version in {
+            spec.version,
+            desired_version(breaker.model, spec, registry_models.get(breaker.model)),
+        }
         if not known:
-            found.append(Violation(Kind.BREAKER_ORPHAN, f"{breaker.path.name}: no model {breaker.model} version "
-                                   f"{breaker.version} is known", model=breaker.model, fix="remove the state file",
-                                   subject=str(breaker.path)))
+            found.append(
+                Violation(
+                    Kind.BREAKER_ORPHAN,
+                    f"{breaker.path.name}: no model {breaker.model} version {breaker.version} is known",
+                    model=breaker.model,
+                    fix="remove the state file",
+                    subject=str(breaker.path),
+                )
+            )
     for entry in local.stale_ledger:
-        found.append(Violation(Kind.LEDGER_STALE, f"GPU ledger holds {entry.get('owner')} for dead pid {entry.get('pid')}",
-                               model=str(entry.get("model") or "") or None, fix="reap dead reservations"))
+        found.append(
+            Violation(
+                Kind.LEDGER_STALE,
+                f"GPU ledger holds {entry.get('owner')} for dead pid {entry.get('pid')}",
+                model=str(entry.get("model") or "") or None,
+                fix="reap dead reservations",
+            )
+        )
     if local.registry is not None:
         for name in sorted(set(local.registry.models) - set(local.specs)):
             if f"{name}.yaml" in local.spec_errors:
                 continue
-            found.append(Violation(Kind.UNKNOWN_MODEL, f"{name} is in the registry but has no spec", model=name,
-                                   fix="unload it everywhere and forget it"))
+            found.append(
+                Violation(
+                    Kind.UNKNOWN_MODEL,
+                    f"{name} is in the registry but has no spec",
+                    model=name,
+                    fix="unload it everywhere and forget it",
+                )
+            )
     return found
 
 
@@ -251,7 +308,9 @@ def _model_violations(
     mine = entry.on(server) if entry is not None else ServerEntry()
     triton = facts.index.get(name)
     ready = triton is not None and triton.ready
-    triton_says = "absent" if triton is None else (f"{triton.state} {triton.reason}".strip() if triton.state else "not loaded")
+    triton_says = (
+        "absent" if triton is None else (f"{triton.state} {triton.reason}".strip() if triton.state else "not loaded")
+    )
 
     def violation(kind: Kind, detail: str, fix: str, fixable: bool = True) -> Violation:
         return Violation(kind, detail, model=name, server=server, fixable=fixable, fix=fix)
@@ -260,14 +319,24 @@ def _model_violations(
         age = (now - _parse(mine.since)).total_seconds() if mine.since else float("inf")
         if age > stuck_after_s or owner_gone(mine.actor):
             why = "its owner exited" if age <= stuck_after_s else f"for {age:.0f}s"
-            return [violation(Kind.STUCK, f"{mine.state.value} {why} ({mine.actor}); Triton says {triton_says}",
-                              "record what Triton says now")]
+            return [
+                violation(
+                    Kind.STUCK,
+                    f"{mine.state.value} {why} ({mine.actor}); Triton says {triton_says}",
+                    "record what Triton says now",
+                )
+            ]
         return []  # someone is working on it right now
 
     if local.registry is None:
         wanted = spec is not None  # `serve` loads every model when there is no registry
     else:
-        wanted = entry is not None and spec is not None and entry.desired is Desired.ACTIVE and mine.state is not State.DISABLED
+        wanted = (
+            entry is not None
+            and spec is not None
+            and entry.desired is Desired.ACTIVE
+            and mine.state is not State.DISABLED
+        )
     if spec is None and entry is not None:
         wanted = False  # UNKNOWN_MODEL (reported once, locally) unloads it
 
@@ -278,23 +347,42 @@ def _model_violations(
         found.append(violation(Kind.UNWANTED, f"loaded on Triton but {why}", "unload it"))
     elif ready:
         if triton is not None and triton.version != str(version):
-            found.append(violation(Kind.VERSION_MISMATCH, f"Triton runs version {triton.version}, wanted {version}",
-                                   "reload at the wanted version"))
+            found.append(
+                violation(
+                    Kind.VERSION_MISMATCH,
+                    f"Triton runs version {triton.version}, wanted {version}",
+                    "reload at the wanted version",
+                )
+            )
         elif local.registry is not None and mine.state is not State.READY:
-            found.append(violation(Kind.STATE_STALE, f"registry says {mine.state.value}, Triton says READY",
-                                   "record READY"))
+            found.append(
+                violation(Kind.STATE_STALE, f"registry says {mine.state.value}, Triton says READY", "record READY")
+            )
         if name in facts.live_drift:
-            found.append(violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config"))
+            found.append(
+                violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config")
+            )
         if facts.stubs is not None and name in facts.stubs:
             alive, expected = facts.stubs[name]
             if alive < expected:
-                found.append(violation(Kind.STUB_DEAD, f"{alive} of {expected} stub processes alive "
-                                       "(requests to the dead ones fail: 'Stub process ... is not healthy')", "reload it"))
+                found.append(
+                    violation(
+                        Kind.STUB_DEAD,
+                        f"{alive} of {expected} stub processes alive "
+                        "(requests to the dead ones fail: 'Stub process ... is not healthy')",
+                        "reload it",
+                    )
+                )
         gauges = facts.gauges.get(name)
         zombie_limit = spec.watchdog.zombie_limit if spec is not None else None
         if gauges is not None and _hung(gauges, zombie_limit):
-            found.append(violation(Kind.HUNG, f"ruth_model_health {gauges.health}, ruth_zombie_threads {gauges.zombies}"
-                                   f" (limit {zombie_limit})", "reload it"))
+            found.append(
+                violation(
+                    Kind.HUNG,
+                    f"ruth_model_health {gauges.health}, ruth_zombie_threads {gauges.zombies} (limit {zombie_limit})",
+                    "reload it",
+                )
+            )
     elif wanted:
         detail = f"wanted at version {version}, Triton says {triton_says}"
         if mine.state is State.READY:
@@ -318,7 +406,7 @@ def _parse(stamp: str) -> dt.datetime:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-# -- plan ----------------------------------------------------------------------------------------------------------------
+# -- plan --------------------------------------------------------------------------------------------------------------
 _FIX: Mapping[Kind, ActionKind] = {
     Kind.REGISTRY_CORRUPT: ActionKind.REBUILD_REGISTRY,
     Kind.REGISTRY_MISSING: ActionKind.ADOPT,
@@ -336,9 +424,17 @@ _FIX: Mapping[Kind, ActionKind] = {
     Kind.HUNG: ActionKind.LOAD,
 }
 _ORDER = [
-    ActionKind.REBUILD_REGISTRY, ActionKind.ADOPT, ActionKind.REGENERATE, ActionKind.RESOLVE_STUCK,
-    ActionKind.REMOVE_BREAKER, ActionKind.REAP_LEDGER, ActionKind.RECORD, ActionKind.UNLOAD, ActionKind.FORGET,
-    ActionKind.DISABLE, ActionKind.LOAD,
+    ActionKind.REBUILD_REGISTRY,
+    ActionKind.ADOPT,
+    ActionKind.REGENERATE,
+    ActionKind.RESOLVE_STUCK,
+    ActionKind.REMOVE_BREAKER,
+    ActionKind.REAP_LEDGER,
+    ActionKind.RECORD,
+    ActionKind.UNLOAD,
+    ActionKind.FORGET,
+    ActionKind.DISABLE,
+    ActionKind.LOAD,
 ]
 
 
@@ -358,16 +454,29 @@ def plan_repairs(violations: Iterable[Violation]) -> list[Action]:
         ledger = [key for key in merged if key[0] is ActionKind.REAP_LEDGER]
         merged[(ActionKind.REAP_LEDGER, None, None, None)] = [v for key in ledger for v in merged.pop(key)]
     actions = [
-        Action(kind, model, server, detail="; ".join(v.detail for v in vs),
-               causes=tuple(dict.fromkeys(v.kind for v in vs)), subject=subject)
+        Action(
+            kind,
+            model,
+            server,
+            detail="; ".join(v.detail for v in vs),
+            causes=tuple(dict.fromkeys(v.kind for v in vs)),
+            subject=subject,
+        )
         for (kind, model, server, subject), vs in merged.items()
     ]
     loads = order_for_loading([a.model or "" for a in actions if a.kind is ActionKind.LOAD])
-    return sorted(actions, key=lambda a: (_ORDER.index(a.kind), loads.index(a.model or "") if a.kind is ActionKind.LOAD
-                                          else 0, a.model or "", a.server or ""))
+    return sorted(
+        actions,
+        key=lambda a: (
+            _ORDER.index(a.kind),
+            loads.index(a.model or "") if a.kind is ActionKind.LOAD else 0,
+            a.model or "",
+            a.server or "",
+        ),
+    )
 
 
-# -- I/O -----------------------------------------------------------------------------------------------------------------
+# -- I/O ---------------------------------------------------------------------------------------------------------------
 class Reconciler:
     """Gathers facts and executes plans for one state dir and a fleet of servers."""
 
@@ -404,7 +513,8 @@ class Reconciler:
         return self._profiles
 
     # -- gather -------------------------------------------------------------------------------------------------------
-    def gather_local(self) -> LocalFacts:
+    def gather_local(self, *, thorough: bool = True) -> LocalFacts:
+        """Specs, registry, breakers, ledger; `thorough` adds the on-disk configs and weight checksums (slower)."""
         specs, spec_errors = load_specs(self.paths.specs)
         try:
             profiles = self.profiles
@@ -420,19 +530,20 @@ class Reconciler:
         drift: dict[str, list[str]] = {}
         for name, spec in specs.items():
             try:
-                differences = self._disk_differences(spec, profiles)
+                differences = self._disk_differences(spec, profiles) if thorough else []
             except SpecError as exc:
                 spec_errors = {**spec_errors, f"{name}.yaml": str(exc)}
                 continue
             if differences:
                 drift[name] = differences
+        valid = {n: s for n, s in specs.items() if f"{n}.yaml" not in spec_errors}
         return LocalFacts(
-            specs={n: s for n, s in specs.items() if f"{n}.yaml" not in spec_errors},
+            specs=valid,
             spec_errors=spec_errors,
             registry=registry,
             registry_error=registry_error,
             disk_drift=drift,
-            weights=host.check_weights(specs.values(), self.paths.weights, self.digest),
+            weights=host.check_weights(valid.values(), self.paths.weights, self.digest) if thorough else (),
             breakers=host.breaker_files(self.paths.state),
             stale_ledger=host.stale_ledger_entries(self.paths.state),
         )
@@ -480,7 +591,10 @@ class Reconciler:
             except TritonAPIError:
                 continue  # unloaded meanwhile; the next round sees it
             registry_entry = local.registry.models.get(name) if local.registry else None
-            differences = config_differences(self.target(spec, registry_entry).config(), live)
+            try:
+                differences = config_differences(self.target(spec, registry_entry).config(), live)
+            except SpecError as exc:  # a spec this profile can't place: reported as SPEC_INVALID by `verify`
+                differences = [str(exc)]
             if differences:
                 drift[name] = differences
             expected[name] = expected_instance_count(live)
@@ -500,14 +614,16 @@ class Reconciler:
         if pid is None:
             return None
         instances = self.processes.stubs(pid, processes)
-        return {
-            name: (host.stubs_of(name, instances), count) for name, count in expected.items() if count is not None
-        }
+        return {name: (host.stubs_of(name, instances), count) for name, count in expected.items() if count is not None}
 
-    def verify(self) -> list[Violation]:
+    def check(self) -> Check:
         local = self.gather_local()
         servers = [self.gather_server(adapter, local) for adapter in self.adapters.values()]
-        return find_violations(local, servers, now=self.clock(), stuck_after_s=self.stuck_after_s)
+        violations = find_violations(local, servers, now=self.clock(), stuck_after_s=self.stuck_after_s)
+        return Check(local, servers, violations)
+
+    def verify(self) -> list[Violation]:
+        return list(self.check().violations)
 
     # -- execute ------------------------------------------------------------------------------------------------------
     def execute(self, actions: Iterable[Action]) -> list[ActionResult]:
@@ -516,8 +632,16 @@ class Reconciler:
             try:
                 detail = self._execute(action)
                 results.append(ActionResult(action, True, detail))
-            except (lifecycle.ActivationFailed, lifecycle.DrainTimeout, TritonAPIError, RegistryError, SpecError,
-                    OSError, TimeoutError, ValueError) as exc:
+            except (
+                lifecycle.ActivationFailed,
+                lifecycle.DrainTimeout,
+                TritonAPIError,
+                RegistryError,
+                SpecError,
+                OSError,
+                TimeoutError,
+                ValueError,
+            ) as exc:
                 results.append(ActionResult(action, False, str(exc)))
         return results
 
@@ -531,8 +655,12 @@ class Reconciler:
         if kind is ActionKind.REGENERATE:
             spec = self._spec(name)
             rendered = render_files(spec, self.profiles)
-            changes = sync_files(self.paths.repository, rendered, write=True,
-                                 stale=stale_generated_files(self.paths.repository, name, rendered))
+            changes = sync_files(
+                self.paths.repository,
+                rendered,
+                write=True,
+                stale=stale_generated_files(self.paths.repository, name, rendered),
+            )
             return ", ".join(f"{c.path} {c.status}" for c in changes if c.status != "unchanged") or "already current"
         if kind is ActionKind.REMOVE_BREAKER:
             path = Path(action.subject or "")
@@ -562,14 +690,21 @@ class Reconciler:
             if state is State.DISABLED or entry is None:
                 adapter.unload(name)  # keep DISABLED (or no entry) as it is: just take it off the server
                 return "unloaded"
-            lifecycle.unload_on(adapter, self.registry, name, timeout_s=self.unload_timeout_s, reason="repair: unwanted")
+            lifecycle.unload_on(
+                adapter, self.registry, name, timeout_s=self.unload_timeout_s, reason="repair: unwanted"
+            )
             return "unloaded"
         if kind is ActionKind.LOAD:
             spec = self._spec(name)
             entry = self.registry.get(name)
             causes = ", ".join(c.value for c in action.causes)
-            lifecycle.load_on(adapter, self.registry, self.target(spec, entry), timeout_s=self.load_timeout_s,
-                              reason=f"repair: {causes}")
+            lifecycle.load_on(
+                adapter,
+                self.registry,
+                self.target(spec, entry),
+                timeout_s=self.load_timeout_s,
+                reason=f"repair: {causes}",
+            )
             return f"READY at version {self.target(spec, entry).version}"
         if kind is ActionKind.DISABLE:
             lifecycle.disable_on(adapter, self.registry, name, action.detail)
@@ -598,8 +733,13 @@ class Reconciler:
                     continue
                 if entry is not None and entry.ready:
                     self.registry.transition(name, server, State.LOADING, reason="adopt")
-                    self.registry.transition(name, server, State.READY, reason="adopt: READY on Triton",
-                                             version=int(entry.version or spec.version))
+                    self.registry.transition(
+                        name,
+                        server,
+                        State.READY,
+                        reason="adopt: READY on Triton",
+                        version=int(entry.version or spec.version),
+                    )
                     adopted.append(f"{name}@{server}")
         return f"desired ACTIVE: {', '.join(sorted(specs)) or 'none'}; READY: {', '.join(adopted) or 'none'}"
 
@@ -611,13 +751,22 @@ class Reconciler:
         if entry is not None and entry.ready:
             if state is not State.LOADING:
                 self.registry.transition(name, server, State.LOADING, reason="repair: observed READY on Triton")
-            self.registry.transition(name, server, State.READY, reason="repair: observed READY on Triton",
-                                     version=int(entry.version) if entry.version and entry.version.isdigit() else None)
+            self.registry.transition(
+                name,
+                server,
+                State.READY,
+                reason="repair: observed READY on Triton",
+                version=int(entry.version) if entry.version and entry.version.isdigit() else None,
+            )
             return "recorded READY"
         if state is State.READY:
             self.registry.transition(name, server, State.UNLOADING, reason="repair: observed not loaded on Triton")
-        self.registry.transition(name, server, State.UNLOADED,
-                                 reason=f"repair: Triton says {(entry.state if entry else None) or 'not loaded'}")
+        self.registry.transition(
+            name,
+            server,
+            State.UNLOADED,
+            reason=f"repair: Triton says {(entry.state if entry else None) or 'not loaded'}",
+        )
         return "recorded UNLOADED"
 
     def _resolve_stuck(self, adapter: TritonAdapter, name: str) -> str:
@@ -632,5 +781,7 @@ class Reconciler:
             self.registry.transition(name, server, State.UNLOADED, reason="repair: stuck UNLOADING, Triton let go")
             return "recorded UNLOADED"
         triton_says = "not loaded" if entry is None else f"{entry.state} {entry.reason}".strip()
-        self.registry.transition(name, server, State.FAILED, reason=f"repair: stuck {state.value}; Triton says {triton_says}")
+        self.registry.transition(
+            name, server, State.FAILED, reason=f"repair: stuck {state.value}; Triton says {triton_says}"
+        )
         return "recorded FAILED (the next round loads it again if it is wanted)"

@@ -84,7 +84,9 @@ class RegistryError(Exception):
 class IllegalTransition(RegistryError):
     def __init__(self, model: str, server: str, current: State, target: State, entry: ServerEntry | None) -> None:
         owner = f" by {entry.actor} since {entry.since}" if entry is not None and entry.actor else ""
-        super().__init__(f"{model} on {server}: {current.value} -> {target.value} is not allowed (state {current.value}{owner})")
+        super().__init__(
+            f"{model} on {server}: {current.value} -> {target.value} is not allowed (state {current.value}{owner})"
+        )
         self.model = model
         self.server = server
         self.current = current
@@ -240,9 +242,7 @@ class Registry:
     def _event(self, model: str, event: str, **fields: Any) -> AuditEntry:
         return AuditEntry(ts=_stamp(self.clock()), model=model, event=event, actor=self.actor, **fields)
 
-    def update(
-        self, fn: Callable[[RegistryFile], tuple[RegistryFile, list[AuditEntry]]]
-    ) -> RegistryFile:
+    def update(self, fn: Callable[[RegistryFile], tuple[RegistryFile, list[AuditEntry]]]) -> RegistryFile:
         """Apply `fn` under the lock and commit its result with its audit events (the general write path)."""
         with self._locked():
             current = self.read()
@@ -348,7 +348,9 @@ class Registry:
                 )
             if changed == current:
                 return data, []
-            return _with_model(data, model, entry.model_copy(update={"servers": {**entry.servers, server: changed}})), []
+            return _with_model(
+                data, model, entry.model_copy(update={"servers": {**entry.servers, server: changed}})
+            ), []
 
         return self.update(apply).models[model].on(server).recoveries
 
@@ -388,7 +390,9 @@ class Registry:
                     models.pop(event.model, None)
                     continue
                 if event.event == "desired" and event.desired:
-                    entry = entry.model_copy(update={"desired": Desired(event.desired), "version": event.version or entry.version})
+                    entry = entry.model_copy(
+                        update={"desired": Desired(event.desired), "version": event.version or entry.version}
+                    )
                 elif event.event == "transition" and event.server and event.to_state:
                     server = entry.on(event.server).model_copy(
                         update={

@@ -94,9 +94,7 @@ def render_parameters(spec: ModelSpec, profile: Profile, overrides: Mapping[str,
         "ruth.breaker.half_open_max_trials": str(breaker.half_open_max_trials),
         "ruth.watchdog.zombie_limit": str(spec.watchdog.zombie_limit),
         "ruth.memory_estimate_mb": str(spec.memory_for(profile)),
-        "ruth.weights": json.dumps(
-            [w.model_dump() for w in spec.weights], sort_keys=True, separators=(",", ":")
-        ),
+        "ruth.weights": json.dumps([w.model_dump() for w in spec.weights], sort_keys=True, separators=(",", ":")),
     }
     if spec.state is not None:
         params["ruth.state.idle_ttl_s"] = _number(spec.state.idle_ttl_s)
@@ -127,14 +125,18 @@ def render_config(
     config.version_policy.specific.versions.append(version or spec.version)
     batch = profile.batch_size_for(spec)
     config.max_batch_size = batch
-    inputs, outputs = (VISION_INPUTS, VISION_OUTPUTS) if spec.contract is Contract.VISION else (spec.inputs, spec.outputs)
+    inputs, outputs = (
+        (VISION_INPUTS, VISION_OUTPUTS) if spec.contract is Contract.VISION else (spec.inputs, spec.outputs)
+    )
     for tensor in inputs:
         _tensor(config.input.add(), tensor)
     for tensor in outputs:
         _tensor(config.output.add(), tensor)
 
     group_spec = profile.instance_for(spec)
-    group = config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(group_spec.kind.value), count=group_spec.count)
+    group = config.instance_group.add(
+        kind=pb.ModelInstanceGroup.Kind.Value(group_spec.kind.value), count=group_spec.count
+    )
     if spec.contract is Contract.VISION:
         # Raw models are BLS callees: rate-limiting them while their caller holds a token would deadlock.
         group.rate_limiter.resources.add(name=RATE_LIMIT_RESOURCE, count=1, **{"global": True})
@@ -220,8 +222,8 @@ def config_differences(expected: Message, actual: Message, path: str = "") -> li
         elif value != other:
             differences.append(f"{name}: {value!r} != {other!r}")
     if not path:
-        mine_scheduler = expected.WhichOneof("scheduling_choice")  # type: ignore[arg-type]
-        their_scheduler = actual.WhichOneof("scheduling_choice")  # type: ignore[arg-type]
+        mine_scheduler = expected.WhichOneof("scheduling_choice")
+        their_scheduler = actual.WhichOneof("scheduling_choice")
         if mine_scheduler != their_scheduler:
             differences.append(f"scheduling: {mine_scheduler} != {their_scheduler}")
     return differences
@@ -242,9 +244,7 @@ def render_files(spec: ModelSpec, profiles: Mapping[Profile, ProfileSpec]) -> di
     """Every generated file of one model, by path relative to the repository root."""
     files: dict[Path, str] = {}
     for profile in Profile:
-        text = to_pbtxt(
-            render_config(spec, profiles[profile]), HEADER.format(name=spec.name, profile=profile.value)
-        )
+        text = to_pbtxt(render_config(spec, profiles[profile]), HEADER.format(name=spec.name, profile=profile.value))
         files[Path(spec.name) / "configs" / f"{profile.value}.pbtxt"] = text
         if profile is DEFAULT_PROFILE:
             files[Path(spec.name) / "config.pbtxt"] = text
@@ -257,7 +257,9 @@ class FileChange:
     status: str  # created | changed | unchanged | removed
 
 
-def sync_files(repository: Path, rendered: Mapping[Path, str], *, write: bool, stale: Iterable[Path] = ()) -> list[FileChange]:
+def sync_files(
+    repository: Path, rendered: Mapping[Path, str], *, write: bool, stale: Iterable[Path] = ()
+) -> list[FileChange]:
     """Compare (and with `write`, make equal) the generated files on disk with `rendered`.
 
     `stale` are generated files that no spec produces any more (a removed profile file): removed when writing.

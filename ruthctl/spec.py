@@ -77,10 +77,10 @@ class _Frozen(BaseModel):
 
 
 class DynamicBatching(_Frozen):
-    max_queue_delay_us: int = Field(0, ge=0)
+    max_queue_delay_us: int = Field(default=0, ge=0)
     preferred_batch_size: tuple[int, ...] = ()
-    max_queue_size: int = Field(0, ge=0, description="0 = unbounded; beyond it a request gets an immediate 503")
-    queue_timeout_ms: int = Field(0, ge=0, description="0 = no queue timeout")
+    max_queue_size: int = Field(default=0, ge=0, description="0 = unbounded; beyond it a request gets an immediate 503")
+    queue_timeout_ms: int = Field(default=0, ge=0, description="0 = no queue timeout")
 
     @field_validator("preferred_batch_size")
     @classmethod
@@ -91,11 +91,11 @@ class DynamicBatching(_Frozen):
 
 
 class Limits(_Frozen):
-    inference_timeout_ms: int = Field(5000, ge=1, le=600_000)
-    min_width: int = Field(64, ge=1)
-    min_height: int = Field(64, ge=1)
-    max_width: int = Field(7680, ge=1)
-    max_height: int = Field(4320, ge=1)
+    inference_timeout_ms: int = Field(default=5000, ge=1, le=600_000)
+    min_width: int = Field(default=64, ge=1)
+    min_height: int = Field(default=64, ge=1)
+    max_width: int = Field(default=7680, ge=1)
+    max_height: int = Field(default=4320, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Limits:
@@ -105,10 +105,10 @@ class Limits(_Frozen):
 
 
 class BreakerSpec(_Frozen):
-    failure_threshold: int = Field(5, ge=1)
-    cooldown_s: float = Field(30, gt=0)
-    max_cooldown_s: float = Field(600, gt=0)
-    half_open_max_trials: int = Field(1, ge=1)
+    failure_threshold: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30, gt=0)
+    max_cooldown_s: float = Field(default=600, gt=0)
+    half_open_max_trials: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> BreakerSpec:
@@ -118,18 +118,18 @@ class BreakerSpec(_Frozen):
 
 
 class WatchdogSpec(_Frozen):
-    zombie_limit: int = Field(4, ge=1)
+    zombie_limit: int = Field(default=4, ge=1)
 
 
 class StateSpec(_Frozen):
-    idle_ttl_s: float = Field(300, gt=0)
-    max_streams: int = Field(10000, ge=1)
+    idle_ttl_s: float = Field(default=300, gt=0)
+    max_streams: int = Field(default=10000, ge=1)
 
 
 class WeightFile(_Frozen):
     path: str = Field(min_length=1, description="relative to the weights dir (RUTH_WEIGHTS_DIR)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str = Field("", description="how to obtain the file; shown when it is missing or corrupt")
+    source: str = Field(default="", description="how to obtain the file; shown when it is missing or corrupt")
 
     @field_validator("path")
     @classmethod
@@ -144,9 +144,9 @@ class InstanceGroupSpec(_Frozen):
     """A profile's instance group, with optional per-profile overrides of batching and memory."""
 
     kind: InstanceKind = InstanceKind.KIND_CPU
-    count: int = Field(1, ge=1, le=64)
-    max_batch_size: int | None = Field(None, ge=0, le=1024)
-    memory_estimate_mb: int | None = Field(None, ge=0)
+    count: int = Field(default=1, ge=1, le=64)
+    max_batch_size: int | None = Field(default=None, ge=0, le=1024)
+    memory_estimate_mb: int | None = Field(default=None, ge=0)
 
 
 class TensorSpec(_Frozen):
@@ -173,14 +173,14 @@ class ModelSpec(_Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     display_name: str = ""
     description: str = ""
-    version: int = Field(1, ge=1)
+    version: int = Field(default=1, ge=1)
     contract: Contract = Contract.VISION
-    max_batch_size: int = Field(0, ge=0, le=1024)
+    max_batch_size: int = Field(default=0, ge=0, le=1024)
     dynamic_batching: DynamicBatching | None = None
     limits: Limits = Limits()
     breaker: BreakerSpec = BreakerSpec()
     watchdog: WatchdogSpec = WatchdogSpec()
-    memory_estimate_mb: int = Field(256, ge=0)
+    memory_estimate_mb: int = Field(default=256, ge=0)
     state: StateSpec | None = None
     weights: tuple[WeightFile, ...] = ()
     profiles: dict[Profile, InstanceGroupSpec] = Field(default_factory=dict)
@@ -226,7 +226,9 @@ class ModelSpec(_Frozen):
 
     def memory_for(self, profile: Profile) -> int:
         group = self.profiles.get(profile)
-        return self.memory_estimate_mb if group is None or group.memory_estimate_mb is None else group.memory_estimate_mb
+        return (
+            self.memory_estimate_mb if group is None or group.memory_estimate_mb is None else group.memory_estimate_mb
+        )
 
 
 class ProfileSpec(_Frozen):
@@ -234,10 +236,10 @@ class ProfileSpec(_Frozen):
 
     name: Profile
     description: str = ""
-    gpu_instances: bool = Field(False, description="whether KIND_GPU instance groups are allowed on this target")
+    gpu_instances: bool = Field(default=False, description="whether KIND_GPU instance groups may be placed here")
     default_instance: InstanceGroupSpec = InstanceGroupSpec()
-    max_instance_count: int = Field(64, ge=1)
-    max_batch_size_cap: int | None = Field(None, ge=1, description="batch sizes above it are clamped on this target")
+    max_instance_count: int = Field(default=64, ge=1)
+    max_batch_size_cap: int | None = Field(default=None, ge=1, description="larger batch sizes are clamped to it")
 
     def instance_for(self, spec: ModelSpec) -> InstanceGroupSpec:
         """The spec's group for this profile (or the profile default), checked against what the target allows."""

@@ -28,10 +28,10 @@ __all__ = [
     "IndexEntry",
     "LoadFailed",
     "RequestFailed",
+    "Transport",
     "TritonAPIError",
     "TritonAdapter",
     "TritonClient",
-    "Transport",
     "Unreachable",
 ]
 
@@ -143,7 +143,9 @@ class TritonAdapter(Protocol):
     def live(self) -> bool: ...
     def ready(self) -> bool: ...
     def index(self) -> list[IndexEntry]: ...
-    def load(self, name: str, config: pb.ModelConfig | None = None, files: Mapping[str, bytes] | None = None) -> None: ...
+    def load(
+        self, name: str, config: pb.ModelConfig | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None: ...
     def unload(self, name: str) -> None: ...
     def model_config(self, name: str) -> pb.ModelConfig: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
@@ -159,6 +161,9 @@ def _timeout_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - gevent comes with tritonclient[http]
         return (socket.timeout,)
     return (socket.timeout, Timeout)
+
+
+_TIMEOUTS: tuple[type[BaseException], ...] = (OSError, *_timeout_types())
 
 
 class TritonClient:
@@ -214,7 +219,7 @@ class TritonClient:
             return getattr(self._connection(), method)(*args, **kwargs)
         except InferenceServerException as exc:
             raise _translate(exc, str(self.endpoint)) from None
-        except (OSError, *_timeout_types()) as exc:
+        except _TIMEOUTS as exc:
             raise Unreachable(f"{self.endpoint}: {exc or type(exc).__name__}") from None
 
     # -- the adapter --------------------------------------------------------------------------------------------------

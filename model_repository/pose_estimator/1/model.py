@@ -10,6 +10,7 @@ the spec's `weights` list. A model without its weights fails its load with the f
 from __future__ import annotations
 
 import threading
+
 import numpy as np
 from pydantic import ValidationError
 
@@ -68,8 +69,9 @@ class TritonPythonModel(RawRuthModel):
         height, width = frames.shape[1:3]
         if not (limits.min_width <= width <= limits.max_width and limits.min_height <= height <= limits.max_height):
             raise InvalidInput(
-                "FRAME", f"{width}x{height} is outside {limits.min_width}x{limits.min_height}.."
-                f"{limits.max_width}x{limits.max_height}"
+                "FRAME",
+                f"{width}x{height} is outside {limits.min_width}x{limits.min_height}.."
+                f"{limits.max_width}x{limits.max_height}",
             )
         with self.lock:
             per_frame = [self.engine.infer(frame) for frame in frames]

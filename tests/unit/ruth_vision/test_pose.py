@@ -71,8 +71,13 @@ def _movenet_row(y1: float, x1: float, y2: float, x2: float, score: float) -> np
 
 def test_decode_movenet_maps_normalised_yx_to_frame_xy_and_drops_weak_rows() -> None:
     box = pose.Letterbox.fit(640, 480, 256)  # pad_y 32, scale 0.4
-    raw = np.stack([_movenet_row(0.25, 0.25, 0.75, 0.5, 0.3), _movenet_row(0.3, 0.5, 0.6, 0.9, 0.6),
-                    _movenet_row(0.1, 0.1, 0.2, 0.2, 0.05)])[np.newaxis]  # fmt: skip
+    raw = np.stack(
+        [
+            _movenet_row(0.25, 0.25, 0.75, 0.5, 0.3),
+            _movenet_row(0.3, 0.5, 0.6, 0.9, 0.6),
+            _movenet_row(0.1, 0.1, 0.2, 0.2, 0.05),
+        ]
+    )[np.newaxis]
     people = pose.decode_movenet(raw, box, min_score=0.2)
     assert [round(p.score, 2) for p in people] == [0.6, 0.3]  # strongest first, the 0.05 one dropped
     x1, y1, x2, y2 = people[1].box
@@ -90,8 +95,14 @@ def _yolo_anchor(cx: float, cy: float, w: float, h: float, score: float) -> np.n
 
 def test_decode_yolo_pose_suppresses_duplicates_and_accepts_both_layouts() -> None:
     box = pose.Letterbox.fit(1280, 640, 640)  # scale 0.5, pad_y 160
-    anchors = np.stack([_yolo_anchor(200, 320, 100, 200, 0.9), _yolo_anchor(205, 322, 100, 200, 0.8),
-                        _yolo_anchor(500, 320, 100, 200, 0.7), _yolo_anchor(50, 50, 10, 10, 0.1)])  # fmt: skip
+    anchors = np.stack(
+        [
+            _yolo_anchor(200, 320, 100, 200, 0.9),
+            _yolo_anchor(205, 322, 100, 200, 0.8),
+            _yolo_anchor(500, 320, 100, 200, 0.7),
+            _yolo_anchor(50, 50, 10, 10, 0.1),
+        ]
+    )
     for raw in (anchors.T[np.newaxis], anchors[np.newaxis]):
         people = pose.decode_yolo_pose(raw, box, min_score=0.25)
         assert [round(p.score, 2) for p in people] == [0.9, 0.7]
@@ -219,3 +230,39 @@ def test_onnx_engine_on_cuda_requires_the_cuda_provider(tmp_path: Path) -> None:
     runner = pose.OnnxRunner(weights, "cuda:1", importer=lambda name: _fake_ort(["CUDAExecutionProvider"]))
     assert runner.providers == ["CUDAExecutionProvider"]
     assert pose.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1})]
+
+
+# --- the BLS round trip's tensors -----------------------------------------------------------------------------------
+
+
+def _person(x: float, score: float = 0.5) -> pose.PoseResult:
+    return pose.PoseResult((x, 0.0, x + 10, 20.0), np.full((17, 3), x, np.float32), score)
+
+
+def test_pose_outputs_pad_to_the_fullest_frame_and_count_the_rest() -> None:
+    outputs = pose.pack_pose_outputs([[_person(1), _person(2)], [], [_person(3)]])
+    assert outputs["POSES"].shape == (3, 2, pose.POSE_ROW_WIDTH) and outputs["COUNT"].tolist() == [[2], [0], [1]]
+    back = pose.split_pose_outputs(outputs["POSES"], outputs["COUNT"])
+    assert [[p.box[0] for p in frame] for frame in back] == [[1.0, 2.0], [], [3.0]]
+    empty = pose.pack_pose_outputs([[], []])
+    assert empty["POSES"].shape == (2, 0, pose.POSE_ROW_WIDTH)
+    with pytest.raises(ValueError, match="exceeds"):
+        pose.split_pose_outputs(outputs["POSES"], np.array([[3], [0], [1]]))
+
+
+def test_estimate_via_makes_one_call_per_frame_size_and_keeps_failures_to_their_frames() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def callee(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frames = inputs["FRAME"]
+        calls.append(frames.shape)
+        if frames.shape[1] == 99:
+            raise RuntimeError("pose model down")
+        return pose.pack_pose_outputs([[_person(float(f[0, 0, 0]))] for f in frames])
+
+    small = [np.full((64, 64, 3), v, np.uint8) for v in (1, 2)]
+    odd = np.zeros((99, 64, 3), np.uint8)
+    results = pose.estimate_via(callee, [small[0], odd, small[1]])
+    assert sorted(calls) == [(1, 99, 64, 3), (2, 64, 64, 3)]
+    assert [r[0].box[0] for r in (results[0], results[2]) if isinstance(r, list)] == [1.0, 2.0]
+    assert isinstance(results[1], RuntimeError)

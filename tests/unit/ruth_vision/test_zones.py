@@ -96,8 +96,13 @@ def test_leaving_an_allowed_zone_is_an_exit(people: dict[str, list[PoseResult]])
 
 
 def test_every_violated_zone_is_reported(people: dict[str, list[PoseResult]]) -> None:
-    config = {"zones": [restricted(RIGHT_FLOOR, "dock"), restricted([[600, 720], [1280, 400], [1280, 720]], "ramp"),
-                        {"id": "bay", "points": LEFT_HALF, "type": "allowed"}]}  # fmt: skip
+    config = {
+        "zones": [
+            restricted(RIGHT_FLOOR, "dock"),
+            restricted([[600, 720], [1280, 400], [1280, 720]], "ramp"),
+            {"id": "bay", "points": LEFT_HALF, "type": "allowed"},
+        ]
+    }
     payload = assess(people["right"], config)
     assert [v["zone_id"] for v in payload["detections"][0]["violations"]] == ["dock", "ramp", "bay"]
     assert payload["zones_violated"] == ["bay", "dock", "ramp"]

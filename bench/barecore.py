@@ -1,0 +1,101 @@
+"""A repository model's own code with none of the hardening library around it: the "bare" baseline.
+
+The model file's `load()` and `infer()` run exactly as they do under `RuthModel`, but the request path is only
+what the algorithm needs: `cv2.imdecode` of the JPEG, the model's `infer`, `json.dumps` of its result. There is
+no validation, no safe decoder, no circuit breaker, no watchdog, no metrics, no result schema, and per-stream
+state lives in a plain dict of the process (so, unlike the hardened model, instances don't share it). The same
+class serves the generated bare Triton models (bench/bare.py) and the in-process measurement (bench/inprocess.py),
+so "bare served" and "in process" run identical code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+StateFn = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+def load_model_class(model_py: Path) -> type:
+    """The `TritonPythonModel` class of a repository model file, imported under a private module name."""
+    spec = importlib.util.spec_from_file_location(f"ruth_bench_real_{model_py.parent.parent.name}", model_py)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {model_py}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls: type = module.TritonPythonModel
+    return cls
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps fallback for numpy scalars/arrays and datetimes a model may return."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class BareModel:
+    """Load a vision model (a `RuthModel` subclass) and call its algorithm directly."""
+
+    def __init__(self, model_py: Path, model_config: Mapping[str, Any], *, instance: str = "bare_0") -> None:
+        from python_backends.base import InferContext
+        from python_backends.gpu import Allocation
+        from python_backends.metrics import NullMetrics
+        from python_backends.params import ModelParams, RuntimeEnv, parameters_of
+
+        cls = load_model_class(model_py)
+        if not hasattr(cls, "infer"):
+            raise TypeError(f"{model_py}: not a vision-contract model (no infer)")
+        model = cls.__new__(cls)  # the model's own __init__/initialize are the library's: skipped on purpose
+        model.name = str(model_config.get("name", model_py.parent.parent.name))
+        model.version = "1"
+        model.instance = instance
+        model.model_config = dict(model_config)
+        model.params = ModelParams.parse(parameters_of(model_config))
+        model.env = RuntimeEnv.from_env()
+        model.metrics = NullMetrics()
+        model.device = Allocation(
+            device="cpu", placement="cpu", device_index=None, reserved_bytes=0, reason="bare", owner=None
+        )
+        model.streams = None
+        model.load(model.device)
+        self.model = model
+        schema = getattr(cls, "config_schema", None)
+        self.config: Any = schema.model_validate({}) if schema is not None else {}
+        self.states: dict[str, dict[str, Any]] = {}
+        self._context = InferContext
+
+    def _update_state(self, stream_id: str, _config_key: str, fn: StateFn) -> dict[str, Any]:
+        state = fn(self.states.get(stream_id))
+        self.states[stream_id] = state
+        return state
+
+    def infer_frame(self, frame: np.ndarray, stream_id: str, timestamp: datetime) -> bytes:
+        ctx = self._context(
+            stream_id=stream_id,
+            timestamp=timestamp,
+            config=self.config,
+            metadata={},
+            params=self.model.params.model,
+            device=self.model.device,
+            request_id="",
+            _update_state=self._update_state,
+        )
+        return json.dumps(self.model.infer(frame, ctx), default=_plain).encode()
+
+    def infer_image(self, data: bytes, stream_id: str, timestamp: datetime) -> bytes:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise ValueError("undecodable image")
+        return self.infer_frame(frame, stream_id, timestamp)

@@ -1,0 +1,102 @@
+"""`ruthctl breaker list|reset`: the circuit breakers' persisted state in `<state_dir>/breakers/`.
+
+Every instance process of a model shares one state file (python_backends.breaker.FileBreakerStorage), so a reset
+here is seen by all of them at their next request. Breakers are per host: run this on each server's host (or
+with its state dir).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from ruthctl.commands._common import fail, out, print_json, resolve
+from ruthctl.exit_codes import ExitCode
+
+app = typer.Typer(help="Circuit breakers: list their state, reset them.", no_args_is_help=True)
+
+
+def rows(state_dir: Any, now: float) -> list[dict[str, Any]]:
+    from ruthctl.host import breaker_files
+
+    return [
+        {
+            "model": b.model,
+            "version": b.version,
+            "state": b.state or "unreadable",
+            "consecutive_failures": b.consecutive_failures,
+            "total_trips": b.total_trips,
+            "retry_in_s": None if b.retry_at is None or b.state != "open" else round(max(b.retry_at - now, 0.0), 1),
+            "path": str(b.path),
+        }
+        for b in breaker_files(state_dir)
+    ]
+
+
+@app.command("list")
+def list_breakers(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Every breaker with a state file: closed, half_open or open, failures, trips, time to the next trial."""
+    env = resolve(ctx, token=False)
+    found = rows(env.state_dir, time.time())
+    if json_out:
+        print_json({"state_dir": str(env.state_dir), "breakers": found})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"breakers in {env.state_dir / 'breakers'}")
+    for column in ("model", "version", "state", "failures", "trips", "retry in"):
+        table.add_column(column)
+    colours = {"closed": "green", "half_open": "yellow", "open": "red"}
+    for row in found:
+        colour = colours.get(row["state"], "red")
+        retry = "-" if row["retry_in_s"] is None else f"{row['retry_in_s']}s"
+        table.add_row(
+            row["model"],
+            str(row["version"]),
+            f"[{colour}]{row['state']}[/{colour}]",
+            str(row["consecutive_failures"]),
+            str(row["total_trips"]),
+            retry,
+        )
+    out().print(table)
+
+
+@app.command("reset")
+def reset(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None, typer.Argument(help="MODEL or MODEL:VERSION (all versions of MODEL by default).")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Reset every breaker.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Close breakers now (the operator knows the cause is fixed). Exit 1 if none matched, 2 without MODEL/--all."""
+    from ruthctl.host import breaker_files, reset_breaker
+
+    if (model is None) == (not all_):
+        fail("give MODEL[:VERSION] or --all (not both)", ExitCode.USAGE)
+    name, _, version = (model or "").partition(":")
+    env = resolve(ctx, token=False)
+    matched = [
+        b
+        for b in breaker_files(env.state_dir)
+        if all_ or (b.model == name and (not version or str(b.version) == version))
+    ]
+    if not matched:
+        fail(f"no breaker state for {model} in {env.state_dir / 'breakers'}")
+    for b in matched:
+        try:
+            reset_breaker(b.path, f"{b.model}:{b.version}")
+        except OSError as exc:
+            fail(f"{b.path}: {exc}")
+    done = [{"model": b.model, "version": b.version, "was": b.state, "now": "closed"} for b in matched]
+    if json_out:
+        print_json({"reset": done})
+    else:
+        for row in done:
+            out().print(f"{row['model']} v{row['version']}: {row['was']} -> closed")

@@ -1,0 +1,66 @@
+"""`ruthctl verify`: check every invariant between the specs, the registry, this host and the servers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from ruthctl.commands._common import adapters, out, print_json, reconciler, resolve
+from ruthctl.exit_codes import ExitCode
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+
+
+def verify(
+    ctx: typer.Context,
+    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Report every violated invariant (read-only).
+
+    Checked: registry READY <=> Triton READY at the same version; nothing loaded that the registry doesn't want;
+    config files on disk equal to the rendered specs; each server's live config equal to the spec; weights present
+    with the right checksums; breaker state only for known models; GPU ledger reservations only for live processes;
+    no model stuck LOADING/UNLOADING; every stub process of a READY model alive (servers on this host); no model
+    hung past its zombie limit (from its metrics).
+
+    Exit codes: 0 no violation, 1 violations found, 4 only unreachable servers.
+    """
+    env = resolve(ctx)
+    with adapters(env) as clients:
+        violations = reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
+    if json_out:
+        print_json({"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]})
+    else:
+        render_violations(violations, title=f"verify ({', '.join(env.urls)})")
+    raise typer.Exit(int(exit_code(violations)))
+
+
+def exit_code(violations: Sequence[Any]) -> ExitCode:
+    from ruthctl.reconcile import Kind
+
+    if not violations:
+        return ExitCode.OK
+    if all(v.kind is Kind.SERVER_UNREACHABLE for v in violations):
+        return ExitCode.UNREACHABLE
+    return ExitCode.ERROR
+
+
+def render_violations(violations: Sequence[Any], title: str) -> None:
+    from rich.table import Table
+
+    console = out()
+    if not violations:
+        console.print(f"[green]ok[/green]: no violations ({title})")
+        return
+    table = Table(title=f"{len(violations)} violation(s): {title}")
+    for column in ("kind", "model", "server", "detail", "repair"):
+        table.add_column(column, overflow="fold")
+    for v in violations:
+        fix = v.fix if v.fixable else f"[red]can't:[/red] {v.fix}"
+        table.add_row(v.kind.value, v.model or "-", v.server or "-", v.detail, fix)
+    console.print(table)
