@@ -57,7 +57,7 @@ class BareModel:
         cls = load_model_class(model_py)
         if not hasattr(cls, "infer"):
             raise TypeError(f"{model_py}: not a vision-contract model (no infer)")
-        model = cls.__new__(cls)  # the model's own __init__/initialize are the library's: skipped on purpose
+        model: Any = object.__new__(cls)  # the model's own __init__/initialize are the library's: skipped on purpose
         model.name = str(model_config.get("name", model_py.parent.parent.name))
         model.version = "1"
         model.instance = instance

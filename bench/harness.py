@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _TESTS = str(REPO_ROOT / "tests")
 if _TESTS not in sys.path:
@@ -30,9 +32,9 @@ FRAME_LEVELS = (15.0, 35.0, 50.0, 65.0, 80.0, 92.0, 97.0, 40.0)
 FRAME_SIZE = (480, 640)
 
 
-def bench_frames(count: int = len(FRAME_LEVELS)) -> list[tuple[bytes, object]]:
+def bench_frames(count: int = len(FRAME_LEVELS)) -> list[tuple[bytes, np.ndarray]]:
     """(JPEG bytes, raw BGR frame) pairs, 640x480: the same frames for every model, server and client."""
-    out = []
+    out: list[tuple[bytes, np.ndarray]] = []
     for index in range(count):
         raw = tank_frame(FRAME_LEVELS[index % len(FRAME_LEVELS)], size=FRAME_SIZE, seed=index)
         out.append((jpeg(raw), raw))

@@ -22,12 +22,14 @@ class Plan:
     transport_concurrency: int
     #: measure the identity model next to the tank model in the transport section
     transport_identity: bool
+    transport_labels: tuple[str, ...]
     scaling_model: str
     scaling_instances: tuple[int, ...]
     scaling_batching: tuple[bool, ...]
     scaling_concurrency: tuple[int, ...]
     old_model: str
     old_concurrency: tuple[int, ...]
+    old_with_perf_analyzer: bool
     #: CPU counts for the old-vs-new sweep (servers and client pinned to that many cores); () skips it
     cores_sweep: tuple[int, ...]
     cores_concurrency: int
@@ -38,20 +40,22 @@ TANK = "tank_overflow_monitoring"
 SMOKE = Plan(
     mode="smoke",
     models=(TANK,),
-    point_s=0.8,
+    point_s=0.6,
     warmup_s=0.2,
-    pa_window_ms=300,
+    pa_window_ms=500,
     overhead_rounds=1,
     overhead_concurrency=4,
-    inprocess_s=0.8,
+    inprocess_s=0.6,
     transport_concurrency=2,
     transport_identity=False,
+    transport_labels=("frame_http", "frame_grpc", "frame_shm"),
     scaling_model=TANK,
     scaling_instances=(1,),
     scaling_batching=(True,),
     scaling_concurrency=(1, 4),
     old_model=TANK,
     old_concurrency=(8,),
+    old_with_perf_analyzer=False,
     cores_sweep=(),
     cores_concurrency=8,
 )
@@ -67,12 +71,14 @@ FULL = Plan(
     inprocess_s=4.0,
     transport_concurrency=4,
     transport_identity=True,
+    transport_labels=("frame_http", "frame_grpc", "frame_shm", "jpeg_http", "jpeg_grpc"),
     scaling_model=TANK,
     scaling_instances=(1, 2, 4),
     scaling_batching=(True, False),
     scaling_concurrency=(1, 2, 4, 8, 16),
     old_model=TANK,
     old_concurrency=(1, 4, 8, 16),
+    old_with_perf_analyzer=True,
     cores_sweep=(1, 2, 4, 8, 16),
     cores_concurrency=8,
 )

@@ -41,6 +41,7 @@ def closed_loop(
     window: list[float] = [0.0, 0.0]
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
+    sent = [0] * concurrency
     failures: list[BaseException] = []
 
     def open_window() -> None:
@@ -65,6 +66,7 @@ def closed_loop(
                 except Exception:
                     ok = False
                 done = clock()
+                sent[index] += 1
                 if began >= window[0] and done <= window[1]:
                     if ok:
                         latencies[index].append(done - began)
@@ -75,7 +77,10 @@ def closed_loop(
         except threading.BrokenBarrierError:
             pass
         finally:
-            close()
+            try:
+                close()
+            except Exception as exc:  # cleanup trouble must not hide the measurement
+                failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for thread in threads:
@@ -83,10 +88,16 @@ def closed_loop(
     for thread in threads:
         thread.join(timeout=warmup_s + duration_s + 120)
     if failures:
-        raise RuntimeError(f"a client worker could not start: {failures[0]!r}") from failures[0]
+        raise RuntimeError(f"a client worker failed to start or stop: {failures[0]!r}") from failures[0]
     merged = [lat for per in latencies for lat in per]
     return summarize(
-        merged, window_s=duration_s, errors=sum(errors), tool="python", protocol=protocol, concurrency=concurrency
+        merged,
+        window_s=duration_s,
+        errors=sum(errors),
+        tool="python",
+        protocol=protocol,
+        concurrency=concurrency,
+        sent=sum(sent),
     )
 
 
@@ -141,6 +152,7 @@ def triton_shm_worker(url: str, model: str, raw_frames: Sequence[np.ndarray], *,
     its own registered region, as a capture process would, and the request carries only the region's name."""
     import tritonclient.grpc as module
     import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import InferenceServerException
 
     shape = [1, *raw_frames[0].shape]
     nbytes = int(raw_frames[0].nbytes)
@@ -167,8 +179,14 @@ def triton_shm_worker(url: str, model: str, raw_frames: Sequence[np.ndarray], *,
                 json.loads(raw.reshape(-1)[0])
 
         def close() -> None:
+            # Triton releases the last request's hold on the region a moment after the response: retry briefly.
             try:
-                client.unregister_system_shared_memory(region)
+                for _ in range(50):
+                    try:
+                        client.unregister_system_shared_memory(region)
+                        break
+                    except InferenceServerException:
+                        time.sleep(0.02)
             finally:
                 shm.destroy_shared_memory_region(handle)
                 client.close()

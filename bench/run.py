@@ -7,6 +7,7 @@ in a temporary folder that is removed afterwards; only the report and its raw JS
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def cores_sweep(plan: Plan, tmp: Path, repo: Path, images: list[bytes], log: Log
     return {"model": model, "concurrency": plan.cores_concurrency, "available_cores": available, "points": points}
 
 
-def gpu_section(tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[str], bench_args: dict[str, Any],
+def gpu_section(tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[str], template: Bench,
                 log: Log) -> dict[str, Any]:
     """fall_detection on the GPU profile (issue 8: >= 100 frames/s on one GPU). Only where a GPU is present."""
     model = "fall_detection"
@@ -148,7 +149,7 @@ def gpu_section(tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[
             with contextlib.suppress(Exception):
                 handle.load(callee)
         handle.load(model)
-        bench = Bench(handle=handle, **bench_args)
+        bench = dataclasses.replace(template, handle=handle)
         points = [bench.triton(model, c).to_dict() for c in (8, 16, 32)]
     finally:
         handle.server.stop(grace_s=30)
@@ -184,9 +185,8 @@ def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = std
             skipped.update(load_skips)
             log(f"models: {', '.join(loaded) or 'none'}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
             pa_data = write_input_data(tmp / "pa-input.json", images * 4, streams=32) if perf is not None else None
-            bench_args = {"plan": plan, "images": images, "raw": raw, "workdir": tmp, "perf": perf,
-                          "pa_data": pa_data, "log": log}
-            bench = Bench(handle=handle, **bench_args)
+            bench = Bench(plan=plan, handle=handle, images=images, raw=raw, workdir=tmp, perf=perf, pa_data=pa_data,
+                          log=log)
             version = server_version(handle)
             results["models"] = {"benchmarked": loaded, "skipped": skipped}
             results["overhead"] = overhead(bench, loaded)
@@ -200,7 +200,7 @@ def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = std
         finally:
             handle.server.stop(grace_s=30)
         results["cores"] = cores_sweep(plan, tmp, repo, images, log) if plan.old_model in loaded else {"points": []}
-        results["gpu"] = gpu_section(tmp, repo, loaded, callees, bench_args, log)
+        results["gpu"] = gpu_section(tmp, repo, loaded, callees, bench, log)
     results["load_generator"] = {
         "perf_analyzer": WHEEL_VERSION if perf is not None else None,
         "note": note,

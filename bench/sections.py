@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import inprocess
+from bench import cpu, inprocess
 from bench.bare import BARE_PREFIX, IDENTITY, config_json, served_config, with_scheduling
 from bench.harness import MODEL_REPOSITORY, TritonHandle, free_port, now_iso, result_of, vision_inputs
 from bench.oldserver import OldServer
@@ -53,21 +55,39 @@ class Bench:
     def triton(self, model: str, concurrency: int, *, protocol: str = "grpc", python: bool = False) -> LoadResult:
         """One point of JPEG load: perf_analyzer when installed (unless `python`), else the Python client."""
         if self.perf is not None and self.pa_data is not None and not python:
-            result = self.perf.run(
-                model=model,
-                url=self.url(protocol),
-                protocol=protocol,
-                concurrency=concurrency,
-                data=self.pa_data,
-                workdir=self.workdir / "perf_analyzer",
-            )
+            perf, data = self.perf, self.pa_data
+
+            def run() -> LoadResult:
+                return perf.run(model=model, url=self.url(protocol), protocol=protocol, concurrency=concurrency,
+                                data=data, workdir=self.workdir / "perf_analyzer")
         else:
             factory = triton_worker(self.url(protocol), model, self.images, protocol=protocol,
                                     parse_json=model != IDENTITY)
-            result = self.python(factory, concurrency, protocol)
+
+            def run() -> LoadResult:
+                return self.python(factory, concurrency, protocol)
+
+        result = self.accounted(model, run)
         self.log(f"  {model:<32} {result.protocol:>10} c={concurrency:<2} {result.throughput:8.1f} req/s "
-                 f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms ({result.tool})")
+                 f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms | cpu/req stub "
+                 f"{result.cpu.get('stub_ms', 0):.2f} server {result.cpu.get('server_ms', 0):.2f} ms | "
+                 f"foreign load {result.cpu.get('foreign_cores', 0):.2f} cores ({result.tool})")
         return result
+
+    def accounted(self, model: str, run: Callable[[], LoadResult], extra_pids: Sequence[int] = ()) -> LoadResult:
+        """Run one point with CPU accounting: Triton's inference count and /proc times before and after."""
+        server_pid = self.handle.server.process.pid
+        count_before = inference_count(self.handle, model)
+        before = cpu.snapshot(server_pid, model, extra_pids)
+        started = time.monotonic()
+        result = run()
+        wall = time.monotonic() - started
+        delta = cpu.snapshot(server_pid, model, extra_pids).minus(before)
+        requests = inference_count(self.handle, model) - count_before or result.sent
+        accounting = cpu.per_request(delta, requests, wall)
+        if extra_pids and result.sent:
+            accounting["extra_ms"] = 1000.0 * delta["extra_s"] / result.sent
+        return dataclasses.replace(result, cpu=accounting, sent=result.sent or requests)
 
     def python(self, factory: Any, concurrency: int, protocol: str) -> LoadResult:
         return closed_loop(
@@ -82,10 +102,31 @@ class Bench:
         """Reload with another instance count / batching (the repository API's config override), or as on disk."""
         if instances is None and dynamic_batching is None:
             self.handle.load(model)
-            return
-        base = served_config(self.handle.repository / model)
-        self.handle.load(model, config=config_json(with_scheduling(base, instances=instances,
-                                                                   dynamic_batching=dynamic_batching)))
+        else:
+            base = served_config(self.handle.repository / model)
+            self.handle.load(model, config=config_json(with_scheduling(base, instances=instances,
+                                                                       dynamic_batching=dynamic_batching)))
+        self.warm_up(model, concurrency=2 * (instances or _configured_instances(self.handle.repository / model)))
+
+    def warm_up(self, model: str, concurrency: int) -> None:
+        """Fresh stubs are slow for their first requests; perf_analyzer has no warm-up of its own in 2.51."""
+        factory = triton_worker(self.url("grpc"), model, self.images, protocol="grpc", parse_json=model != IDENTITY)
+        result = closed_loop(factory, concurrency=concurrency, duration_s=self.plan.warmup_s, warmup_s=0.0,
+                             protocol="grpc")
+        if result.errors:
+            raise RuntimeError(f"{model}: {result.errors} errors while warming up after a reload")
+
+
+def inference_count(handle: TritonHandle, model: str) -> int:
+    """Requests the model has answered so far (Triton's statistics; per-request errors included, §6)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(handle.http_url)
+    try:
+        stats = client.get_inference_statistics(model)
+    finally:
+        client.close()
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats.get("model_stats", []))
 
 
 def check_model(handle: TritonHandle, model: str, image: bytes) -> str | None:
@@ -125,6 +166,8 @@ def overhead(bench: Bench, models: Sequence[str]) -> dict[str, Any]:
     for model in models:
         bare = f"{BARE_PREFIX}{model}"
         bench.log(f"overhead: {model} vs {bare}, c={concurrency}, {bench.plan.overhead_rounds} rounds")
+        for name in (model, bare):
+            bench.warm_up(name, concurrency)
         rounds = []
         for index in range(bench.plan.overhead_rounds):
             order = (model, bare) if index % 2 == 0 else (bare, model)
@@ -215,7 +258,7 @@ def transport(bench: Bench, model: str) -> dict[str, Any]:
     for name in targets:
         bench.log(f"transport: {name}, c={concurrency}")
         parse = name != IDENTITY
-        points = {
+        every = {
             "frame_http": triton_worker(bench.url("http"), name, bench.images, protocol="http", raw_frames=bench.raw,
                                         parse_json=parse),
             "frame_grpc": triton_worker(bench.url("grpc"), name, bench.images, protocol="grpc", raw_frames=bench.raw,
@@ -224,11 +267,13 @@ def transport(bench: Bench, model: str) -> dict[str, Any]:
             "jpeg_http": triton_worker(bench.url("http"), name, bench.images, protocol="http", parse_json=parse),
             "jpeg_grpc": triton_worker(bench.url("grpc"), name, bench.images, protocol="grpc", parse_json=parse),
         }
+        points = {label: every[label] for label in bench.plan.transport_labels}
         measured = {}
         for label, factory in points.items():
-            result = bench.python(factory, concurrency, label)
+            result = bench.accounted(name, functools.partial(bench.python, factory, concurrency, label))
             bench.log(f"  {label:<10} {result.throughput:8.1f} req/s p50 {result.p50_ms:6.2f} p99 "
-                      f"{result.p99_ms:7.2f} ms errors {result.errors}")
+                      f"{result.p99_ms:7.2f} ms | cpu/req stub {result.cpu['stub_ms']:.2f} server "
+                      f"{result.cpu['server_ms']:.2f} client {result.cpu['client_ms']:.2f} ms | errors {result.errors}")
             measured[label] = result.to_dict()
         out["models"][name] = measured
     return out
@@ -258,14 +303,21 @@ def old_design(bench: Bench) -> dict[str, Any]:
     model = plan.old_model
     port = free_port()
     rows = []
-    with OldServer(port, model, log_path=bench.workdir / "oldserver.log"):
+    with OldServer(port, model, log_path=bench.workdir / "oldserver.log") as old:
+        assert old.process is not None
+        pids = [old.process.pid]
         for concurrency in plan.old_concurrency:
             bench.log(f"old design: {model}, c={concurrency}")
-            fastapi = bench.python(fastapi_worker(port, model, bench.images), concurrency, "fastapi")
+            fastapi = bench.accounted(
+                model, functools.partial(bench.python, fastapi_worker(port, model, bench.images), concurrency, "fastapi"),
+                pids,
+            )
             bench.log(f"  {'fastapi':<32} {'json+b64':>10} c={concurrency:<2} {fastapi.throughput:8.1f} req/s "
-                      f"p50 {fastapi.p50_ms:6.2f} p99 {fastapi.p99_ms:7.2f} ms errors {fastapi.errors}")
+                      f"p50 {fastapi.p50_ms:6.2f} p99 {fastapi.p99_ms:7.2f} ms | cpu/req {fastapi.cpu.get('extra_ms', 0):.2f} ms "
+                      f"| errors {fastapi.errors}")
             triton_py = bench.triton(model, concurrency, protocol="http", python=True)
-            triton_pa = bench.triton(model, concurrency, protocol="http") if bench.perf is not None else None
+            with_pa = bench.perf is not None and plan.old_with_perf_analyzer
+            triton_pa = bench.triton(model, concurrency, protocol="http") if with_pa else None
             rows.append(
                 {
                     "concurrency": concurrency,

@@ -30,19 +30,31 @@ class LoadResult:
     errors: int
     duration_s: float
     server_us: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: every request completed during the run, warm-up included (what CPU time is divided by)
+    sent: int = 0
+    #: CPU ms per request by process group, and the machine's foreign load (bench/cpu.py)
+    cpu: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["server_us"] = dict(self.server_us)
+        out["cpu"] = dict(self.cpu)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoadResult:
-        return cls(**{**data, "server_us": dict(data.get("server_us") or {})})
+        return cls(**{**data, "server_us": dict(data.get("server_us") or {}), "cpu": dict(data.get("cpu") or {})})
 
 
 def summarize(
-    latencies_s: Sequence[float], *, window_s: float, errors: int, tool: str, protocol: str, concurrency: int
+    latencies_s: Sequence[float],
+    *,
+    window_s: float,
+    errors: int,
+    tool: str,
+    protocol: str,
+    concurrency: int,
+    sent: int = 0,
 ) -> LoadResult:
     """Throughput and percentiles of the requests that completed inside the measurement window."""
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
@@ -63,6 +75,7 @@ def summarize(
         count=int(ms.size),
         errors=errors,
         duration_s=window_s,
+        sent=sent,
     )
 
 

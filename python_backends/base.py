@@ -42,10 +42,10 @@ from python_backends.errors import (
 from python_backends.faults import FaultInjector, InjectedFault
 from python_backends.gpu import Allocation, DeviceAllocator, GpuLedger, NoGpuProbe, default_probe
 from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMetrics, TritonMetrics
-from python_backends.params import ModelParams, RuntimeEnv, parameters_of
+from python_backends.params import ModelParams, RuntimeEnv, config_defaults, parameters_of
 from python_backends.rwlock import FairRWLock
 from python_backends.streams import StreamStateStore
-from python_backends.validation import ValidatedRequest, validate_request
+from python_backends.validation import ValidatedRequest, validate_config, validate_request
 from python_backends.watchdog import Watchdog
 
 log = logging.getLogger("ruth.model")
@@ -312,6 +312,10 @@ class RuthModel(_GuardedModel):
 
     def setup_state(self) -> None:
         self._stream_updates = 0
+        self.config_defaults: BaseModel | None = None
+        if self.config_schema is not None:
+            self.config_defaults = config_defaults(self.config_schema, self.params.model)
+            self._defaults_dump = self.config_defaults.model_dump()
         if self.stateful:
             self.streams = StreamStateStore(
                 self.env.state_dir / "streams" / f"{self.name}-{self.version}.sqlite",
@@ -429,8 +433,16 @@ class RuthModel(_GuardedModel):
             items.append(_Item(index, validated.frame, self._context(validated, request_id), time.perf_counter()))
         return items
 
+    def _effective_config(self, requested: Any) -> Any:
+        """The spec's defaults under the request's CONFIG, field by field (cross-field rules checked on the merge)."""
+        if self.config_defaults is None or not isinstance(requested, BaseModel):
+            return requested
+        if not requested.model_fields_set:
+            return self.config_defaults
+        return validate_config({**self._defaults_dump, **requested.model_dump(exclude_unset=True)}, self.config_schema)
+
     def _context(self, validated: ValidatedRequest, request_id: str) -> InferContext:
-        config = validated.config
+        config = self._effective_config(validated.config)
         config_key = ""
         updater = None
         if self.streams is not None:

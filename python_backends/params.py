@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from python_backends.breaker import BreakerPolicy
 from python_backends.errors import ModelLoadError
 from python_backends.faults import FaultPlan
@@ -125,3 +127,22 @@ class RuntimeEnv:
             )
         except ValueError as exc:
             raise ModelLoadError(f"invalid runtime environment: {exc}") from exc
+
+
+def config_defaults(schema: type[BaseModel], params: Mapping[str, str]) -> BaseModel:
+    """The spec's `model.<key>` parameters that are fields of the model's CONFIG schema, as one validated instance.
+
+    They are the deployment's defaults; a request's CONFIG overrides them field by field. Values are JSON when they
+    parse as JSON (numbers, lists, objects) and plain strings otherwise.
+    """
+    values: dict[str, Any] = {}
+    for key, raw in params.items():
+        if key in schema.model_fields:
+            try:
+                values[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                values[key] = raw
+    try:
+        return schema.model_validate(values)
+    except ValidationError as exc:
+        raise ModelLoadError(f"spec parameters are not a valid {schema.__name__}: {exc}") from None

@@ -49,7 +49,11 @@ class ProcessTable:
 
     def processes(self) -> list[Process]:
         found: list[Process] = []
-        for entry in self.proc.iterdir():
+        try:
+            entries = list(self.proc.iterdir())
+        except OSError:  # no /proc (not Linux): stub liveness can't be judged here
+            return found
+        for entry in entries:
             if not entry.name.isdigit():
                 continue
             try:

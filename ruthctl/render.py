@@ -208,7 +208,7 @@ def config_differences(expected: Message, actual: Message, path: str = "") -> li
         other = getattr(actual, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             differences += _map_differences(name, dict(value), dict(other), field.message_type)
-        elif field.label == field.LABEL_REPEATED and field.message_type is not None:
+        elif _repeated(field) and field.message_type is not None:
             if len(value) != len(other):
                 differences.append(f"{name}: {len(value)} entries != {len(other)}")
                 continue
@@ -216,7 +216,7 @@ def config_differences(expected: Message, actual: Message, path: str = "") -> li
                 differences += config_differences(mine, theirs, f"{name}[{index}].")
         elif field.message_type is not None:
             differences += config_differences(value, other, f"{name}.")
-        elif field.label == field.LABEL_REPEATED:
+        elif _repeated(field):
             if list(value) != list(other):
                 differences.append(f"{name}: {list(value)} != {list(other)}")
         elif value != other:
@@ -227,6 +227,14 @@ def config_differences(expected: Message, actual: Message, path: str = "") -> li
         if mine_scheduler != their_scheduler:
             differences.append(f"scheduling: {mine_scheduler} != {their_scheduler}")
     return differences
+
+
+def _repeated(field: Any) -> bool:
+    """`is_repeated` on protobuf >= 5.29 (where `label` is deprecated), `label` before."""
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return bool(field.label == field.LABEL_REPEATED)
 
 
 def _map_differences(name: str, mine: dict[str, Any], theirs: dict[str, Any], entry: Any) -> list[str]:

@@ -14,7 +14,6 @@ import numpy as np
 
 from python_backends.base import InferContext, RuthModel
 from python_backends.errors import InvalidInput
-from python_backends.gpu import Allocation
 from ruth_vision.tank_fill import ChaneConfig, RoiOutsideFrame, bright_fraction, resolve_roi, update
 
 log = logging.getLogger("ruth.model.chane_tank_monitor")
@@ -24,20 +23,8 @@ class TritonPythonModel(RuthModel):
     config_schema = ChaneConfig
     stateful = True
 
-    def load(self, device: Allocation) -> None:
-        # The spec's parameters are the deployment's defaults; a request's CONFIG overrides them field by field.
-        defaults = {k: v for k, v in self.params.model.items() if k in ChaneConfig.model_fields}
-        self.defaults = ChaneConfig.model_validate(defaults)
-
-    def effective_config(self, requested: ChaneConfig | dict[str, Any]) -> ChaneConfig:
-        if isinstance(requested, ChaneConfig) and requested.model_fields_set:
-            return ChaneConfig.model_validate(
-                {**self.defaults.model_dump(), **requested.model_dump(exclude_unset=True)}
-            )
-        return self.defaults
-
     def infer(self, frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
-        cfg = self.effective_config(ctx.config)
+        cfg: ChaneConfig = ctx.config  # the spec's defaults under the request's CONFIG
         roi = resolve_roi(frame.shape, cfg)
         try:
             signals = bright_fraction(frame, roi, cfg)

@@ -12,7 +12,6 @@ import numpy as np
 
 from python_backends.base import InferContext, RuthModel
 from python_backends.errors import InvalidInput
-from python_backends.gpu import Allocation
 from ruth_vision.tank_level import RoiOutsideFrame, TankConfig, build_result, measure_surface, smooth
 
 
@@ -20,20 +19,8 @@ class TritonPythonModel(RuthModel):
     config_schema = TankConfig
     stateful = True
 
-    def load(self, device: Allocation) -> None:
-        # The spec's parameters are the deployment's defaults; a request's CONFIG overrides them field by field.
-        defaults = {k: v for k, v in self.params.model.items() if k in TankConfig.model_fields}
-        self.defaults = TankConfig.model_validate(defaults)
-
-    def effective_config(self, requested: TankConfig | dict[str, Any]) -> TankConfig:
-        if isinstance(requested, TankConfig) and requested.model_fields_set:
-            return self.defaults.model_validate(
-                {**self.defaults.model_dump(), **requested.model_dump(exclude_unset=True)}
-            )
-        return self.defaults
-
     def infer(self, frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
-        cfg = self.effective_config(ctx.config)
+        cfg: TankConfig = ctx.config  # the spec's defaults under the request's CONFIG
         try:
             measurement = measure_surface(frame, cfg)
         except RoiOutsideFrame as exc:

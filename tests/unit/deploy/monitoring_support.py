@@ -155,6 +155,21 @@ def documented_metrics(markdown: str) -> set[str]:
     return names
 
 
+def watch_exporter_metrics() -> set[str]:
+    """Series names `ruthctl watch` serves, read from its prometheus-client registry (what `--help` lists)."""
+    from ruthctl.watch import WatchMetrics
+
+    names = set()
+    for family in WatchMetrics().registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update({f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"})
+        else:
+            names.add(family.name)
+    return names
+
+
 def load_rules(path: Path = RULES_FILE) -> list[dict[str, Any]]:
     data = yaml.safe_load(path.read_text())
     return [rule for group in data["groups"] for rule in group["rules"]]

@@ -140,18 +140,24 @@ def referenced_metrics(dashboard: dict[str, Any], rules: list[dict[str, Any]]) -
     return where
 
 
+def test_watch_exporter_metrics_are_read_from_its_registry() -> None:
+    names = ms.watch_exporter_metrics()
+    assert {"ruthctl_model_ready", "ruthctl_recoveries_total", "ruthctl_reconcile_duration_seconds_bucket"} <= names
+
+
 def test_every_metric_is_documented_or_a_triton_2_51_family(
     dashboard: dict[str, Any], rules: list[dict[str, Any]]
 ) -> None:
     known = (
         ms.documented_metrics(ms.METRICS_DOC.read_text())
+        | ms.watch_exporter_metrics()
         | ms.TRITON_CPU_FAMILIES
         | ms.TRITON_GPU_FAMILIES
         | ms.PROMETHEUS_SERIES
         | ms.recorded_names(rules)
     )
     unknown = {name: sorted(where) for name, where in referenced_metrics(dashboard, rules).items() if name not in known}
-    assert unknown == {}, "metrics neither in docs/metrics.md nor Triton 2.51's families (name: used by)"
+    assert unknown == {}, "metrics not in docs/metrics.md, `ruthctl watch`'s exporter or Triton 2.51 (name: used by)"
 
 
 def test_gpu_only_panels_are_exactly_those_that_query_gpu_metrics(dashboard: dict[str, Any]) -> None:
@@ -170,8 +176,8 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard: dict[str, Any]) 
         "ruth_model_health", "ruth_device_allocation", "ruth_device_reserved_bytes", "nv_inference_queue_duration_us",
         "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
         "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count", "nv_cpu_utilization",
-        "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "ruth_watch_model_ready",
-        "ruth_watch_drift",
+        "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "ruthctl_model_ready",
+        "ruthctl_model_desired", "ruthctl_model_state", "ruthctl_violations", "ruthctl_recoveries_total",
     }
     assert required - used == set()
 

@@ -18,7 +18,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
-from ruthctl.triton_client import Endpoint, IndexEntry, LoadFailed, Unreachable
+from ruthctl.triton_client import Endpoint, IndexEntry, LoadFailed, RequestFailed, Unreachable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -188,6 +188,8 @@ class FakeTriton:
 
     def model_config(self, name: str) -> pb.ModelConfig:
         self._check()
+        if name not in self.configs:
+            raise RequestFailed("400", f"Request for unknown model: '{name}' is not found")
         return self.configs[name]
 
     def model_ready(self, name: str, version: str = "") -> bool:

@@ -1,0 +1,139 @@
+"""Facts from this host: stub processes by /proc, weights by checksum, breaker and ledger files, model gauges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from ruthctl.host import (
+    DigestCache,
+    ProcessTable,
+    breaker_files,
+    check_weights,
+    parse_health_gauges,
+    reap_ledger,
+    remove_breaker,
+    reset_breaker,
+    stale_ledger_entries,
+    stubs_of,
+)
+from ruthctl.spec import parse_spec
+
+ASSETS = Path(__file__).with_name("assets")
+STUB = "/x/backends/python/triton_python_backend_stub"
+
+
+def fake_proc(root: Path, processes: dict[int, list[str]]) -> Path:
+    for pid, argv in processes.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (root / "self").mkdir()
+    return root
+
+
+def stub(model: str, instance: str, parent: int) -> list[str]:
+    return [STUB, f"/repo/{model}/1/model.py", "ruth1_abc", "4194304", "4194304", str(parent), "/x/backends/python",
+            "336", instance, "DEFAULT"]
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> ProcessTable:
+    return ProcessTable(fake_proc(tmp_path / "proc", {
+        100: ["/venv/pytriton/tritonserver/bin/tritonserver", "--model-repository=/repo", "--http-port=8000",
+              "--grpc-port=8001"],
+        200: ["/other/bin/tritonserver", "--http-port", "9000"],
+        101: stub("fall", "fall_0_0", 100),
+        102: stub("fall_detection", "fall_detection_0_0", 100),
+        103: stub("fall_detection", "fall_detection_0_1", 100),
+        201: stub("fall_detection", "fall_detection_0_0", 200),
+        300: ["python", "-m", "http.server", "--http-port=8000"],
+    }))
+
+
+def test_the_server_is_found_by_its_port_in_either_flag_spelling(table: ProcessTable) -> None:
+    assert table.server_pid("127.0.0.1", 8000) == 100
+    assert table.server_pid("127.0.0.1", 8001) == 100
+    assert table.server_pid("127.0.0.1", 9000) == 200
+    assert table.server_pid("127.0.0.1", 7000) is None
+
+
+def test_stubs_are_counted_per_server_and_per_model_without_prefix_confusion(table: ProcessTable) -> None:
+    instances = table.stubs(100)
+    assert sorted(instances) == ["fall_0_0", "fall_detection_0_0", "fall_detection_0_1"]
+    assert stubs_of("fall_detection", instances) == 2
+    assert stubs_of("fall", instances) == 1
+    assert stubs_of("fall_detection", table.stubs(200)) == 1
+
+
+def test_the_real_proc_table_lists_this_process() -> None:
+    import os
+
+    assert any(p.pid == os.getpid() for p in ProcessTable().processes())
+
+
+def weighted_spec(sha: str) -> object:
+    return parse_spec({"name": "weighted", "weights": [{"path": "w/net.bin", "sha256": sha, "source": "fetch it"}]})
+
+
+def test_weights_are_checked_for_presence_and_checksum(tmp_path: Path) -> None:
+    data = b"weights"
+    spec = weighted_spec(hashlib.sha256(data).hexdigest())
+    [missing] = check_weights([spec], tmp_path)  # type: ignore[list-item]
+    assert missing.missing and "fetch it" in missing.detail
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "net.bin").write_bytes(data)
+    assert check_weights([spec], tmp_path) == []  # type: ignore[list-item]
+    (tmp_path / "w" / "net.bin").write_bytes(b"weightz")
+    [corrupt] = check_weights([spec], tmp_path)  # type: ignore[list-item]
+    assert not corrupt.missing and "the spec wants" in corrupt.detail
+
+
+def test_the_digest_cache_rehashes_only_changed_files(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    cache = DigestCache()
+    first = cache(path)
+    path.write_bytes(b"two")  # a different size: the cache must notice
+    assert cache(path) != first == hashlib.sha256(b"one").hexdigest()
+
+
+def test_breaker_files_are_read_through_the_breakers_own_storage_and_reset(tmp_path: Path) -> None:
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage
+
+    path = tmp_path / "breakers" / "tank-1.json"
+    breaker = CircuitBreaker("tank:1", BreakerPolicy(failure_threshold=1), FileBreakerStorage(path), clock=lambda: 1e9)
+    breaker.record_failure(breaker.admit())
+    (tmp_path / "breakers" / "notes.txt").write_text("ignored")
+    (tmp_path / "breakers" / "garbage-2.json").write_text("{")
+    files = {b.model: b for b in breaker_files(tmp_path)}
+    assert files["tank"].state == "open" and files["tank"].version == 1 and files["tank"].total_trips == 1
+    assert files["garbage"].state is None
+    reset_breaker(path, "tank:1")
+    assert {b.model: b.state for b in breaker_files(tmp_path)}["tank"] == "closed"
+    remove_breaker(path)
+    assert not path.exists() and not path.with_name("tank-1.json.lock").exists()
+
+
+def test_ledger_entries_of_dead_processes_are_stale_and_reaped(tmp_path: Path) -> None:
+    import os
+
+    entry = {"pid": 0, "device_index": 0, "bytes": 1, "model": "m", "version": "1", "instance": "m_0_0",
+             "created_at": 1.0, "token": None}
+    live = {**entry, "pid": os.getpid(), "instance": "m_0_1"}
+    (tmp_path / "gpu-ledger.json").write_text(json.dumps({"reservations": {"dead": {**entry, "owner": "dead"},
+                                                                           "live": {**live, "owner": "live"}}}))
+    assert [e["owner"] for e in stale_ledger_entries(tmp_path)] == ["dead"]
+    assert reap_ledger(tmp_path) == 1
+    assert stale_ledger_entries(tmp_path) == []
+    assert stale_ledger_entries(tmp_path / "nowhere") == []
+
+
+def test_model_gauges_take_the_worst_instance() -> None:
+    gauges = parse_health_gauges((ASSETS / "metrics.txt").read_text())
+    tank = gauges["tank_overflow_monitoring"]
+    assert (tank.health, tank.zombies, tank.breaker, tank.placements) == (-1.0, 5.0, 0.0, ("cpu",))
+    assert gauges["fall_detection"].breaker == 2.0
+    assert parse_health_gauges(None) == {} == parse_health_gauges("")
