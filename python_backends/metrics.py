@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from python_backends import triton
 from python_backends.breaker import BREAKER_GAUGE, BreakerSnapshot, BreakerState
 
+OUTCOMES = ("ok", "invalid_arg", "breaker_open", "timeout", "unavailable", "internal")
+REJECTION_FIELDS = ("IMAGE", "FRAME", "STREAM_ID", "TIMESTAMP", "CONFIG", "METADATA")
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -102,7 +104,13 @@ class TritonMetrics:
             self._families[name] = self._pb.MetricFamily(
                 name=name, description=description, kind=getattr(self._pb.MetricFamily, kind)
             )
-        self.device("cpu", 0)  # every family shows up on /metrics from the first scrape
+        # Every series exists at zero from the first scrape: Prometheus's rate() can't count what happened before a
+        # series' first sample, so an outcome that first occurs between two scrapes would be lost to the alerts.
+        for outcome in OUTCOMES:
+            self._metric("ruth_requests_total", {**self._base, "outcome": outcome})
+        for field in REJECTION_FIELDS:
+            self._metric("ruth_validation_rejections_total", {**self._base, "field": field})
+        self.device("cpu", 0)
         self.zombies(0)
         self.breaker(BreakerState.CLOSED, tripped=False)
         self._metric("ruth_breaker_trips_total", self._base)

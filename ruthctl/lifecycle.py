@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from ruthctl.registry import Registry, ServerEntry, State
 from ruthctl.render import render_config
 from ruthctl.spec import ModelSpec, ProfileSpec
-from ruthctl.triton_client import IndexEntry, LoadFailed, TritonAdapter, TritonAPIError
+from ruthctl.triton_client import IndexEntry, LoadFailed, TritonAdapter, TritonAPIError, Unreachable
 
 __all__ = ["ActivationFailed", "DrainTimeout", "Target", "disable_on", "load_on", "unload_on", "wait_for"]
 
@@ -50,12 +50,13 @@ class Target:
 class ActivationFailed(Exception):
     """The load failed and was rolled back; `reason` is Triton's own message where it gave one."""
 
-    def __init__(self, model: str, server: str, reason: str, outcome: State) -> None:
+    def __init__(self, model: str, server: str, reason: str, outcome: State, *, unreachable: bool = False) -> None:
         super().__init__(f"{model} on {server}: {reason}")
         self.model = model
         self.server = server
         self.reason = reason
         self.outcome = outcome  # FAILED (unloaded), or READY when the previous version kept serving
+        self.unreachable = unreachable  # the server didn't answer (or not in time), rather than refusing
 
 
 class DrainTimeout(Exception):
@@ -132,7 +133,9 @@ def load_on(
     except (TritonAPIError, TimeoutError) as exc:
         why = exc.reason if isinstance(exc, LoadFailed) else str(exc)
         outcome = _roll_back(adapter, registry, target.name, server, why, was_ready)
-        raise ActivationFailed(target.name, server, why, outcome) from None
+        raise ActivationFailed(
+            target.name, server, why, outcome, unreachable=isinstance(exc, (Unreachable, TimeoutError))
+        ) from None
     except BaseException:  # Ctrl-C mid-load: don't leave a LOADING claim behind
         _roll_back(adapter, registry, target.name, server, "interrupted", was_ready=False)
         raise

@@ -32,7 +32,7 @@ from ruthctl.render import (
 from ruthctl.server import order_for_loading, pid_alive
 from ruthctl.settings import Profile
 from ruthctl.spec import ModelSpec, ProfileSpec, SpecError, load_profiles, load_specs
-from ruthctl.triton_client import IndexEntry, TritonAdapter, TritonAPIError
+from ruthctl.triton_client import Forbidden, IndexEntry, TritonAdapter, TritonAPIError
 
 __all__ = [
     "Action",
@@ -64,6 +64,7 @@ class Kind(str, enum.Enum):
     REGISTRY_CORRUPT = "registry_corrupt"
     SPEC_INVALID = "spec_invalid"
     SERVER_UNREACHABLE = "server_unreachable"
+    ACCESS_DENIED = "access_denied"  # the server refused our admin token
     NOT_READY = "not_ready"  # wanted, but Triton doesn't have it READY
     STATE_STALE = "state_stale"  # the registry's state disagrees with Triton's, the desired state is met
     VERSION_MISMATCH = "version_mismatch"
@@ -157,6 +158,7 @@ class LocalFacts:
 class ServerFacts:
     server: str
     error: str | None = None  # set when the server couldn't be asked
+    forbidden: bool = False  # ...because it refused the admin token
     index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
     live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
     stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
@@ -207,6 +209,17 @@ def find_violations(
     found += _local_violations(local)
     registry = local.registry
     for facts in servers:
+        if facts.error is not None and facts.forbidden:
+            found.append(
+                Violation(
+                    Kind.ACCESS_DENIED,
+                    facts.error,
+                    server=facts.server,
+                    fixable=False,
+                    fix="give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)",
+                )
+            )
+            continue
         if facts.error is not None:
             found.append(
                 Violation(
@@ -218,6 +231,8 @@ def find_violations(
                 )
             )
             continue
+        if local.registry_error is not None:
+            continue  # what is wanted is unknown until the registry is rebuilt: judge no model meanwhile
         names = set(facts.index) | set(local.specs) | (set(registry.models) if registry else set())
         for name in sorted(names):
             if name not in local.specs and f"{name}.yaml" in local.spec_errors:
@@ -579,7 +594,7 @@ class Reconciler:
         try:
             index = {e.name: e for e in adapter.index()}
         except TritonAPIError as exc:
-            return ServerFacts(server=server, error=str(exc))
+            return ServerFacts(server=server, error=str(exc), forbidden=isinstance(exc, Forbidden))
         drift: dict[str, list[str]] = {}
         expected: dict[str, int | None] = {}
         for name, entry in index.items():

@@ -213,6 +213,7 @@ class Watcher:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], dt.datetime] = utc_now,
         on_cycle: Callable[[Cycle], None] | None = None,
+        wait: Callable[[threading.Event, float], object] = threading.Event.wait,
     ) -> None:
         self.connect = connect
         self.policy = policy
@@ -222,6 +223,7 @@ class Watcher:
         self.clock = clock
         self.wall = wall
         self.on_cycle = on_cycle
+        self.wait = wait
         self.failures = 0
 
     def cycle(self) -> Cycle:
@@ -303,7 +305,7 @@ class Watcher:
             rounds += 1
             if iterations is not None and rounds >= iterations:
                 break
-            stop.wait(self.next_wait())
+            self.wait(stop, self.next_wait())
         return rounds
 
     def next_wait(self) -> float:

@@ -24,8 +24,14 @@ err = Console(stderr=True)
 
 
 def out() -> Console:
-    """A console on the current stdout (built per call, so test runners that swap stdout capture it)."""
-    return Console(highlight=False, soft_wrap=True)
+    """A console on the current stdout (built per call, so test runners that swap stdout capture it).
+
+    Piped output gets 160 columns instead of rich's 80, so a wide table stays one row per model for grep.
+    """
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
 
 
 def fail(message: str, code: int = ExitCode.ERROR) -> NoReturn:
@@ -155,3 +161,18 @@ def reconciler(env: Env, clients: list[Any], command: str, **kwargs: Any) -> Any
 def state_style(state: str | None) -> str:
     colours = {"READY": "green", "FAILED": "red", "DISABLED": "red", "LOADING": "yellow", "UNLOADING": "yellow"}
     return f"[{colours[state]}]{state}[/{colours[state]}]" if state in colours else (state or "-")
+
+
+def preflight(clients: list[Any]) -> None:
+    """Refuse before changing anything when a server rejects our admin token (a configuration error, not an outage:
+    the desired state must not move because one request was unauthorised). Unreachable servers are left to the
+    command, which reports them per server."""
+    from ruthctl.triton_client import Forbidden, TritonAPIError
+
+    for client in clients:
+        try:
+            client.index()
+        except Forbidden as exc:
+            fail(str(exc))
+        except TritonAPIError:
+            continue

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import Env, adapters, err, fail, out, print_json, registry, resolve, state_style
+from ruthctl.commands._common import (
+    Env,
+    adapters,
+    err,
+    fail,
+    out,
+    preflight,
+    print_json,
+    registry,
+    resolve,
+    state_style,
+)
 from ruthctl.exit_codes import ExitCode
 
 #: parameters an operator may set at activation (game days); everything else comes from the spec
@@ -128,12 +139,15 @@ def run_activation(
     from ruthctl.registry import Desired, IllegalTransition, RegistryError
     from ruthctl.triton_client import TritonAPIError, Unreachable
 
-    previous = reg.get(target.name)
-    reg.set_desired(target.name, Desired.ACTIVE, version=target.version, overrides=target.overrides, reason="activate")
     results: list[dict[str, str]] = []
     code = ExitCode.OK
     refused = False
     with adapters(env, load_timeout_s=timeout_s) as clients, progress_display(not json_out) as progress:
+        preflight(clients)
+        previous = reg.get(target.name)
+        reg.set_desired(
+            target.name, Desired.ACTIVE, version=target.version, overrides=target.overrides, reason="activate"
+        )
         for client in clients:
             server = str(client.endpoint)
             try:
@@ -144,7 +158,7 @@ def run_activation(
                 results.append({"server": server, "state": entry.state.value, "detail": f"READY at v{entry.version}"})
             except ActivationFailed as exc:
                 results.append({"server": server, "state": exc.outcome.value, "detail": f"rolled back: {exc.reason}"})
-                code = max(code, ExitCode.ERROR)
+                code = max(code, ExitCode.UNREACHABLE if exc.unreachable else ExitCode.ERROR)
             except IllegalTransition as exc:
                 results.append({"server": server, "state": exc.current.value, "detail": f"refused: {exc}"})
                 code = max(code, ExitCode.ERROR)

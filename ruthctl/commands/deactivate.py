@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import adapters, out, print_json, registry, resolve, state_style
+from ruthctl.commands._common import adapters, out, preflight, print_json, registry, resolve, state_style
 from ruthctl.commands.activate import parse_model_ref, progress_display
 from ruthctl.exit_codes import ExitCode
 
@@ -35,10 +35,11 @@ def deactivate(
     name, _ = parse_model_ref(model)
     env = resolve(ctx)
     reg = registry(env, f"deactivate {name}")
-    reg.set_desired(name, Desired.INACTIVE, reason="deactivate")
     results: list[dict[str, Any]] = []
     code = ExitCode.OK
     with adapters(env) as clients, progress_display(not json_out) as progress:
+        preflight(clients)
+        reg.set_desired(name, Desired.INACTIVE, reason="deactivate")
         for client in clients:
             server = str(client.endpoint)
             entry = reg.get(name)

@@ -46,6 +46,10 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(envvar="RUTH_GRPC_PORT")] = None,
     metrics_port: Annotated[int | None, typer.Option(envvar="RUTH_METRICS_PORT")] = None,
     model_repository: Annotated[Path | None, typer.Option(envvar="MODELS_ROOT")] = None,
+    profile: Annotated[
+        Profile | None, typer.Option(envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson: configs/<profile>.pbtxt.")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(envvar="RUTH_STATE_DIR", help="Breakers, ledger, registry.")] = None,
     exit_timeout: Annotated[
         int | None, typer.Option(envvar="GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS", help="Drain budget on SIGTERM (s).")
     ] = None,
@@ -69,8 +73,8 @@ def serve(
             models_root=model_repository,
             graceful_shutdown_timeout_seconds=exit_timeout,
             log_format=log_format,
-            ruth_ai_profile=root.profile if root is not None else None,
-            ruth_state_dir=root.state_dir if root is not None else None,
+            ruth_ai_profile=profile or (root.profile if root is not None else None),
+            ruth_state_dir=state_dir or (root.state_dir if root is not None else None),
             ruth_tritonserver=tritonserver,
             ruth_backend_directory=backend_directory,
         )

@@ -34,9 +34,7 @@ def watch(
     stable_after: Annotated[float, typer.Option(help="Healthy this long after a recovery resets the count.")] = 600.0,
     stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")] = 120.0,
-    metrics_port: Annotated[
-        int, typer.Option(help="Prometheus port (0 = off).")
-    ] = 9108,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port (0 = off).")] = 9108,
     metrics_addr: Annotated[str, typer.Option(help="Address the metrics port binds.")] = "127.0.0.1",
     iterations: Annotated[
         int | None, typer.Option(help="Stop after this many rounds (default: run until signalled).")

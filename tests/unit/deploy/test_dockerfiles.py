@@ -116,6 +116,16 @@ def test_triton_images_use_their_own_server_and_backends(variant: str) -> None:
         assert env["RUTH_BACKEND_DIRECTORY"] == "/opt/tritonserver/backends"
 
 
+def test_pinned_weights_are_baked_in_and_readable_by_the_runtime_user(variant: str) -> None:
+    stage = final_stage(variant)
+    assert stage.env()["RUTH_WEIGHTS_DIR"] == "/opt/ruth/weights"
+    keywords = [i.keyword for i in stage.instructions]
+    [fetch] = [i for i in stage.all("RUN") if "ruthctl weights fetch" in i.value]
+    assert "ruthctl weights verify --dir /opt/ruth/weights" in fetch.value
+    assert "chmod -R a+rX" in fetch.value, "fetch writes 0600 as root; uid 10001 must read them"
+    assert stage.instructions.index(fetch) < keywords.index("USER"), "fetched as root, before USER"
+
+
 def test_stop_signal_and_exit_timeout_come_from_one_build_arg(variant: str) -> None:
     stage = final_stage(variant)
     assert stage.last("STOPSIGNAL").value == "SIGTERM"

@@ -24,27 +24,29 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 WEIGHT_BYTES = b"not really a network, but it has a checksum\n"
 
-ALPHA = """
+ALPHA = f"""
 name: alpha
 display_name: Alpha
 description: a vision test model
 version: 1
 contract: vision
 max_batch_size: 4
-dynamic_batching: {max_queue_delay_us: 100, preferred_batch_size: [2, 4], max_queue_size: 16, queue_timeout_ms: 250}
-limits: {inference_timeout_ms: 1500, min_width: 32, min_height: 32, max_width: 1920, max_height: 1080}
-breaker: {failure_threshold: 3, cooldown_s: 2.5, max_cooldown_s: 60, half_open_max_trials: 2}
-watchdog: {zombie_limit: 2}
+dynamic_batching: {{max_queue_delay_us: 100, preferred_batch_size: [2, 4], max_queue_size: 16, queue_timeout_ms: 250}}
+limits: {{inference_timeout_ms: 1500, min_width: 32, min_height: 32, max_width: 1920, max_height: 1080}}
+breaker: {{failure_threshold: 3, cooldown_s: 2.5, max_cooldown_s: 60, half_open_max_trials: 2}}
+watchdog: {{zombie_limit: 2}}
 memory_estimate_mb: 128
-state: {idle_ttl_s: 60, max_streams: 100}
+state: {{idle_ttl_s: 60, max_streams: 100}}
 weights:
-  - {path: alpha/weights.bin, sha256: %s, source: "copy it from the test fixture"}
+  - path: alpha/weights.bin
+    sha256: {hashlib.sha256(WEIGHT_BYTES).hexdigest()}
+    source: "copy it from the test fixture"
 profiles:
-  cpu: {kind: KIND_CPU, count: 2}
-  gpu: {kind: KIND_GPU, count: 1, memory_estimate_mb: 512}
-  jetson: {kind: KIND_CPU, count: 1}
-parameters: {threshold: 0.5, enabled: true, label: tank, classes: [a, b]}
-""" % hashlib.sha256(WEIGHT_BYTES).hexdigest()
+  cpu: {{kind: KIND_CPU, count: 2}}
+  gpu: {{kind: KIND_GPU, count: 1, memory_estimate_mb: 512}}
+  jetson: {{kind: KIND_CPU, count: 1}}
+parameters: {{threshold: 0.5, enabled: true, label: tank, classes: [a, b]}}
+"""
 
 BETA = """
 name: beta
@@ -235,3 +237,17 @@ def with_fakes(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[FakeTriton]], 
                 monkeypatch.setattr(mod, "adapters", adapters)
 
     return install
+
+
+@pytest.fixture
+def cli(runner: CliRunner, deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Invoke `ruthctl ARGS` against the test deployment; returns Click's Result (stdout and stderr apart)."""
+    from ruthctl.cli import app
+
+    for key in [k for k in __import__("os").environ if k.startswith("RUTH_") or k == "MODELS_ROOT"]:
+        monkeypatch.delenv(key, raising=False)
+
+    def invoke(*args: str, url: str = "127.0.0.1:1", env: Mapping[str, str] | None = None) -> Any:
+        return runner.invoke(app, list(args), env={**deployment.env(url), **(env or {})}, catch_exceptions=False)
+
+    return invoke

@@ -26,8 +26,11 @@ from ruthctl.client import (
         ("400", "IMAGE: not a JPEG, PNG or WebP image", InvalidInput),
         ("StatusCode.INVALID_ARGUMENT", "STREAM_ID: not a UUID", InvalidInput),
         ("503", "circuit breaker for tank:1 is OPEN after repeated failures; retry in 12.5s", BreakerOpen),
-        ("StatusCode.UNAVAILABLE", "circuit breaker for tank:1 is OPEN after repeated failures; retry in 3.0s",
-         BreakerOpen),
+        (
+            "StatusCode.UNAVAILABLE",
+            "circuit breaker for tank:1 is OPEN after repeated failures; retry in 3.0s",
+            BreakerOpen,
+        ),
         ("503", "inference of tank exceeded its deadline of 2000 ms", ModelUnavailable),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ModelUnavailable),
         ("500", "Stub process 'tank_0_0' is not healthy.", ModelUnavailable),
@@ -101,8 +104,14 @@ def test_an_image_request_carries_the_contract_fields_with_a_batch_dimension() -
     result = {"violation_detected": False, "metadata": {"model_name": "tank"}}
     connection = FakeConnection(8, json.dumps(result).encode())
     client = client_with(connection)
-    got = client.infer("tank", image=b"\xff\xd8jpeg", stream_id="cam-1", timestamp="2026-01-01T00:00:00Z",
-                       config={"capacity_liters": 500}, metadata={"site": "a"})
+    got = client.infer(
+        "tank",
+        image=b"\xff\xd8jpeg",
+        stream_id="cam-1",
+        timestamp="2026-01-01T00:00:00Z",
+        config={"capacity_liters": 500},
+        metadata={"site": "a"},
+    )
     assert got == result
     sent = connection.sent
     assert set(sent) == {"IMAGE", "STREAM_ID", "TIMESTAMP", "CONFIG", "METADATA"}
@@ -124,8 +133,12 @@ def test_a_frame_request_without_batching_sends_the_bare_frame() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"image": b"x", "frame": np.zeros((2, 2, 3), np.uint8)}, {"frame": np.zeros((2, 2), np.uint8)},
-     {"frame": np.zeros((2, 2, 3), np.float32)}],
+    [
+        {},
+        {"image": b"x", "frame": np.zeros((2, 2, 3), np.uint8)},
+        {"frame": np.zeros((2, 2), np.uint8)},
+        {"frame": np.zeros((2, 2, 3), np.float32)},
+    ],
 )
 def test_a_request_that_breaks_the_contract_is_refused_before_sending(kwargs: dict[str, Any]) -> None:
     connection = FakeConnection(8, b"{}")

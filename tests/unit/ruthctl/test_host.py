@@ -35,22 +35,41 @@ def fake_proc(root: Path, processes: dict[int, list[str]]) -> Path:
 
 
 def stub(model: str, instance: str, parent: int) -> list[str]:
-    return [STUB, f"/repo/{model}/1/model.py", "ruth1_abc", "4194304", "4194304", str(parent), "/x/backends/python",
-            "336", instance, "DEFAULT"]
+    return [
+        STUB,
+        f"/repo/{model}/1/model.py",
+        "ruth1_abc",
+        "4194304",
+        "4194304",
+        str(parent),
+        "/x/backends/python",
+        "336",
+        instance,
+        "DEFAULT",
+    ]
 
 
 @pytest.fixture
 def table(tmp_path: Path) -> ProcessTable:
-    return ProcessTable(fake_proc(tmp_path / "proc", {
-        100: ["/venv/pytriton/tritonserver/bin/tritonserver", "--model-repository=/repo", "--http-port=8000",
-              "--grpc-port=8001"],
-        200: ["/other/bin/tritonserver", "--http-port", "9000"],
-        101: stub("fall", "fall_0_0", 100),
-        102: stub("fall_detection", "fall_detection_0_0", 100),
-        103: stub("fall_detection", "fall_detection_0_1", 100),
-        201: stub("fall_detection", "fall_detection_0_0", 200),
-        300: ["python", "-m", "http.server", "--http-port=8000"],
-    }))
+    return ProcessTable(
+        fake_proc(
+            tmp_path / "proc",
+            {
+                100: [
+                    "/venv/pytriton/tritonserver/bin/tritonserver",
+                    "--model-repository=/repo",
+                    "--http-port=8000",
+                    "--grpc-port=8001",
+                ],
+                200: ["/other/bin/tritonserver", "--http-port", "9000"],
+                101: stub("fall", "fall_0_0", 100),
+                102: stub("fall_detection", "fall_detection_0_0", 100),
+                103: stub("fall_detection", "fall_detection_0_1", 100),
+                201: stub("fall_detection", "fall_detection_0_0", 200),
+                300: ["python", "-m", "http.server", "--http-port=8000"],
+            },
+        )
+    )
 
 
 def test_the_server_is_found_by_its_port_in_either_flag_spelling(table: ProcessTable) -> None:
@@ -120,11 +139,20 @@ def test_breaker_files_are_read_through_the_breakers_own_storage_and_reset(tmp_p
 def test_ledger_entries_of_dead_processes_are_stale_and_reaped(tmp_path: Path) -> None:
     import os
 
-    entry = {"pid": 0, "device_index": 0, "bytes": 1, "model": "m", "version": "1", "instance": "m_0_0",
-             "created_at": 1.0, "token": None}
+    entry = {
+        "pid": 0,
+        "device_index": 0,
+        "bytes": 1,
+        "model": "m",
+        "version": "1",
+        "instance": "m_0_0",
+        "created_at": 1.0,
+        "token": None,
+    }
     live = {**entry, "pid": os.getpid(), "instance": "m_0_1"}
-    (tmp_path / "gpu-ledger.json").write_text(json.dumps({"reservations": {"dead": {**entry, "owner": "dead"},
-                                                                           "live": {**live, "owner": "live"}}}))
+    (tmp_path / "gpu-ledger.json").write_text(
+        json.dumps({"reservations": {"dead": {**entry, "owner": "dead"}, "live": {**live, "owner": "live"}}})
+    )
     assert [e["owner"] for e in stale_ledger_entries(tmp_path)] == ["dead"]
     assert reap_ledger(tmp_path) == 1
     assert stale_ledger_entries(tmp_path) == []

@@ -61,7 +61,9 @@ def test_a_failed_load_is_unloaded_and_recorded_failed_with_tritons_reason(
     assert states(registry)[-1] == ("LOADING", "FAILED")
 
 
-def test_a_failed_reload_keeps_the_previous_version_serving(fake_triton: Any, registry: Registry, target: Target) -> None:
+def test_a_failed_reload_keeps_the_previous_version_serving(
+    fake_triton: Any, registry: Registry, target: Target
+) -> None:
     triton = fake_triton()
     load_on(triton, registry, target)
     triton.fail_load["alpha"] = "bad new config"
@@ -113,7 +115,9 @@ def test_an_interrupted_load_is_recorded_and_reraised(fake_triton: Any, registry
     assert (entry.state, entry.reason) == (State.FAILED, "interrupted")
 
 
-def test_an_unload_waits_for_the_drain_then_records_unloaded(fake_triton: Any, registry: Registry, target: Target) -> None:
+def test_an_unload_waits_for_the_drain_then_records_unloaded(
+    fake_triton: Any, registry: Registry, target: Target
+) -> None:
     triton = fake_triton()
     load_on(triton, registry, target)
     entry = unload_on(triton, registry, "alpha")
@@ -146,8 +150,11 @@ def test_disable_unloads_and_records_disabled_from_any_state(
 ) -> None:
     triton = fake_triton()
     server = str(triton.endpoint)
-    for step in {State.LOADING: [State.LOADING], State.READY: [State.LOADING, State.READY],
-                 State.UNLOADING: [State.LOADING, State.READY, State.UNLOADING]}[stuck]:
+    for step in {
+        State.LOADING: [State.LOADING],
+        State.READY: [State.LOADING, State.READY],
+        State.UNLOADING: [State.LOADING, State.READY, State.UNLOADING],
+    }[stuck]:
         registry.transition("alpha", server, step)
     triton.entries["alpha"] = IndexEntry("alpha", "1", "READY")
     entry = disable_on(triton, registry, "alpha", "3 recoveries failed")
@@ -166,6 +173,14 @@ def test_wait_for_reports_progress_until_done(fake_triton: Any) -> None:
         if len(seen) == 3:
             triton.entries["m"] = IndexEntry("m", "1", "READY")
 
-    entry = wait_for(triton, "m", lambda e: bool(e and e.ready), timeout_s=10, what="READY", progress=progress,
-                     clock=clock, sleep=clock.sleep)
+    entry = wait_for(
+        triton,
+        "m",
+        lambda e: bool(e and e.ready),
+        timeout_s=10,
+        what="READY",
+        progress=progress,
+        clock=clock,
+        sleep=clock.sleep,
+    )
     assert entry is not None and entry.ready and len(seen) == 3 and "LOADING" in seen[0]

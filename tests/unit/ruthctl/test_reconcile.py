@@ -29,16 +29,27 @@ from ruthctl.triton_client import IndexEntry
 S = "127.0.0.1:8000"
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 TANK = parse_spec({"name": "tank", "version": 1, "watchdog": {"zombie_limit": 2}})
-POSE = parse_spec({"name": "pose", "contract": "raw", "inputs": [{"name": "F", "data_type": "TYPE_UINT8",
-                   "dims": [1]}], "outputs": [{"name": "P", "data_type": "TYPE_FP32", "dims": [1]}]})
+POSE = parse_spec(
+    {
+        "name": "pose",
+        "contract": "raw",
+        "inputs": [{"name": "F", "data_type": "TYPE_UINT8", "dims": [1]}],
+        "outputs": [{"name": "P", "data_type": "TYPE_FP32", "dims": [1]}],
+    }
+)
 
 
 def registry_of(**models: tuple[Desired, State]) -> RegistryFile:
-    return RegistryFile(models={
-        name: ModelEntry(desired=desired, version=1, servers={S: ServerEntry(state=state, since="2026-01-01T11:59:00Z",
-                                                                            actor="me@otherhost pid 1: x")})
-        for name, (desired, state) in models.items()
-    })
+    return RegistryFile(
+        models={
+            name: ModelEntry(
+                desired=desired,
+                version=1,
+                servers={S: ServerEntry(state=state, since="2026-01-01T11:59:00Z", actor="me@otherhost pid 1: x")},
+            )
+            for name, (desired, state) in models.items()
+        }
+    )
 
 
 def local(registry: RegistryFile | None = None, **kwargs: Any) -> LocalFacts:
@@ -110,13 +121,20 @@ def test_live_config_drift_dead_stubs_and_zombies_are_reported_for_ready_models(
         gauges={"tank": HealthGauges(health=1, zombies=3), "pose": HealthGauges(health=-1, breaker=0)},
     )
     assert kinds(local(reg), facts) == [
-        (Kind.HUNG, "pose"), (Kind.LIVE_DRIFT, "tank"), (Kind.STUB_DEAD, "tank"), (Kind.HUNG, "tank")]
+        (Kind.HUNG, "pose"),
+        (Kind.LIVE_DRIFT, "tank"),
+        (Kind.STUB_DEAD, "tank"),
+        (Kind.HUNG, "tank"),
+    ]
 
 
 def test_an_open_breaker_is_not_a_hang() -> None:
     reg = registry_of(tank=(Desired.ACTIVE, State.READY), pose=(Desired.INACTIVE, State.UNLOADED))
-    facts = ServerFacts(server=S, index={"tank": IndexEntry("tank", "1", "READY")},
-                        gauges={"tank": HealthGauges(health=-1, zombies=0, breaker=2)})
+    facts = ServerFacts(
+        server=S,
+        index={"tank": IndexEntry("tank", "1", "READY")},
+        gauges={"tank": HealthGauges(health=-1, zombies=0, breaker=2)},
+    )
     assert kinds(local(reg), facts) == []
 
 
@@ -143,33 +161,43 @@ def test_without_a_registry_every_spec_is_wanted_and_adoption_is_planned() -> No
 
 def test_host_facts_become_violations() -> None:
     facts = local(
-        registry_of(tank=(Desired.INACTIVE, State.UNLOADED), pose=(Desired.INACTIVE, State.UNLOADED),
-                    ghost=(Desired.ACTIVE, State.UNLOADED)),
+        registry_of(
+            tank=(Desired.INACTIVE, State.UNLOADED),
+            pose=(Desired.INACTIVE, State.UNLOADED),
+            ghost=(Desired.ACTIVE, State.UNLOADED),
+        ),
         spec_errors={"broken.yaml": "broken.yaml: name: bad"},
         disk_drift={"tank": ["tank/config.pbtxt: missing"]},
-        weights=[WeightProblem("pose", Path("/w/p.bin"), True, "fetch", "missing"),
-                 WeightProblem("tank", Path("/w/t.bin"), False, "", "bad sha")],
-        breakers=[BreakerFile("tank", 1, Path("/s/breakers/tank-1.json"), "closed", None, 0, 0),
-                  BreakerFile("tank", 7, Path("/s/breakers/tank-7.json"), "open", 1.0, 5, 1),
-                  BreakerFile("nobody", 1, Path("/s/breakers/nobody-1.json"), "closed", None, 0, 0)],
+        weights=[
+            WeightProblem("pose", Path("/w/p.bin"), True, "fetch", "missing"),
+            WeightProblem("tank", Path("/w/t.bin"), False, "", "bad sha"),
+        ],
+        breakers=[
+            BreakerFile("tank", 1, Path("/s/breakers/tank-1.json"), "closed", None, 0, 0),
+            BreakerFile("tank", 7, Path("/s/breakers/tank-7.json"), "open", 1.0, 5, 1),
+            BreakerFile("nobody", 1, Path("/s/breakers/nobody-1.json"), "closed", None, 0, 0),
+        ],
         stale_ledger=[{"owner": "x", "pid": 4, "model": "tank"}],
     )
     found = find_violations(facts, [server()], now=NOW)
-    assert sorted((v.kind.value, v.model, v.fixable) for v in found) == sorted([
-        ("spec_invalid", "broken", False),
-        ("disk_drift", "tank", True),
-        ("weight_missing", "pose", False),
-        ("weight_corrupt", "tank", False),
-        ("breaker_orphan", "tank", True),
-        ("breaker_orphan", "nobody", True),
-        ("ledger_stale", "tank", True),
-        ("unknown_model", "ghost", True),
-    ])
+    assert sorted((v.kind.value, v.model, v.fixable) for v in found) == sorted(
+        [
+            ("spec_invalid", "broken", False),
+            ("disk_drift", "tank", True),
+            ("weight_missing", "pose", False),
+            ("weight_corrupt", "tank", False),
+            ("breaker_orphan", "tank", True),
+            ("breaker_orphan", "nobody", True),
+            ("ledger_stale", "tank", True),
+            ("unknown_model", "ghost", True),
+        ]
+    )
 
 
 def test_a_model_whose_spec_is_broken_is_not_unloaded_for_it() -> None:
-    facts = LocalFacts(specs={}, spec_errors={"tank.yaml": "typo"}, registry=registry_of(
-        tank=(Desired.ACTIVE, State.READY)))
+    facts = LocalFacts(
+        specs={}, spec_errors={"tank.yaml": "typo"}, registry=registry_of(tank=(Desired.ACTIVE, State.READY))
+    )
     assert kinds(facts, server(tank="READY")) == [(Kind.SPEC_INVALID, "tank")]
 
 
@@ -190,18 +218,24 @@ def test_the_plan_merges_causes_and_orders_safely() -> None:
     violations = find_violations(local(reg, disk_drift={"tank": ["d"]}), [facts], now=NOW)
     plan = plan_repairs(violations)
     assert [(a.kind, a.model) for a in plan] == [
-        (ActionKind.REGENERATE, "tank"), (ActionKind.UNLOAD, "stranger"), (ActionKind.LOAD, "pose"),
-        (ActionKind.LOAD, "tank")]
+        (ActionKind.REGENERATE, "tank"),
+        (ActionKind.UNLOAD, "stranger"),
+        (ActionKind.LOAD, "pose"),
+        (ActionKind.LOAD, "tank"),
+    ]
     assert plan[-1].causes == (Kind.LIVE_DRIFT, Kind.STUB_DEAD)
 
 
 def test_callees_load_before_their_callers() -> None:
-    violations = find_violations(local(registry_of(tank=(Desired.ACTIVE, State.UNLOADED),
-                                                   pose_estimator=(Desired.ACTIVE, State.UNLOADED))), [server()],
-                                 now=NOW)
-    facts = LocalFacts(specs={"tank": TANK, "pose_estimator": POSE.model_copy(update={"name": "pose_estimator"})},
-                       registry=registry_of(tank=(Desired.ACTIVE, State.UNLOADED),
-                                            pose_estimator=(Desired.ACTIVE, State.UNLOADED)))
+    violations = find_violations(
+        local(registry_of(tank=(Desired.ACTIVE, State.UNLOADED), pose_estimator=(Desired.ACTIVE, State.UNLOADED))),
+        [server()],
+        now=NOW,
+    )
+    facts = LocalFacts(
+        specs={"tank": TANK, "pose_estimator": POSE.model_copy(update={"name": "pose_estimator"})},
+        registry=registry_of(tank=(Desired.ACTIVE, State.UNLOADED), pose_estimator=(Desired.ACTIVE, State.UNLOADED)),
+    )
     violations = find_violations(facts, [server()], now=NOW)
     assert [a.model for a in plan_repairs(violations)] == ["pose_estimator", "tank"]
 
@@ -215,8 +249,14 @@ def test_unfixable_violations_get_no_action() -> None:
 @pytest.fixture
 def reconciler(deployment: Any, fake_triton: Any, tmp_path: Path) -> Reconciler:
     registry = Registry(deployment.state, actor="test", clock=lambda: NOW)
-    return Reconciler(deployment.paths(), Profile.CPU, registry, [fake_triton(S)],
-                      processes=ProcessTable(tmp_path / "noproc"), clock=lambda: NOW)
+    return Reconciler(
+        deployment.paths(),
+        Profile.CPU,
+        registry,
+        [fake_triton(S)],
+        processes=ProcessTable(tmp_path / "noproc"),
+        clock=lambda: NOW,
+    )
 
 
 def triton_of(reconciler: Reconciler) -> Any:
@@ -228,12 +268,14 @@ def repair(reconciler: Reconciler) -> list[Any]:
 
 
 def test_adopt_then_load_brings_a_fresh_deployment_to_its_specs(reconciler: Reconciler) -> None:
-    assert [v.kind for v in reconciler.verify()][0] is Kind.REGISTRY_MISSING
+    assert next(v.kind for v in reconciler.verify()) is Kind.REGISTRY_MISSING
     [adopt] = repair(reconciler)
     assert adopt.ok and adopt.action.kind is ActionKind.ADOPT
     results = repair(reconciler)
     assert sorted((r.action.kind, r.action.model, r.ok) for r in results) == [
-        (ActionKind.LOAD, "alpha", True), (ActionKind.LOAD, "beta", True)]
+        (ActionKind.LOAD, "alpha", True),
+        (ActionKind.LOAD, "beta", True),
+    ]
     assert reconciler.verify() == []
     assert triton_of(reconciler).entries["beta"].version == "2"
 
@@ -276,9 +318,24 @@ def test_breaker_orphans_and_stale_ledger_entries_are_cleaned(reconciler: Reconc
     breakers.mkdir()
     (breakers / "ghost-1.json").write_text(json.dumps({"state": "closed", "schema": 1}))
     (breakers / "alpha-1.json").write_text(json.dumps({"state": "closed", "schema": 1}))
-    (deployment.state / "gpu-ledger.json").write_text(json.dumps({"reservations": {"o": {
-        "owner": "o", "pid": 0, "device_index": 0, "bytes": 1, "model": "alpha", "version": "1", "instance": "a",
-        "created_at": 1.0}}}))
+    (deployment.state / "gpu-ledger.json").write_text(
+        json.dumps(
+            {
+                "reservations": {
+                    "o": {
+                        "owner": "o",
+                        "pid": 0,
+                        "device_index": 0,
+                        "bytes": 1,
+                        "model": "alpha",
+                        "version": "1",
+                        "instance": "a",
+                        "created_at": 1.0,
+                    }
+                }
+            }
+        )
+    )
     assert sorted(v.kind.value for v in reconciler.verify()) == ["breaker_orphan", "ledger_stale"]
     assert all(r.ok for r in repair(reconciler))
     assert reconciler.verify() == []

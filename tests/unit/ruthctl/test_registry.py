@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,9 +58,14 @@ def test_the_lifecycle_of_an_activation_is_recorded_with_who_and_why(registry: R
 @pytest.mark.parametrize("target", list(State))
 def test_only_the_allowed_transitions_are_accepted(tmp_path: Path, current: State, target: State) -> None:
     registry = Registry(tmp_path, actor="t")
-    path = {State.UNLOADED: [], State.LOADING: [State.LOADING], State.READY: [State.LOADING, State.READY],
-            State.UNLOADING: [State.LOADING, State.READY, State.UNLOADING], State.FAILED: [State.LOADING, State.FAILED],
-            State.DISABLED: [State.DISABLED]}[current]
+    path = {
+        State.UNLOADED: [],
+        State.LOADING: [State.LOADING],
+        State.READY: [State.LOADING, State.READY],
+        State.UNLOADING: [State.LOADING, State.READY, State.UNLOADING],
+        State.FAILED: [State.LOADING, State.FAILED],
+        State.DISABLED: [State.DISABLED],
+    }[current]
     for step in path:
         registry.transition("m", SERVER, step)
     if target in ALLOWED[current]:
@@ -89,7 +95,10 @@ def test_each_server_has_its_own_state(registry: Registry) -> None:
     entry = registry.get("m")
     assert entry is not None
     assert (entry.on("a:1").state, entry.on("b:1").state, entry.on("c:1").state) == (
-        State.LOADING, State.DISABLED, State.UNLOADED)
+        State.LOADING,
+        State.DISABLED,
+        State.UNLOADED,
+    )
 
 
 def test_set_desired_is_audited_only_when_it_changes(registry: Registry) -> None:
@@ -106,7 +115,10 @@ def test_observations_are_recorded_but_are_not_transitions(registry: Registry) -
     entry = registry.get("m")
     assert entry is not None
     assert (entry.on(SERVER).observed, entry.on(SERVER).observed_reason, entry.on(SERVER).state) == (
-        "UNAVAILABLE", "unloaded", State.UNLOADED)
+        "UNAVAILABLE",
+        "unloaded",
+        State.UNLOADED,
+    )
     assert [a.event for a in registry.audit()] == ["desired"]
     registry.observe("unknown", SERVER, "READY")
     assert registry.get("unknown") is None
@@ -189,7 +201,7 @@ def test_concurrent_processes_never_lose_an_update(tmp_path: Path) -> None:
     assert len(Registry(tmp_path).audit()) == workers * rounds  # one "desired" line each, none torn
 
 
-def _claim(state_dir: str, worker: int, start: multiprocessing.synchronize.Event, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _claim(state_dir: str, worker: int, start: Any, results: Any) -> None:
     registry = Registry(Path(state_dir), actor=f"worker {worker}")
     start.wait()
     try:

@@ -12,8 +12,8 @@ from ruthctl.triton_client import (
     Forbidden,
     IndexEntry,
     RequestFailed,
-    TritonClient,
     Transport,
+    TritonClient,
     Unreachable,
     _translate,
 )
@@ -32,7 +32,11 @@ from ruthctl.triton_client import (
 def test_endpoint_forms(text: str, transport: Transport, address: str, metrics: int, canonical: str) -> None:
     endpoint = Endpoint.parse(text)
     assert (endpoint.transport, endpoint.address, endpoint.metrics_port, str(endpoint)) == (
-        transport, address, metrics, canonical)
+        transport,
+        address,
+        metrics,
+        canonical,
+    )
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1", "ftp://x:1", "grpc://:8001", "x:1?metrics=abc", ""])

@@ -17,7 +17,7 @@ from ruthctl.reconcile import Action, ActionKind, Kind, Reconciler
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryFile, ServerEntry, State
 from ruthctl.settings import Profile
 from ruthctl.triton_client import IndexEntry
-from ruthctl.watch import RecoveryPolicy, WatchMetrics, Watcher, apply_policy
+from ruthctl.watch import RecoveryPolicy, Watcher, WatchMetrics, apply_policy
 
 S = "127.0.0.1:8000"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -79,15 +79,22 @@ def setup(deployment: Any, fake_triton: Any, tmp_path: Path) -> tuple[Watcher, A
     registry.set_desired("alpha", Desired.ACTIVE)
     registry.set_desired("beta", Desired.INACTIVE)
     triton = fake_triton(S)
-    reconciler = Reconciler(deployment.paths(), Profile.CPU, registry, [triton],
-                            processes=ProcessTable(tmp_path / "noproc"), clock=wall)
+    reconciler = Reconciler(
+        deployment.paths(), Profile.CPU, registry, [triton], processes=ProcessTable(tmp_path / "noproc"), clock=wall
+    )
 
     @contextlib.contextmanager
     def connect() -> Iterator[Reconciler]:
         yield reconciler
 
-    watcher = Watcher(connect, RecoveryPolicy(max_attempts=2, backoff_s=10, stable_after_s=60), WatchMetrics(),
-                      interval_s=1, max_interval_s=8, wall=wall)
+    watcher = Watcher(
+        connect,
+        RecoveryPolicy(max_attempts=2, backoff_s=10, stable_after_s=60),
+        WatchMetrics(),
+        interval_s=1,
+        max_interval_s=8,
+        wall=wall,
+    )
     return watcher, triton, registry, wall
 
 
@@ -97,8 +104,9 @@ def test_a_round_loads_a_wanted_model_and_counts_the_recovery(setup: Any) -> Non
     assert [(r.action.kind, r.action.model, r.ok) for r in cycle.actions] == [(ActionKind.LOAD, "alpha", True)]
     assert triton.entries["alpha"].ready
     assert registry.get("alpha").on(S).recoveries == 1
-    assert registry.get("alpha").on(S).observed == "READY" or registry.get("alpha").on(S).observed is None
+    assert registry.get("alpha").on(S).observed is None  # observed before the repair: not loaded then
     assert watcher.cycle().actions == []
+    assert registry.get("alpha").on(S).observed == "READY"
 
 
 def test_a_model_that_keeps_failing_is_backed_off_then_disabled(setup: Any) -> None:
@@ -120,7 +128,7 @@ def test_a_model_that_keeps_failing_is_backed_off_then_disabled(setup: Any) -> N
 
 
 def test_a_model_that_stays_healthy_gets_its_recovery_count_back(setup: Any) -> None:
-    watcher, triton, registry, wall = setup
+    watcher, _triton, registry, wall = setup
     watcher.cycle()
     assert registry.get("alpha").on(S).recoveries == 1
     wall.now += dt.timedelta(seconds=30)
@@ -132,9 +140,10 @@ def test_a_model_that_stays_healthy_gets_its_recovery_count_back(setup: Any) -> 
 
 
 def test_the_metrics_show_desired_actual_drift_and_repairs(setup: Any) -> None:
-    watcher, triton, _, _ = setup
+    watcher, triton, _, wall = setup
     watcher.metrics.record(watcher.cycle(), 1.7e9)
     triton.entries["alpha"] = IndexEntry("alpha", "1", "UNAVAILABLE", "unloaded")
+    wall.now += dt.timedelta(seconds=11)
     watcher.metrics.record(cycle := watcher.cycle(), 1.7e9 + 1)
     assert cycle.actions[0].action.kind is ActionKind.LOAD
     text = generate_latest(watcher.metrics.registry).decode()
@@ -153,9 +162,11 @@ def test_the_metrics_show_desired_actual_drift_and_repairs(setup: Any) -> None:
 def test_the_loop_runs_its_rounds_and_backs_off_after_errors(setup: Any) -> None:
     watcher, _, _, _ = setup
     rounds: list[Any] = []
+    waits: list[float] = []
     watcher.on_cycle = rounds.append
+    watcher.wait = lambda stop, seconds: waits.append(seconds)
     assert watcher.run(threading.Event(), iterations=2) == 2
-    assert len(rounds) == 2 and rounds[0].error is None
+    assert len(rounds) == 2 and rounds[0].error is None and waits == [1]
 
     @contextlib.contextmanager
     def broken() -> Iterator[Reconciler]:
@@ -165,7 +176,8 @@ def test_the_loop_runs_its_rounds_and_backs_off_after_errors(setup: Any) -> None
     watcher.connect = broken
     watcher.run(threading.Event(), iterations=3)
     assert rounds[-1].error == "disk full"
-    assert watcher.failures == 3 and watcher.next_wait() == 8  # 1 s doubled three times, capped at 8
+    assert waits[1:] == [2, 4]  # the loop backs off: 1 s doubled per failed round
+    assert watcher.failures == 3 and watcher.next_wait() == 8  # and is capped at max_interval_s
 
 
 def test_a_set_stop_event_ends_the_loop_before_a_round() -> None:

@@ -1,0 +1,499 @@
+"""ruthctl against real tritonservers: activation, rollback, every invariant broken for real and repaired, zombie
+recovery by `watch`, concurrent activations, the admin token, a fleet of two, and the rate limiter.
+
+One server is shared by the module (each test leaves it as it found it); the fleet and rate-limit tests start
+their own. The deployment is a temporary copy laid out like the repository (config/, model_repository/,
+weights/, state/) with two tiny plain-Python models (`sleepy`, `brittle`, `spare`) besides the real tank model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import REPO_ROOT, TritonHandle, jpeg, start_triton, tank_frame
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.integration
+
+TANK = "tank_overflow_monitoring"
+WEIGHTS = b"sleepy's pretend network\n"
+
+MODEL_PY = '''
+import json, os, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if params.get("model.fail_init") == "true":
+            raise RuntimeError("probe: weights file missing")
+        self.sleep_s = float(params.get("model.sleep_s", "0"))
+        self.instance = args["model_instance_name"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            stream = pb_utils.get_input_tensor_by_name(request, "STREAM_ID").as_numpy().reshape(-1)
+            if self.sleep_s:
+                time.sleep(self.sleep_s)
+            result = {"violation_detected": False, "violation_type": None, "severity": "low", "confidence": 1.0,
+                      "detections": [], "metadata": {"instance": self.instance, "pid": os.getpid(),
+                                                      "stream_id": stream[0].decode()}}
+            out = np.array([[json.dumps(result).encode()]] * len(stream), dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", out)]))
+        return responses
+'''
+
+
+def spec(name: str, count: int, **parameters: Any) -> str:
+    weight = hashlib.sha256(WEIGHTS).hexdigest()
+    return f"""
+name: {name}
+description: integration test model
+version: 1
+contract: vision
+max_batch_size: 4
+dynamic_batching: {{max_queue_delay_us: 0, max_queue_size: 16}}
+weights:
+  - {{path: {name}/net.bin, sha256: {weight}, source: "tests/integration/test_ruthctl_reconcile.py writes it"}}
+profiles:
+  cpu: {{kind: KIND_CPU, count: {count}}}
+parameters: {json.dumps(parameters or {"sleep_s": 0})}
+"""
+
+
+@dataclasses.dataclass
+class Deployment:
+    root: Path
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "model_repository"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    def env(self, *urls: str, token: str | None = None) -> dict[str, str]:
+        env = {
+            "MODELS_ROOT": str(self.repository),
+            "RUTH_STATE_DIR": str(self.state),
+            "RUTH_WEIGHTS_DIR": str(self.weights),
+            "RUTH_TRITON_URL": ",".join(urls),
+            "RUTH_AI_PROFILE": "cpu",
+        }
+        if token is not None:
+            env["RUTH_ADMIN_TOKEN"] = token
+        return env
+
+
+def build_deployment(root: Path) -> Deployment:
+    d = Deployment(root)
+    (root / "config" / "models").mkdir(parents=True)
+    shutil.copytree(REPO_ROOT / "config" / "profiles", root / "config" / "profiles")
+    shutil.copy(REPO_ROOT / "config" / "models" / f"{TANK}.yaml", root / "config" / "models")
+    shutil.copytree(REPO_ROOT / "model_repository" / TANK / "1", d.repository / TANK / "1")
+    for name, count, params in (("sleepy", 2, {"sleep_s": 0}), ("spare", 1, {"sleep_s": 0}),
+                                ("brittle", 1, {"fail_init": True})):
+        (root / "config" / "models" / f"{name}.yaml").write_text(spec(name, count, **params))
+        (d.repository / name / "1").mkdir(parents=True)
+        (d.repository / name / "1" / "model.py").write_text(MODEL_PY)
+        (d.weights / name).mkdir(parents=True)
+        (d.weights / name / "net.bin").write_bytes(WEIGHTS)
+    d.state.mkdir()
+    return d
+
+
+@dataclasses.dataclass
+class World:
+    deployment: Deployment
+    server: TritonHandle
+
+    @property
+    def url(self) -> str:
+        return self.server.http_url
+
+    def ruthctl(self, *args: str, urls: tuple[str, ...] = (), token: str | None = None) -> Any:
+        """`ruthctl ARGS` in-process; stdout and stderr apart."""
+        from ruthctl.cli import app
+
+        env = self.deployment.env(*(urls or (self.url,)), token=token)
+        return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+
+    def json(self, *args: str, urls: tuple[str, ...] = (), code: int | None = 0) -> Any:
+        result = self.ruthctl(*args, "--json", urls=urls)
+        if code is not None:
+            assert result.exit_code == code, result.output
+        return json.loads(result.stdout)
+
+    def violations(self, urls: tuple[str, ...] = ()) -> list[tuple[str, str | None]]:
+        return sorted((v["kind"], v["model"]) for v in self.json("verify", urls=urls, code=None)["violations"])
+
+    def registry(self) -> Any:
+        from ruthctl.registry import Registry
+
+        return Registry(self.deployment.state)
+
+    def state(self, model: str, url: str | None = None) -> str | None:
+        entry = self.registry().get(model)
+        return None if entry is None else entry.on(url or self.url).state.value
+
+    def triton_state(self, model: str, handle: TritonHandle | None = None) -> str | None:
+        return next((e.get("state") for e in (handle or self.server).index() if e["name"] == model), None)
+
+    def ensure_active(self, model: str = "sleepy") -> None:
+        result = self.ruthctl("activate", model)
+        assert result.exit_code == 0, result.output
+        assert self.triton_state(model) == "READY"
+
+    def repair_until_clean(self, urls: tuple[str, ...] = ()) -> dict[str, Any]:
+        document = self.json("repair", urls=urls, code=None)
+        assert document["remaining"] == [], document
+        assert self.violations(urls) == []
+        return document
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("ruthctl")
+    deployment = build_deployment(root / "deploy")
+    from ruthctl.cli import app
+
+    generated = CliRunner().invoke(app, ["generate"], env=deployment.env("127.0.0.1:1"), catch_exceptions=False)
+    assert generated.exit_code == 0, generated.output
+    handle = start_triton(root / "srv", [], repository=deployment.repository, state_dir=deployment.state)
+    try:
+        yield World(deployment, handle)
+    finally:
+        handle.server.stop(grace_s=30)
+
+
+@pytest.fixture
+def clean(world: World) -> Iterator[World]:
+    """Each test starts and ends with nothing violated: sleepy wanted and READY, the rest not loaded."""
+    world.ensure_active("sleepy")
+    world.repair_until_clean()
+    yield world
+    world.repair_until_clean()
+
+
+def stub_pids(handle: TritonHandle, model: str) -> list[int]:
+    from ruthctl.host import ProcessTable
+
+    table = ProcessTable()
+    return sorted(
+        p.pid for p in table.processes()
+        if len(p.argv) > 8 and p.argv[5] == str(handle.server.process.pid) and p.argv[8].startswith(f"{model}_")
+    )
+
+
+def infer_all(url: str, model: str, n: int, protocol: str = "http") -> list[dict[str, Any]]:
+    from ruthctl.client import RuthClient
+
+    def one(i: int) -> dict[str, Any]:
+        with RuthClient(url, protocol) as client:
+            return client.infer(model, image=b"x", stream_id=f"s{i}")
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+# -- activation ---------------------------------------------------------------------------------------------------
+def test_activate_and_deactivate_round_trip_with_the_audit_log(world: World) -> None:
+    world.ruthctl("deactivate", "sleepy")
+    start = len(world.registry().audit("sleepy"))
+    result = world.ruthctl("activate", "sleepy")
+    assert result.exit_code == 0, result.output
+    assert world.triton_state("sleepy") == "READY" and world.state("sleepy") == "READY"
+    assert world.server.model_config("sleepy")["instance_group"][0]["count"] == 2
+    assert {r["metadata"]["instance"] for r in infer_all(world.url, "sleepy", 6)} <= {"sleepy_0_0", "sleepy_0_1"}
+    assert infer_all(world.server.grpc_url, "sleepy", 1, "grpc")[0]["metadata"]["stream_id"] == "s0"
+
+    result = world.ruthctl("deactivate", "sleepy")
+    assert result.exit_code == 0, result.output
+    assert world.triton_state("sleepy") == "UNAVAILABLE" and world.state("sleepy") == "UNLOADED"
+    audit = [a for a in world.registry().audit("sleepy")[start:] if a.event == "transition"]
+    assert [(a.from_state, a.to_state) for a in audit] == [
+        ("UNLOADED", "LOADING"), ("LOADING", "READY"), ("READY", "UNLOADING"), ("UNLOADING", "UNLOADED")]
+    assert "ruthctl activate sleepy" in audit[0].actor and "ruthctl deactivate sleepy" in audit[-1].actor
+    assert audit[0].actor.split(" pid ")[0].count("@") == 1
+    world.ensure_active("sleepy")
+
+
+def test_a_failed_activation_rolls_back_with_tritons_reason(world: World) -> None:
+    result = world.ruthctl("activate", "brittle", "--json")
+    assert result.exit_code == 1, result.output
+    [row] = json.loads(result.stdout)["servers"]
+    assert row["state"] == "FAILED" and "probe: weights file missing" in row["detail"]
+    entry = world.registry().get("brittle")
+    assert entry.desired.value == "INACTIVE"
+    assert entry.on(world.url).state.value == "FAILED" and "probe: weights file missing" in entry.on(world.url).reason
+    assert world.triton_state("brittle") != "READY"
+    status = {r["model"]: r for r in world.json("status")["models"]}
+    assert "probe: weights file missing" in status["brittle"]["error"]
+    assert ("not_ready", "brittle") not in world.violations()
+
+
+def test_the_real_tank_model_activates_and_answers_through_ruthctl_infer(world: World, tmp_path: Path) -> None:
+    assert world.ruthctl("activate", TANK).exit_code == 0
+    image = tmp_path / "tank.jpg"
+    image.write_bytes(jpeg(tank_frame(40.0)))
+    try:
+        for url in (world.url, f"grpc://{world.server.grpc_url}"):
+            result = world.ruthctl("infer", TANK, str(image), "--stream-id", "3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11",
+                                   urls=(url,))
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)["level_percent"] == pytest.approx(40.0, abs=2.0)
+        bad = world.ruthctl("infer", TANK, str(image), "--stream-id", "not-a-uuid")
+        assert bad.exit_code == 1 and "InvalidInput" in bad.stderr
+        health = world.json("health")
+        assert health["status"] == "healthy"
+        assert {m["model"]: m["stubs"] for m in health["servers"][0]["models"]}[TANK] == {"alive": 2, "expected": 2}
+    finally:
+        assert world.ruthctl("deactivate", TANK).exit_code == 0
+
+
+# -- every invariant, broken for real ------------------------------------------------------------------------------
+def test_a_model_unloaded_behind_ruthctls_back_is_reloaded(clean: World) -> None:
+    clean.server.unload("sleepy")
+    clean.server.wait_state("sleepy", "UNAVAILABLE")
+    assert clean.violations() == [("not_ready", "sleepy")]
+    assert [a["kind"] for a in clean.repair_until_clean()["results"]] == ["load"]
+    assert clean.triton_state("sleepy") == "READY"
+
+
+def test_an_edited_config_file_is_regenerated(clean: World) -> None:
+    config = clean.deployment.repository / "sleepy" / "configs" / "cpu.pbtxt"
+    original = config.read_text()
+    config.write_text(original.replace("count: 2", "count: 3"))
+    assert clean.violations() == [("disk_drift", "sleepy")]
+    clean.repair_until_clean()
+    assert config.read_text() == original
+
+
+def test_a_live_config_that_differs_from_the_spec_is_reloaded(clean: World) -> None:
+    live = clean.server.model_config("sleepy")
+    live["instance_group"][0]["count"] = 1
+    clean.server.load("sleepy", config=live)
+    assert clean.violations() == [("live_drift", "sleepy")]
+    clean.repair_until_clean()
+    assert clean.server.model_config("sleepy")["instance_group"][0]["count"] == 2
+
+
+def test_a_corrupt_weight_file_is_reported_as_unfixable(clean: World) -> None:
+    weight = clean.deployment.weights / "sleepy" / "net.bin"
+    weight.write_bytes(b"flipped bits")
+    try:
+        assert ("weight_corrupt", "sleepy") in clean.violations()
+        result = clean.ruthctl("repair", "--json")
+        assert result.exit_code == 1
+        [remaining] = [v for v in json.loads(result.stdout)["remaining"] if v["kind"] == "weight_corrupt"]
+        assert remaining["fixable"] is False and "writes it" in remaining["fix"]
+        assert clean.ruthctl("activate", "spare").exit_code == 0  # other models are unaffected
+        assert clean.ruthctl("deactivate", "spare").exit_code == 0
+    finally:
+        weight.write_bytes(WEIGHTS)
+
+
+def test_a_killed_stub_process_is_found_and_its_model_reloaded(clean: World) -> None:
+    pids = stub_pids(clean.server, "sleepy")
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while len(stub_pids(clean.server, "sleepy")) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert clean.triton_state("sleepy") == "READY"  # Triton itself doesn't notice (2.51)
+    assert clean.violations() == [("stub_dead", "sleepy")]
+    assert clean.json("health", code=1)["status"] == "degraded"
+    clean.repair_until_clean()
+    assert len(stub_pids(clean.server, "sleepy")) == 2
+    assert len(infer_all(clean.url, "sleepy", 8)) == 8  # no "Stub process ... is not healthy" any more
+
+
+def test_a_stale_gpu_ledger_entry_is_reaped(clean: World) -> None:
+    ledger = clean.deployment.state / "gpu-ledger.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    entry = {"owner": "sleepy_0_9", "pid": int(dead.stdout), "device_index": 0, "bytes": 1 << 20, "model": "sleepy",
+             "version": "1", "instance": "sleepy_0_9", "created_at": time.time(), "token": None}
+    ledger.write_text(json.dumps({"reservations": {"sleepy_0_9": entry}}))
+    assert clean.violations() == [("ledger_stale", "sleepy")]
+    clean.repair_until_clean()
+    assert json.loads(ledger.read_text())["reservations"] == {}
+
+
+def test_breaker_state_of_an_unknown_model_is_removed(clean: World) -> None:
+    orphan = clean.deployment.state / "breakers" / "retired_model-3.json"
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_text(json.dumps({"state": "open", "retry_at": 1.0, "schema": 1}))
+    assert clean.violations() == [("breaker_orphan", "retired_model")]
+    clean.repair_until_clean()
+    assert not orphan.exists()
+
+
+def test_a_model_loaded_that_nobody_wants_is_unloaded(clean: World) -> None:
+    clean.server.load("spare")
+    assert clean.violations() == [("unwanted", "spare")]
+    clean.repair_until_clean()
+    assert clean.triton_state("spare") != "READY"
+
+
+def test_a_claim_left_by_a_dead_process_is_resolved(clean: World) -> None:
+    from ruthctl.registry import Registry, State
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    ghost = Registry(clean.deployment.state, actor=f"ghost@{socket.gethostname()} pid {dead.stdout.strip()}: x")
+    ghost.transition("sleepy", clean.url, State.LOADING, reason="crashed mid-activate")
+    assert clean.violations() == [("stuck", "sleepy")]
+    clean.repair_until_clean()
+    assert clean.state("sleepy") == "READY"
+
+
+def test_a_damaged_registry_is_rebuilt_from_its_audit_log(clean: World) -> None:
+    registry = clean.registry()
+    registry.path.write_text('{"schema_version": 1, "models": {"sleepy": {"desired": "MAYBE"')
+    assert clean.violations() == [("registry_corrupt", None)]
+    clean.repair_until_clean()
+    assert clean.state("sleepy") == "READY" and registry.read().models["sleepy"].desired.value == "ACTIVE"
+
+
+# -- watch -----------------------------------------------------------------------------------------------------------
+def test_watch_brings_a_killed_stubs_model_back_without_an_operator(clean: World) -> None:
+    os.kill(stub_pids(clean.server, "sleepy")[1], signal.SIGKILL)
+    time.sleep(0.5)
+    result = clean.ruthctl("watch", "--iterations", "2", "--interval", "0", "--metrics-port", "0", "--json")
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert [(a["kind"], a["ok"], a["causes"]) for a in first["actions"]] == [("load", True, ["stub_dead"])]
+    assert second["violations"] == []
+    assert len(stub_pids(clean.server, "sleepy")) == 2
+    assert clean.registry().get("sleepy").on(clean.url).recoveries == 1
+    assert len(infer_all(clean.url, "sleepy", 8)) == 8
+
+
+# -- concurrency and access ------------------------------------------------------------------------------------------
+def test_two_concurrent_activates_leave_a_consistent_registry(world: World) -> None:
+    assert world.ruthctl("deactivate", "spare").exit_code == 0
+    start = len(world.registry().audit("spare"))
+    env = {**os.environ, **world.deployment.env(world.url)}
+    command = [sys.executable, "-m", "ruthctl", "activate", "spare", "--json"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outcomes = [(run.wait(60), run.communicate()) for run in runs]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes in ([0, 0], [0, 1]), outcomes
+    for code, (stdout, _) in outcomes:
+        if code == 1:
+            assert "refused" in stdout and "LOADING" in stdout
+    assert world.triton_state("spare") == "READY"
+    entry = world.registry().get("spare")
+    assert entry.desired.value == "ACTIVE" and entry.on(world.url).state.value == "READY"
+    chain = [(a.from_state, a.to_state) for a in world.registry().audit("spare")[start:] if a.event == "transition"]
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(chain, chain[1:], strict=False)), chain
+    assert world.ruthctl("deactivate", "spare").exit_code == 0
+
+
+def test_the_repository_api_refuses_a_request_without_the_key(world: World) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    with contextlib.closing(httpclient.InferenceServerClient(world.url)) as client:
+        with pytest.raises(InferenceServerException) as refused:
+            client.load_model("spare")
+        assert refused.value.status() == "403"
+        with pytest.raises(InferenceServerException):
+            client.unload_model("sleepy", headers={"ruth-admin-token": "guessed"})
+    with contextlib.closing(grpcclient.InferenceServerClient(world.server.grpc_url)) as grpc_client:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            grpc_client.unload_model("sleepy")
+    assert world.triton_state("sleepy") == "READY" and world.triton_state("spare") != "READY"
+    result = world.ruthctl("verify", "--json", token="guessed")
+    assert result.exit_code == 1
+    assert [v["kind"] for v in json.loads(result.stdout)["violations"]] == ["access_denied"]
+    assert world.ruthctl("deactivate", "sleepy", token="guessed").exit_code == 1
+    assert world.triton_state("sleepy") == "READY"
+
+
+# -- fleet -----------------------------------------------------------------------------------------------------------
+def test_fleet_verify_and_repair_over_two_local_servers(world: World, triton_factory: Any) -> None:
+    second = triton_factory([], repository=world.deployment.repository, state_dir=world.deployment.state)
+    fleet = (world.url, f"grpc://{second.grpc_url}")
+    try:
+        activated = world.json("activate", "sleepy", urls=fleet)
+        assert [r["state"] for r in activated["servers"]] == ["READY", "READY"]
+        assert world.json("verify", urls=fleet)["ok"] is True
+        second.unload("sleepy")
+        second.wait_state("sleepy", "UNAVAILABLE")
+        document = world.json("verify", urls=fleet, code=1)
+        assert [(v["kind"], v["model"], v["server"]) for v in document["violations"]] == [
+            ("not_ready", "sleepy", f"grpc://{second.grpc_url}")]
+        world.repair_until_clean(urls=fleet)
+        assert world.triton_state("sleepy", second) == "READY"
+        status = world.json("status", urls=fleet)
+        assert {(r["server"], r["triton"]) for r in status["models"] if r["model"] == "sleepy"} == {
+            (world.url, "READY"), (f"grpc://{second.grpc_url}", "READY")}
+    finally:
+        world.ruthctl("deactivate", "sleepy", urls=(f"grpc://{second.grpc_url}",))
+
+
+# -- MAX_CONCURRENT_INFERENCES through Triton's rate limiter --------------------------------------------------------
+def test_the_rate_limiter_bounds_concurrent_executions_across_instances(world: World, tmp_path: Path) -> None:
+    """With `--rate-limit=execution_count --rate-limit-resource=ruth_inference:1`, two instances of a vision
+    model (each needing one global `ruth_inference` token, as rendered) run one request at a time."""
+    import dataclasses as dc
+
+    from ruthctl.commands.serve import build_server
+    from ruthctl.settings import Settings
+    from support import free_port
+
+    config = world.server.model_config("sleepy")
+    config["parameters"]["model.sleep_s"] = {"string_value": "0.5"}
+
+    def timed(handle_url: str) -> float:
+        started = time.monotonic()
+        infer_all(handle_url, "sleepy", 4)
+        return time.monotonic() - started
+
+    settings = Settings(models_root=world.deployment.repository, ruth_state_dir=tmp_path / "state",
+                        ruth_http_port=free_port(), ruth_grpc_port=free_port(), ruth_metrics_port=free_port(),
+                        graceful_shutdown_timeout_seconds=10)
+    server = build_server(settings, log_file=tmp_path / "limited.log")
+    server.flags = dc.replace(server.flags, extra=(
+        "--rate-limit=execution_count", "--rate-limit-resource=ruth_inference:1"))
+    server.start()
+    handle = TritonHandle(server, tmp_path / "state", world.deployment.repository, tmp_path / "limited.log",
+                          server.flags.admin_token or "")
+    try:
+        server.wait_live(timeout_s=60)
+        handle.load("sleepy", config=config)
+        world.server.load("sleepy", config=config)
+        unlimited, limited = timed(world.url), timed(handle.http_url)
+    finally:
+        server.stop(grace_s=20)
+        world.repair_until_clean()
+    assert unlimited < 1.6  # 4 x 0.5 s on 2 instances: about 1 s
+    assert limited >= 1.9  # one token: about 2 s, the instances take turns
