@@ -46,17 +46,21 @@ def _plain(value: Any) -> Any:
 
 
 class BareModel:
-    """Load a vision model (a `RuthModel` subclass) and call its algorithm directly."""
+    """Load a vision model (a `RuthModel` subclass) and call its algorithm directly.
+
+    Person models reach `pose_estimator` through BLS, which exists only inside Triton: their bare twin still calls
+    the (hardened) pose model, and they cannot run in process at all.
+    """
 
     def __init__(self, model_py: Path, model_config: Mapping[str, Any], *, instance: str = "bare_0") -> None:
         from python_backends.base import InferContext
         from python_backends.gpu import Allocation
         from python_backends.metrics import NullMetrics
-        from python_backends.params import ModelParams, RuntimeEnv, parameters_of
+        from python_backends.params import ModelParams, RuntimeEnv, config_defaults, parameters_of
 
         cls = load_model_class(model_py)
-        if not hasattr(cls, "infer"):
-            raise TypeError(f"{model_py}: not a vision-contract model (no infer)")
+        if not hasattr(cls, "infer_batch"):
+            raise TypeError(f"{model_py}: not a vision-contract model (no infer_batch)")
         model: Any = object.__new__(cls)  # the model's own __init__/initialize are the library's: skipped on purpose
         model.name = str(model_config.get("name", model_py.parent.parent.name))
         model.version = "1"
@@ -72,7 +76,8 @@ class BareModel:
         model.load(model.device)
         self.model = model
         schema = getattr(cls, "config_schema", None)
-        self.config: Any = schema.model_validate({}) if schema is not None else {}
+        # the spec's `model.*` defaults, as RuthModel gives a request without CONFIG
+        self.config: Any = config_defaults(schema, model.params.model) if schema is not None else {}
         self.states: dict[str, dict[str, Any]] = {}
         self._context = InferContext
 
@@ -92,7 +97,10 @@ class BareModel:
             request_id="",
             _update_state=self._update_state,
         )
-        return json.dumps(self.model.infer(frame, ctx), default=_plain).encode()
+        (result,) = self.model.infer_batch([frame], [ctx])  # the model's own batch hook (person models override it)
+        if isinstance(result, BaseException):
+            raise result
+        return json.dumps(result, default=_plain).encode()
 
     def infer_image(self, data: bytes, stream_id: str, timestamp: datetime) -> bytes:
         frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -79,7 +79,8 @@ def own_s() -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    stubs: float
+    #: per stub pid: a reload replaces stubs, so only pids seen now count, from zero when they are new
+    stubs: Mapping[int, float]
     server: float
     all_server: float  # server + every stub of every model
     extra: float  # other processes of ours (the old-design server)
@@ -88,7 +89,12 @@ class Snapshot:
     system: float
 
     def minus(self, before: Snapshot) -> dict[str, float]:
-        d = {f.name: getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)}
+        d = {
+            f.name: getattr(self, f.name) - getattr(before, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "stubs"
+        }
+        d["stubs"] = sum(cpu - before.stubs.get(pid, 0.0) for pid, cpu in self.stubs.items())
         ours = d["all_server"] + d["extra"] + d["own"] + d["reaped"]
         return {
             "stubs_s": d["stubs"],
@@ -103,7 +109,7 @@ def snapshot(server_pid: int, model: str | None = None, extra_pids: Iterable[int
     stubs = stub_pids(server_pid, model, proc) if model else []
     tree = children_of(server_pid, proc)
     return Snapshot(
-        stubs=sum(process_cpu_s(p, proc) for p in stubs),
+        stubs={p: process_cpu_s(p, proc) for p in stubs},
         server=process_cpu_s(server_pid, proc),
         all_server=process_cpu_s(server_pid, proc) + sum(process_cpu_s(p, proc) for p in tree),
         extra=sum(process_cpu_s(p, proc) for p in extra_pids),

@@ -39,7 +39,13 @@ def _worker(
 ) -> None:
     from bench.barecore import BareModel  # in the child: spawn re-imports
 
-    core = BareModel(Path(model_py), model_config)
+    try:
+        core = BareModel(Path(model_py), model_config)
+        core.infer_image(images[0], str(uuid.uuid4()), datetime.now(timezone.utc))
+    except Exception as exc:  # report instead of leaving the parent waiting for a result
+        barrier.abort()
+        results.put(f"{type(exc).__name__}: {exc}")
+        return
     stream = str(uuid.uuid4())
     base = datetime.now(timezone.utc)
     index = 0
@@ -52,7 +58,10 @@ def _worker(
     end_warmup = time.perf_counter() + warmup_s
     while time.perf_counter() < end_warmup:
         one()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except Exception:  # a sibling failed to start: it reported why
+        return
     started = time.perf_counter()
     deadline = started + duration_s
     frames = 0
@@ -86,7 +95,12 @@ def measure(
     for proc in procs:
         proc.start()
     try:
-        collected = [results.get(timeout=timeout_s) for _ in procs]
+        collected = []
+        for _ in procs:
+            item = results.get(timeout=timeout_s)
+            if isinstance(item, str):
+                raise RuntimeError(item)
+            collected.append(item)
     finally:
         for proc in procs:
             proc.join(timeout=10)

@@ -61,8 +61,8 @@ def decode_base64_frame(data: str) -> np.ndarray:
 def create_app(model: str) -> Any:
     from fastapi import FastAPI, HTTPException
 
-    from bench.barecore import BareModel
     from bench.bare import served_config
+    from bench.barecore import BareModel
     from bench.harness import MODEL_REPOSITORY
     from ruthctl.render import config_to_json
 
@@ -83,7 +83,11 @@ def create_app(model: str) -> Any:
         try:
             frame = decode_base64_frame(request.frame_base64)
         except (binascii.Error, ValueError, OSError) as exc:
-            return {"request_id": str(uuid.uuid4()), "status": "failed", "error": f"Failed to decode base64 frame: {exc}"}
+            return {
+                "request_id": str(uuid.uuid4()),
+                "status": "failed",
+                "error": f"Failed to decode base64 frame: {exc}",
+            }
         # The original's bug, reproduced: a blocking wait inside an async handler serialises every request.
         future = executor.submit(core.infer_frame, frame, request.stream_id, request.timestamp)
         result = json.loads(future.result(timeout=INFERENCE_TIMEOUT_S))

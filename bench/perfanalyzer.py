@@ -103,9 +103,11 @@ class PerfAnalyzer:
     binary: Path
     measurement_ms: int = 2000
     stability_pct: int = 100
-    max_trials: int = 6
+    max_trials: int = 5
 
-    def command(self, *, model: str, url: str, protocol: str, concurrency: int, data: Path, csv_path: Path) -> list[str]:
+    def command(
+        self, *, model: str, url: str, protocol: str, concurrency: int, data: Path, csv_path: Path
+    ) -> list[str]:
         return [
             str(self.binary),
             "-m", model,
@@ -121,7 +123,15 @@ class PerfAnalyzer:
         ]  # fmt: skip
 
     def run(
-        self, *, model: str, url: str, protocol: str, concurrency: int, data: Path, workdir: Path, timeout_s: float = 180
+        self,
+        *,
+        model: str,
+        url: str,
+        protocol: str,
+        concurrency: int,
+        data: Path,
+        workdir: Path,
+        timeout_s: float = 180,
     ) -> LoadResult:
         workdir.mkdir(parents=True, exist_ok=True)
         csv_path = workdir / f"pa-{model}-{protocol}-c{concurrency}-{uuid.uuid4().hex[:6]}.csv"
@@ -135,8 +145,15 @@ class PerfAnalyzer:
         if (done.returncode != 0 or not csv_path.exists()) and self.stability_pct < RELAXED_STABILITY_PCT:
             # Unstable on a shared machine: measure again, keeping the windows whatever their spread.
             relaxed = dataclasses.replace(self, stability_pct=RELAXED_STABILITY_PCT)
-            return relaxed.run(model=model, url=url, protocol=protocol, concurrency=concurrency, data=data,
-                               workdir=workdir, timeout_s=timeout_s)
+            return relaxed.run(
+                model=model,
+                url=url,
+                protocol=protocol,
+                concurrency=concurrency,
+                data=data,
+                workdir=workdir,
+                timeout_s=timeout_s,
+            )
         if done.returncode != 0 or not csv_path.exists():
             tail = (done.stdout + done.stderr).strip()[-1500:]
             raise PerfAnalyzerFailed(f"perf_analyzer rc={done.returncode}: {tail}")

@@ -41,10 +41,15 @@ def overhead(results: Mapping[str, Any], path: Path) -> Path | None:
         return None
     models = list(entries)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    _bars(ax, models, {
-        "bare model.py": [entries[m]["throughput_bare"] for m in models],
-        "full library": [entries[m]["throughput_full"] for m in models],
-    }, "requests/s")
+    _bars(
+        ax,
+        models,
+        {
+            "bare model.py": [entries[m]["throughput_bare"] for m in models],
+            "full library": [entries[m]["throughput_full"] for m in models],
+        },
+        "requests/s",
+    )
     concurrency = next(iter(entries.values()))["concurrency"]
     ax.set_title(f"Hardening overhead: same server, same frames, concurrency {concurrency}", fontsize=10)
     return _save(fig, path)
@@ -57,12 +62,17 @@ def limit(results: Mapping[str, Any], path: Path) -> Path | None:
     models = list(entries)
     cores = str(next(iter(entries.values()))["instances"])
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    _bars(ax, models, {
-        f"in process x{cores}": [entries[m]["in_process"][cores]["throughput"] for m in models],
-        "served, bare": [entries[m]["served_bare"]["throughput"] for m in models],
-        "served, full": [entries[m]["served_full"]["throughput"] for m in models],
-        "identity (same payload)": [entries[m]["identity"]["throughput"] for m in models],
-    }, "frames/s")
+    _bars(
+        ax,
+        models,
+        {
+            f"in process x{cores}": [entries[m]["in_process"].get(cores, {}).get("throughput", 0.0) for m in models],
+            "served, bare": [entries[m]["served_bare"]["throughput"] for m in models],
+            "served, full": [entries[m]["served_full"]["throughput"] for m in models],
+            "identity (same payload)": [entries[m]["identity"]["throughput"] for m in models],
+        },
+        "frames/s",
+    )
     ax.set_title(f"Distance to the limit ({cores} instance(s) = cores)", fontsize=10)
     return _save(fig, path)
 
@@ -74,8 +84,12 @@ def transport(results: Mapping[str, Any], path: Path) -> Path | None:
         return None
     labels = list(next(iter(models.values())))
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    _bars(ax, labels, {name: [points[label]["throughput"] for label in labels] for name, points in models.items()},
-          "requests/s")
+    _bars(
+        ax,
+        labels,
+        {name: [points[label]["throughput"] for label in labels] for name, points in models.items()},
+        "requests/s",
+    )
     ax.set_title(f"Transports, 640x480 frame, concurrency {entry['concurrency']} (Python client)", fontsize=10)
     return _save(fig, path)
 

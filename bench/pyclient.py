@@ -131,11 +131,13 @@ def triton_worker(
         def call() -> None:
             counter[0] += 1
             if raw_frames is not None:
-                inputs = vision_inputs(module, frame=raw_frames[counter[0] % len(raw_frames)], stream_id=stream,
-                                       timestamp=now_iso())
+                inputs = vision_inputs(
+                    module, frame=raw_frames[counter[0] % len(raw_frames)], stream_id=stream, timestamp=now_iso()
+                )
             else:
-                inputs = vision_inputs(module, image=images[counter[0] % len(images)], stream_id=stream,
-                                       timestamp=now_iso())
+                inputs = vision_inputs(
+                    module, image=images[counter[0] % len(images)], stream_id=stream, timestamp=now_iso()
+                )
             raw = client.infer(model, inputs, outputs=outputs).as_numpy("RESULT")
             if raw is None or raw.size != 1:
                 raise RuntimeError("no RESULT")
@@ -147,7 +149,9 @@ def triton_worker(
     return factory
 
 
-def triton_shm_worker(url: str, model: str, raw_frames: Sequence[np.ndarray], *, parse_json: bool = True) -> WorkerFactory:
+def triton_shm_worker(
+    url: str, model: str, raw_frames: Sequence[np.ndarray], *, parse_json: bool = True
+) -> WorkerFactory:
     """Raw FRAME through Triton system shared memory (gRPC for the request): the client writes each new frame into
     its own registered region, as a capture process would, and the request carries only the region's name."""
     import tritonclient.grpc as module

@@ -28,7 +28,7 @@ def _num(value: Any, fmt: str = "{:.1f}") -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def preserved_reading(existing: str | None) -> str:
@@ -51,29 +51,39 @@ def machine_section(results: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
     rows += [[name, str(version)] for name, version in m["packages"].items()]
     load = results["load_generator"]
-    lines = ["## Machine and versions", ""] + _table(["", ""], rows)
-    lines += [f"Load generator: {load['note']}. Python client: {load['python_client']}. Measurement window: "
-              f"perf_analyzer {load['pa_window_ms']} ms × ≥ 3, Python client {load['python_window_s']} s per point.", ""]
+    lines = ["## Machine and versions", "", *_table(["", ""], rows)]
+    lines += [
+        f"Load generator: {load['note']}. Python client: {load['python_client']}. Measurement window: "
+        f"perf_analyzer {load['pa_window_ms']} ms × ≥ 3, Python client {load['python_window_s']} s per point.",
+        "",
+    ]
     return lines
 
 
 def targets_section(results: Mapping[str, Any]) -> list[str]:
     rows = [[t["target"], t["measured"], _verdict(t["met"]), t["note"]] for t in results["targets"]]
-    return ["## Targets (issue 8), as measured in this run", ""] + _table(["target", "measured", "verdict", "note"], rows)
+    header = ["target", "measured", "verdict", "note"]
+    return ["## Targets (issue 8), as measured in this run", "", *_table(header, rows)]
 
 
 def _load_cells(r: Mapping[str, Any]) -> list[str]:
-    return [_num(r["throughput"]), _num(r["p50_ms"], "{:.2f}"), _num(r["p95_ms"], "{:.2f}"), _num(r["p99_ms"], "{:.2f}")]
+    return [
+        _num(r["throughput"]),
+        _num(r["p50_ms"], "{:.2f}"),
+        _num(r["p95_ms"], "{:.2f}"),
+        _num(r["p99_ms"], "{:.2f}"),
+    ]
 
 
 def overhead_section(results: Mapping[str, Any]) -> list[str]:
     entries = results.get("overhead") or {}
     lines = ["## 1. Hardening overhead", ""]
     if not entries:
-        return lines + ["No model measured.", ""]
+        return [*lines, "No model measured.", ""]
     first = next(iter(entries.values()))
     lines += [
-        f"Each model served with the full library (`RuthModel`) and as `bare_<model>`: the same model file's `load` and "
+        f"Each model served with the full library (`RuthModel`) and as `bare_<model>`: the same model file's `load` "
+        f"and "
         f"`infer` behind a minimal `execute` (cv2 decode, the algorithm, `json.dumps`; no validation, breaker, "
         f"watchdog, metrics, shared stream state). Same server process, same config, same frames; "
         f"concurrency {first['concurrency']}, {len(first['rounds'])} interleaved rounds, medians "
@@ -81,47 +91,152 @@ def overhead_section(results: Mapping[str, Any]) -> list[str]:
         f"input + infer + output) where perf_analyzer reports it, and client p50/mean latency.",
         "",
     ]
+    cpu_rows = []
+    for model, e in entries.items():
+        cpu = e.get("cpu_ms") or {}
+        cpu_rows.append(
+            [
+                model,
+                _num(cpu.get("bare"), "{:.2f}"),
+                _num(cpu.get("full"), "{:.2f}"),
+                _num(cpu.get("added"), "{:+.2f}"),
+                _num(100 * (1 - cpu["throughput_ratio"]) if cpu.get("throughput_ratio") else None, "{:+.1f} %"),
+                _num(e.get("foreign_cores"), "{:.2f}"),
+            ]
+        )
+    lines += ["CPU time per request (model stubs + tritonserver, from /proc; the overhead verdict uses these):", ""]
+    lines += _table(
+        [
+            "model",
+            "bare CPU ms/req",
+            "full CPU ms/req",
+            "added CPU ms",
+            "CPU-based overhead",
+            "other processes' load (cores)",
+        ],
+        cpu_rows,
+    )
+    lines += ["Wall clock:", ""]
     rows = []
     for model, e in entries.items():
         added = e["added_ms"]
-        rows.append([model, _num(e["throughput_bare"]), _num(e["throughput_full"]), _num(e["throughput_ratio"], "{:.3f}"),
-                     _num(e["overhead_pct"], "{:+.1f} %"), _num(added["server"], "{:+.3f}"),
-                     _num(added["p50"], "{:+.2f}"), _num(added["avg"], "{:+.2f}")])
-    lines += _table(["model", "bare req/s", "full req/s", "full/bare", "overhead", "added ms (server)",
-                     "added ms (p50)", "added ms (mean)"], rows)
+        rows.append(
+            [
+                model,
+                _num(e["throughput_bare"]),
+                _num(e["throughput_full"]),
+                _num(e["throughput_ratio"], "{:.3f}"),
+                _num(e["overhead_pct"], "{:+.1f} %"),
+                _num(added["server"], "{:+.3f}"),
+                _num(added["p50"], "{:+.2f}"),
+                _num(added["avg"], "{:+.2f}"),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "bare req/s",
+            "full req/s",
+            "full/bare",
+            "overhead",
+            "added ms (server)",
+            "added ms (p50)",
+            "added ms (mean)",
+        ],
+        rows,
+    )
     per_round = []
     for model, e in entries.items():
         for index, r in enumerate(e["rounds"], 1):
-            per_round.append([model, str(index), _num(r["bare"]["throughput"]), _num(r["full"]["throughput"]),
-                              _num(r["full"]["throughput"] / r["bare"]["throughput"] if r["bare"]["throughput"] else None,
-                                   "{:.3f}")])
-    lines += ["Per round:", ""] + _table(["model", "round", "bare req/s", "full req/s", "ratio"], per_round)
-    return lines + ["![overhead](bench/overhead.png)", ""]
+            per_round.append(
+                [
+                    model,
+                    str(index),
+                    _num(r["bare"]["throughput"]),
+                    _num(r["full"]["throughput"]),
+                    _num(
+                        r["full"]["throughput"] / r["bare"]["throughput"] if r["bare"]["throughput"] else None, "{:.3f}"
+                    ),
+                ]
+            )
+    lines += ["Per round:", "", *_table(["model", "round", "bare req/s", "full req/s", "ratio"], per_round)]
+    return [*lines, "![overhead](bench/overhead.png)", ""]
 
 
 def limit_section(results: Mapping[str, Any]) -> list[str]:
     entries = results.get("limit") or {}
     lines = ["## 2. Distance to the limit", ""]
     if not entries:
-        return lines + ["No model measured.", ""]
+        return [*lines, "No model measured.", ""]
     first = next(iter(entries.values()))
     cores = str(first["instances"])
     lines += [
         f"*In process*: the bare model's decode + infer called directly, one process per core, no server. *Served*: "
         f"{cores} instance(s) (one per core), concurrency {first['concurrency']} ({first['tool']}), client on the "
-        f"same cores. *Identity*: the same request (JPEG + fields) to a model that does no work: the transport ceiling.",
+        f"same cores. *Identity*: the same request (JPEG + fields) to a model that does no work: the transport "
+        f"ceiling.",
         "",
     ]
     rows = []
     for model, e in entries.items():
-        one = e["in_process"]["1"]
-        rows.append([model, f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)",
-                     _num(e["in_process"][cores]["throughput"]), _num(e["served_bare"]["throughput"]),
-                     _num(e["served_full"]["throughput"]), _num(e["identity"]["throughput"]),
-                     _num(100 * e["served_vs_in_process"], "{:.0f} %"), _num(100 * e["bare_vs_in_process"], "{:.0f} %"),
-                     _num(100 * e["served_vs_identity"], "{:.0f} %")])
-    lines += _table(["model", "in process ×1 (ms/frame)", f"in process ×{cores}", "served bare", "served full",
-                     "identity", "full / in-process", "bare / in-process", "full / identity"], rows)
+        one = e["in_process"].get("1")
+        first_cell = (
+            f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)" if one else "n/a (needs BLS)"
+        )
+        rows.append(
+            [
+                model,
+                first_cell,
+                _num(e["in_process"].get(cores, {}).get("throughput")),
+                _num(e["served_bare"]["throughput"]),
+                _num(e["served_full"]["throughput"]),
+                _num(e["identity"]["throughput"]),
+                _num(100 * e["served_vs_in_process"], "{:.0f} %"),
+                _num(100 * e["bare_vs_in_process"], "{:.0f} %"),
+                _num(100 * e["served_vs_identity"], "{:.0f} %"),
+            ]
+        )
+    lines += _table(
+        [
+            "model",
+            "in process ×1 (ms/frame)",
+            f"in process ×{cores}",
+            "served bare",
+            "served full",
+            "identity",
+            "full / in-process",
+            "bare / in-process",
+            "full / identity",
+        ],
+        rows,
+    )
+    cpu_rows = [
+        [
+            model,
+            _num(e["served_full"].get("cpu", {}).get("stub_ms"), "{:.2f}"),
+            _num(e["served_full"].get("cpu", {}).get("server_ms"), "{:.2f}"),
+            _num(e["in_process"].get(cores, {}).get("per_frame_ms"), "{:.2f}"),
+            _num(100 * e["cpu_efficiency"] if e.get("cpu_efficiency") else None, "{:.0f} %"),
+            _num(e.get("client_cores"), "{:.2f}"),
+        ]
+        for model, e in entries.items()
+    ]
+    lines += [
+        "Where the cores went (served full model): CPU ms per request in its stubs and in tritonserver, against "
+        "the in-process ms per frame; the last column is how many cores the load generator itself used.",
+        "",
+    ]
+    lines += _table(
+        [
+            "model",
+            "stub CPU ms/req",
+            "server CPU ms/req",
+            f"in process ms/frame (×{cores})",
+            "in-process / served CPU",
+            "load generator (cores)",
+        ],
+        cpu_rows,
+    )
     lines += ["![limit](bench/limit.png)", ""]
     return lines + transport_lines(results)
 
@@ -157,13 +272,23 @@ def scaling_section(results: Mapping[str, Any]) -> list[str]:
     points = entry.get("points") or []
     lines = ["## 3. Scaling", ""]
     if not points:
-        return lines + [f"Not measured: {entry.get('skipped', 'no points')}.", ""]
-    lines += [f"`{entry['model']}` reloaded through the repository API with each instance count and dynamic batching "
-              f"on (queue delay 0, as shipped) or off ({entry['tool']}).", ""]
-    rows = [[str(p["instances"]), "on" if p["dynamic_batching"] else "off", str(p["result"]["concurrency"]),
-             *_load_cells(p["result"])] for p in points]
+        return [*lines, f"Not measured: {entry.get('skipped', 'no points')}.", ""]
+    lines += [
+        f"`{entry['model']}` reloaded through the repository API with each instance count and dynamic batching "
+        f"on (queue delay 0, as shipped) or off ({entry['tool']}).",
+        "",
+    ]
+    rows = [
+        [
+            str(p["instances"]),
+            "on" if p["dynamic_batching"] else "off",
+            str(p["result"]["concurrency"]),
+            *_load_cells(p["result"]),
+        ]
+        for p in points
+    ]
     lines += _table(["instances", "batching", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms"], rows)
-    return lines + ["![scaling](bench/scaling.png)", ""]
+    return [*lines, "![scaling](bench/scaling.png)", ""]
 
 
 def old_design_section(results: Mapping[str, Any]) -> list[str]:
@@ -171,7 +296,7 @@ def old_design_section(results: Mapping[str, Any]) -> list[str]:
     rows_in = entry.get("rows") or []
     lines = ["## 4. Versus the old design", ""]
     if not rows_in:
-        return lines + [f"Not measured: {entry.get('skipped', 'no rows')}.", ""]
+        return [*lines, f"Not measured: {entry.get('skipped', 'no rows')}.", ""]
     lines += [
         f"`{entry['model']}`'s model code behind FastAPI + uvicorn built the way the original runtime was (one worker, "
         f"`async def` handler blocking on the inference, JSON with a base64 frame, PIL decode) vs Triton "
@@ -182,21 +307,53 @@ def old_design_section(results: Mapping[str, Any]) -> list[str]:
     rows = []
     for r in rows_in:
         pa = r.get("triton_perf_analyzer")
-        rows.append([str(r["concurrency"]), *_load_cells(r["fastapi"]), *_load_cells(r["triton_python"]),
-                     f"{_num(pa['throughput'])} / {_num(pa['p99_ms'], '{:.2f}')}" if pa else "n/a",
-                     _num(r["throughput_ratio"], "{:.2f}×")])
-    lines += _table(["conc.", "old req/s", "old p50", "old p95", "old p99", "Triton req/s", "Triton p50", "Triton p95",
-                     "Triton p99", "Triton (perf_analyzer) req/s / p99", "Triton / old"], rows)
+        rows.append(
+            [
+                str(r["concurrency"]),
+                *_load_cells(r["fastapi"]),
+                *_load_cells(r["triton_python"]),
+                f"{_num(pa['throughput'])} / {_num(pa['p99_ms'], '{:.2f}')}" if pa else "n/a",
+                _num(r["throughput_ratio"], "{:.2f}×"),
+            ]
+        )
+    lines += _table(
+        [
+            "conc.",
+            "old req/s",
+            "old p50",
+            "old p95",
+            "old p99",
+            "Triton req/s",
+            "Triton p50",
+            "Triton p95",
+            "Triton p99",
+            "Triton (perf_analyzer) req/s / p99",
+            "Triton / old",
+        ],
+        rows,
+    )
     lines += ["![old design](bench/old_design.png)", ""]
     cores = results.get("cores") or {}
     if cores.get("points"):
-        lines += [f"### As cores are added (servers and client pinned to the first N cores, concurrency "
-                  f"{cores['concurrency']}, Triton with N instances)", ""]
-        lines += _table(["cores", "old req/s", "old p99 ms", "Triton req/s", "Triton p99 ms", "Triton / old"], [
-            [str(p["cores"]), _num(p["fastapi"]["throughput"]), _num(p["fastapi"]["p99_ms"]),
-             _num(p["triton"]["throughput"]), _num(p["triton"]["p99_ms"]), _num(p["throughput_ratio"], "{:.2f}×")]
-            for p in cores["points"]
-        ])
+        lines += [
+            f"### As cores are added (servers and client pinned to the first N cores, concurrency "
+            f"{cores['concurrency']}, Triton with N instances)",
+            "",
+        ]
+        lines += _table(
+            ["cores", "old req/s", "old p99 ms", "Triton req/s", "Triton p99 ms", "Triton / old"],
+            [
+                [
+                    str(p["cores"]),
+                    _num(p["fastapi"]["throughput"]),
+                    _num(p["fastapi"]["p99_ms"]),
+                    _num(p["triton"]["throughput"]),
+                    _num(p["triton"]["p99_ms"]),
+                    _num(p["throughput_ratio"], "{:.2f}×"),
+                ]
+                for p in cores["points"]
+            ],
+        )
         if len(cores["points"]) >= 2:
             lines += ["![cores](bench/cores.png)", ""]
     return lines
@@ -206,10 +363,14 @@ def gpu_section(results: Mapping[str, Any]) -> list[str]:
     gpu = results.get("gpu") or {}
     lines = ["## 5. GPU", ""]
     if not gpu.get("measured"):
-        return lines + [f"Not measured in this run: {gpu.get('reason', 'no GPU')}.", ""]
+        return [*lines, f"Not measured in this run: {gpu.get('reason', 'no GPU')}.", ""]
     rows = [[str(p["concurrency"]), *_load_cells(p)] for p in gpu["points"]]
-    return lines + [f"`{gpu['model']}` on {gpu['device']} (gpu profile):", ""] + _table(
-        ["concurrency", "frames/s", "p50 ms", "p95 ms", "p99 ms"], rows)
+    return [
+        *lines,
+        f"`{gpu['model']}` on {gpu['device']} (gpu profile):",
+        "",
+        *_table(["concurrency", "frames/s", "p50 ms", "p95 ms", "p99 ms"], rows),
+    ]
 
 
 def render(results: Mapping[str, Any], reading: str, raw_name: str) -> str:

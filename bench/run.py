@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.bare import BARE_PREFIX, IDENTITY, config_json, is_vision_model, served_config, with_scheduling
-from bench.bare import write_bench_repository
+from bench.bare import (
+    BARE_PREFIX,
+    IDENTITY,
+    config_json,
+    is_vision_model,
+    served_config,
+    with_scheduling,
+    write_bench_repository,
+)
 from bench.harness import MODEL_REPOSITORY, REPO_ROOT, TritonHandle, bench_frames, start_triton
 from bench.install_perf_analyzer import WHEEL_VERSION, PerfAnalyzerUnavailable, install
 from bench.perfanalyzer import PerfAnalyzer, write_input_data
@@ -49,8 +56,11 @@ def discover(plan: Plan, repository: Path = MODEL_REPOSITORY) -> tuple[list[str]
             continue
         (vision if is_vision_model(config) else others).append(name)
     if plan.models is not None:  # an explicit list: still copy BLS callees so its models can load
-        others = [n for n in repository_models(repository) if n not in vision and n not in skipped
-                  and not is_vision_model(served_config(repository / n))]
+        others = [
+            n
+            for n in repository_models(repository)
+            if n not in vision and n not in skipped and not is_vision_model(served_config(repository / n))
+        ]
     return vision, others, skipped
 
 
@@ -120,7 +130,10 @@ def cores_sweep(plan: Plan, tmp: Path, repo: Path, images: list[bytes], log: Log
     model = plan.old_model
     points = []
     for count in counts:
-        log(f"cores: {count} CPU(s) for servers and client, {model} with {count} instance(s), c={plan.cores_concurrency}")
+        log(
+            f"cores: {count} CPU(s) for servers and client, {model} with {count} instance(s), "
+            f"c={plan.cores_concurrency}"
+        )
         with pinned_cores(count):
             handle = start_triton(tmp / f"cores{count}", [], repository=repo)
             try:
@@ -133,16 +146,20 @@ def cores_sweep(plan: Plan, tmp: Path, repo: Path, images: list[bytes], log: Log
     return {"model": model, "concurrency": plan.cores_concurrency, "available_cores": available, "points": points}
 
 
-def gpu_section(tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[str], template: Bench,
-                log: Log) -> dict[str, Any]:
+def gpu_section(
+    tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[str], template: Bench, log: Log
+) -> dict[str, Any]:
     """fall_detection on the GPU profile (issue 8: >= 100 frames/s on one GPU). Only where a GPU is present."""
     model = "fall_detection"
     if not machine.gpu_present():
         return {"measured": False, "model": model, "reason": "no GPU on this machine (/dev/nvidia0 absent)"}
     if model not in loaded:
         return {"measured": False, "model": model, "reason": f"{model} did not load on the CPU profile"}
-    name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                          text=True).stdout.strip().splitlines()
+    name = (
+        subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()
+    )
     handle = start_triton(tmp / "gpu", [], repository=repo, profile="gpu")
     try:
         for callee in order_for_loading(callees):
@@ -153,8 +170,13 @@ def gpu_section(tmp: Path, repo: Path, loaded: Sequence[str], callees: Sequence[
         points = [bench.triton(model, c).to_dict() for c in (8, 16, 32)]
     finally:
         handle.server.stop(grace_s=30)
-    return {"measured": True, "model": model, "device": name[0] if name else "unknown GPU", "points": points,
-            "best_fps": max(p["throughput"] for p in points)}
+    return {
+        "measured": True,
+        "model": model,
+        "device": name[0] if name else "unknown GPU",
+        "points": points,
+        "best_fps": max(p["throughput"] for p in points),
+    }
 
 
 def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = stderr_log) -> dict[str, Any]:
@@ -185,8 +207,9 @@ def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = std
             skipped.update(load_skips)
             log(f"models: {', '.join(loaded) or 'none'}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
             pa_data = write_input_data(tmp / "pa-input.json", images * 4, streams=32) if perf is not None else None
-            bench = Bench(plan=plan, handle=handle, images=images, raw=raw, workdir=tmp, perf=perf, pa_data=pa_data,
-                          log=log)
+            bench = Bench(
+                plan=plan, handle=handle, images=images, raw=raw, workdir=tmp, perf=perf, pa_data=pa_data, log=log
+            )
             version = server_version(handle)
             results["models"] = {"benchmarked": loaded, "skipped": skipped}
             results["overhead"] = overhead(bench, loaded)
@@ -209,8 +232,9 @@ def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = std
         "pa_window_ms": plan.pa_window_ms,
         "python_window_s": plan.point_s,
     }
-    results["machine"] = machine.describe(REPO_ROOT, server_version=version,
-                                          perf_analyzer=WHEEL_VERSION if perf is not None else None)
+    results["machine"] = machine.describe(
+        REPO_ROOT, server_version=version, perf_analyzer=WHEEL_VERSION if perf is not None else None
+    )
     results["targets"] = evaluate(results)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     write_report(results, out)

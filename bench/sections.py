@@ -23,7 +23,7 @@ from bench import cpu, inprocess
 from bench.bare import BARE_PREFIX, IDENTITY, config_json, served_config, with_scheduling
 from bench.harness import MODEL_REPOSITORY, TritonHandle, free_port, now_iso, result_of, vision_inputs
 from bench.oldserver import OldServer
-from bench.perfanalyzer import PerfAnalyzer
+from bench.perfanalyzer import PerfAnalyzer, PerfAnalyzerFailed
 from bench.plan import Plan
 from bench.pyclient import closed_loop, fastapi_worker, triton_shm_worker, triton_worker
 from bench.stats import LoadResult, ratio
@@ -58,20 +58,37 @@ class Bench:
             perf, data = self.perf, self.pa_data
 
             def run() -> LoadResult:
-                return perf.run(model=model, url=self.url(protocol), protocol=protocol, concurrency=concurrency,
-                                data=data, workdir=self.workdir / "perf_analyzer")
+                try:
+                    return perf.run(
+                        model=model,
+                        url=self.url(protocol),
+                        protocol=protocol,
+                        concurrency=concurrency,
+                        data=data,
+                        workdir=self.workdir / "perf_analyzer",
+                    )
+                except PerfAnalyzerFailed as exc:  # never stable (e.g. 0.5 s stalls): the Python client still measures
+                    self.log(f"  perf_analyzer gave up ({str(exc).splitlines()[-1]}); Python client instead")
+                    factory = triton_worker(
+                        self.url(protocol), model, self.images, protocol=protocol, parse_json=model != IDENTITY
+                    )
+                    fallback = self.python(factory, concurrency, protocol)
+                    return dataclasses.replace(fallback, tool="python (perf_analyzer unstable)")
         else:
-            factory = triton_worker(self.url(protocol), model, self.images, protocol=protocol,
-                                    parse_json=model != IDENTITY)
+            factory = triton_worker(
+                self.url(protocol), model, self.images, protocol=protocol, parse_json=model != IDENTITY
+            )
 
             def run() -> LoadResult:
                 return self.python(factory, concurrency, protocol)
 
         result = self.accounted(model, run)
-        self.log(f"  {model:<32} {result.protocol:>10} c={concurrency:<2} {result.throughput:8.1f} req/s "
-                 f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms | cpu/req stub "
-                 f"{result.cpu.get('stub_ms', 0):.2f} server {result.cpu.get('server_ms', 0):.2f} ms | "
-                 f"foreign load {result.cpu.get('foreign_cores', 0):.2f} cores ({result.tool})")
+        self.log(
+            f"  {model:<32} {result.protocol:>10} c={concurrency:<2} {result.throughput:8.1f} req/s "
+            f"p50 {result.p50_ms:6.2f} p99 {result.p99_ms:7.2f} ms | cpu/req stub "
+            f"{result.cpu.get('stub_ms', 0):.2f} server {result.cpu.get('server_ms', 0):.2f} ms | "
+            f"foreign load {result.cpu.get('foreign_cores', 0):.2f} cores ({result.tool})"
+        )
         return result
 
     def accounted(self, model: str, run: Callable[[], LoadResult], extra_pids: Sequence[int] = ()) -> LoadResult:
@@ -104,15 +121,17 @@ class Bench:
             self.handle.load(model)
         else:
             base = served_config(self.handle.repository / model)
-            self.handle.load(model, config=config_json(with_scheduling(base, instances=instances,
-                                                                       dynamic_batching=dynamic_batching)))
+            self.handle.load(
+                model, config=config_json(with_scheduling(base, instances=instances, dynamic_batching=dynamic_batching))
+            )
         self.warm_up(model, concurrency=2 * (instances or _configured_instances(self.handle.repository / model)))
 
     def warm_up(self, model: str, concurrency: int) -> None:
         """Fresh stubs are slow for their first requests; perf_analyzer has no warm-up of its own in 2.51."""
         factory = triton_worker(self.url("grpc"), model, self.images, protocol="grpc", parse_json=model != IDENTITY)
-        result = closed_loop(factory, concurrency=concurrency, duration_s=self.plan.warmup_s, warmup_s=0.0,
-                             protocol="grpc")
+        result = closed_loop(
+            factory, concurrency=concurrency, duration_s=self.plan.warmup_s, warmup_s=0.0, protocol="grpc"
+        )
         if result.errors:
             raise RuntimeError(f"{model}: {result.errors} errors while warming up after a reload")
 
@@ -159,6 +178,11 @@ def _server_ms(result: LoadResult) -> float | None:
     return sum(result.server_us[k] for k in keys) / 1000.0
 
 
+def _cpu_ms(result: LoadResult) -> float:
+    """CPU time per request in the model's stubs and tritonserver (what serving one request costs the machine)."""
+    return result.cpu.get("stub_ms", float("nan")) + result.cpu.get("server_ms", float("nan"))
+
+
 # ---- 1. hardening overhead ---------------------------------------------------------------------------------------
 def overhead(bench: Bench, models: Sequence[str]) -> dict[str, Any]:
     concurrency = bench.plan.overhead_concurrency
@@ -176,7 +200,16 @@ def overhead(bench: Bench, models: Sequence[str]) -> dict[str, Any]:
         throughput_ratios = [ratio(r["full"].throughput, r["bare"].throughput) for r in rounds]
         server = [(_server_ms(r["full"]), _server_ms(r["bare"])) for r in rounds]
         server_added = [f - b for f, b in server if f is not None and b is not None]
+        cpu_full = [_cpu_ms(r["full"]) for r in rounds]
+        cpu_bare = [_cpu_ms(r["bare"]) for r in rounds]
         out[model] = {
+            "cpu_ms": {
+                "full": _median(cpu_full),
+                "bare": _median(cpu_bare),
+                "added": _median([f - b for f, b in zip(cpu_full, cpu_bare, strict=True)]),
+                "throughput_ratio": ratio(_median(cpu_bare), _median(cpu_full)),
+            },
+            "foreign_cores": _median([r[k].cpu.get("foreign_cores", float("nan")) for r in rounds for k in r]),
             "bare_model": bare,
             "concurrency": concurrency,
             "tool": bench.tool,
@@ -204,18 +237,25 @@ def limit(bench: Bench, models: Sequence[str]) -> dict[str, Any]:
         config = json.loads(config_to_json(served_config(MODEL_REPOSITORY / model)))
         model_py = MODEL_REPOSITORY / model / "1" / "model.py"
         bench.log(f"limit: {model} in process (1 and {cores} processes)")
-        in_process = {}
-        for procs in sorted({1, cores}):
-            measured = inprocess.measure(model_py, config, bench.images, processes=procs,
-                                         duration_s=bench.plan.inprocess_s)
-            bench.log(f"  in process x{procs}: {measured.throughput:8.1f} frames/s ({measured.per_frame_ms:.2f} ms/frame)")
-            in_process[str(procs)] = measured.to_dict()
+        in_process: dict[str, Any] = {}
+        try:
+            for procs in sorted({1, cores}):
+                measured = inprocess.measure(
+                    model_py, config, bench.images, processes=procs, duration_s=bench.plan.inprocess_s
+                )
+                bench.log(
+                    f"  in process x{procs}: {measured.throughput:8.1f} frames/s ({measured.per_frame_ms:.2f} ms/frame)"
+                )
+                in_process[str(procs)] = measured.to_dict()
+        except Exception as exc:  # person models need pose_estimator through BLS: only inside Triton
+            bench.log(f"  in process: not measurable ({type(exc).__name__}: {exc})")
+            in_process = {"error": f"{type(exc).__name__}: {exc}"}
         bench.log(f"limit: {model} served with {cores} instance(s), c={concurrency}")
         served: dict[str, LoadResult] = {}
         with _instances(bench, [model, f"{BARE_PREFIX}{model}", IDENTITY], cores):
             for name in (model, f"{BARE_PREFIX}{model}", IDENTITY):
                 served[name] = bench.triton(name, concurrency)
-        ceiling = in_process[str(cores)]["throughput"]
+        ceiling = in_process[str(cores)]["throughput"] if str(cores) in in_process else float("nan")
         out[model] = {
             "instances": cores,
             "concurrency": concurrency,
@@ -227,6 +267,12 @@ def limit(bench: Bench, models: Sequence[str]) -> dict[str, Any]:
             "served_vs_in_process": ratio(served[model].throughput, ceiling),
             "bare_vs_in_process": ratio(served[f"{BARE_PREFIX}{model}"].throughput, ceiling),
             "served_vs_identity": ratio(served[model].throughput, served[IDENTITY].throughput),
+            # in-process CPU per frame over served CPU per request (stubs + server): the limit ratio with the load
+            # generator's share of the cores taken out
+            "cpu_efficiency": ratio(
+                in_process.get(str(cores), {}).get("per_frame_ms", float("nan")), _cpu_ms(served[model])
+            ),
+            "client_cores": served[model].cpu.get("client_ms", float("nan")) * served[model].throughput / 1000.0,
         }
     return out
 
@@ -253,16 +299,23 @@ def transport(bench: Bench, model: str) -> dict[str, Any]:
     """Raw 640x480x3 FRAME over HTTP, gRPC and gRPC + system shared memory (and the JPEG for reference)."""
     concurrency = bench.plan.transport_concurrency
     targets = [model, IDENTITY] if bench.plan.transport_identity else [model]
-    out: dict[str, Any] = {"concurrency": concurrency, "tool": "python", "frame_bytes": int(bench.raw[0].nbytes),
-                           "jpeg_bytes": int(statistics.mean(len(i) for i in bench.images)), "models": {}}
+    out: dict[str, Any] = {
+        "concurrency": concurrency,
+        "tool": "python",
+        "frame_bytes": int(bench.raw[0].nbytes),
+        "jpeg_bytes": int(statistics.mean(len(i) for i in bench.images)),
+        "models": {},
+    }
     for name in targets:
         bench.log(f"transport: {name}, c={concurrency}")
         parse = name != IDENTITY
         every = {
-            "frame_http": triton_worker(bench.url("http"), name, bench.images, protocol="http", raw_frames=bench.raw,
-                                        parse_json=parse),
-            "frame_grpc": triton_worker(bench.url("grpc"), name, bench.images, protocol="grpc", raw_frames=bench.raw,
-                                        parse_json=parse),
+            "frame_http": triton_worker(
+                bench.url("http"), name, bench.images, protocol="http", raw_frames=bench.raw, parse_json=parse
+            ),
+            "frame_grpc": triton_worker(
+                bench.url("grpc"), name, bench.images, protocol="grpc", raw_frames=bench.raw, parse_json=parse
+            ),
             "frame_shm": triton_shm_worker(bench.url("grpc"), name, bench.raw, parse_json=parse),
             "jpeg_http": triton_worker(bench.url("http"), name, bench.images, protocol="http", parse_json=parse),
             "jpeg_grpc": triton_worker(bench.url("grpc"), name, bench.images, protocol="grpc", parse_json=parse),
@@ -271,9 +324,11 @@ def transport(bench: Bench, model: str) -> dict[str, Any]:
         measured = {}
         for label, factory in points.items():
             result = bench.accounted(name, functools.partial(bench.python, factory, concurrency, label))
-            bench.log(f"  {label:<10} {result.throughput:8.1f} req/s p50 {result.p50_ms:6.2f} p99 "
-                      f"{result.p99_ms:7.2f} ms | cpu/req stub {result.cpu['stub_ms']:.2f} server "
-                      f"{result.cpu['server_ms']:.2f} client {result.cpu['client_ms']:.2f} ms | errors {result.errors}")
+            bench.log(
+                f"  {label:<10} {result.throughput:8.1f} req/s p50 {result.p50_ms:6.2f} p99 "
+                f"{result.p99_ms:7.2f} ms | cpu/req stub {result.cpu['stub_ms']:.2f} server "
+                f"{result.cpu['server_ms']:.2f} client {result.cpu['client_ms']:.2f} ms | errors {result.errors}"
+            )
             measured[label] = result.to_dict()
         out["models"][name] = measured
     return out
@@ -309,12 +364,16 @@ def old_design(bench: Bench) -> dict[str, Any]:
         for concurrency in plan.old_concurrency:
             bench.log(f"old design: {model}, c={concurrency}")
             fastapi = bench.accounted(
-                model, functools.partial(bench.python, fastapi_worker(port, model, bench.images), concurrency, "fastapi"),
+                model,
+                functools.partial(bench.python, fastapi_worker(port, model, bench.images), concurrency, "fastapi"),
                 pids,
             )
-            bench.log(f"  {'fastapi':<32} {'json+b64':>10} c={concurrency:<2} {fastapi.throughput:8.1f} req/s "
-                      f"p50 {fastapi.p50_ms:6.2f} p99 {fastapi.p99_ms:7.2f} ms | cpu/req {fastapi.cpu.get('extra_ms', 0):.2f} ms "
-                      f"| errors {fastapi.errors}")
+            bench.log(
+                f"  {'fastapi':<32} {'json+b64':>10} c={concurrency:<2} {fastapi.throughput:8.1f} req/s "
+                f"p50 {fastapi.p50_ms:6.2f} p99 {fastapi.p99_ms:7.2f} ms | "
+                f"cpu/req {fastapi.cpu.get('extra_ms', 0):.2f} ms "
+                f"| errors {fastapi.errors}"
+            )
             triton_py = bench.triton(model, concurrency, protocol="http", python=True)
             with_pa = bench.perf is not None and plan.old_with_perf_analyzer
             triton_pa = bench.triton(model, concurrency, protocol="http") if with_pa else None
@@ -330,16 +389,32 @@ def old_design(bench: Bench) -> dict[str, Any]:
     return {"model": model, "rows": rows, "instances": _configured_instances(bench.handle.repository / model)}
 
 
-def old_vs_new_point(handle: TritonHandle, plan: Plan, images: list[bytes], workdir: Path, log: Log,
-                     model: str, concurrency: int) -> dict[str, Any]:
+def old_vs_new_point(
+    handle: TritonHandle, plan: Plan, images: list[bytes], workdir: Path, log: Log, model: str, concurrency: int
+) -> dict[str, Any]:
     """One old-vs-new pair on whatever cores this process (and so its children) may use."""
     port = free_port()
     with OldServer(port, model, log_path=workdir / f"oldserver-{port}.log"):
-        fastapi = closed_loop(fastapi_worker(port, model, images), concurrency=concurrency, duration_s=plan.point_s,
-                              warmup_s=plan.warmup_s, protocol="fastapi")
-        triton = closed_loop(triton_worker(handle.http_url, model, images, protocol="http"), concurrency=concurrency,
-                             duration_s=plan.point_s, warmup_s=plan.warmup_s, protocol="http")
-    log(f"  fastapi {fastapi.throughput:7.1f} req/s p99 {fastapi.p99_ms:6.1f} ms | triton {triton.throughput:7.1f} "
-        f"req/s p99 {triton.p99_ms:6.1f} ms | ratio {ratio(triton.throughput, fastapi.throughput):.2f}")
-    return {"fastapi": fastapi.to_dict(), "triton": triton.to_dict(),
-            "throughput_ratio": ratio(triton.throughput, fastapi.throughput)}
+        fastapi = closed_loop(
+            fastapi_worker(port, model, images),
+            concurrency=concurrency,
+            duration_s=plan.point_s,
+            warmup_s=plan.warmup_s,
+            protocol="fastapi",
+        )
+        triton = closed_loop(
+            triton_worker(handle.http_url, model, images, protocol="http"),
+            concurrency=concurrency,
+            duration_s=plan.point_s,
+            warmup_s=plan.warmup_s,
+            protocol="http",
+        )
+    log(
+        f"  fastapi {fastapi.throughput:7.1f} req/s p99 {fastapi.p99_ms:6.1f} ms | triton {triton.throughput:7.1f} "
+        f"req/s p99 {triton.p99_ms:6.1f} ms | ratio {ratio(triton.throughput, fastapi.throughput):.2f}"
+    )
+    return {
+        "fastapi": fastapi.to_dict(),
+        "triton": triton.to_dict(),
+        "throughput_ratio": ratio(triton.throughput, fastapi.throughput),
+    }

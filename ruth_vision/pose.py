@@ -338,6 +338,9 @@ class OnnxRunner:
             ) from exc
         providers = onnx_providers(device)
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        preload = getattr(ort, "preload_dlls", None)
+        if wanted == "CUDAExecutionProvider" and callable(preload):
+            preload()  # CUDA/cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]; else the system's
         if wanted not in ort.get_available_providers():
             raise EngineLoadError(
                 f"{wanted} is not available in this onnxruntime build (has {ort.get_available_providers()}); "

@@ -252,12 +252,20 @@ class HealthGauges:
     placements: tuple[str, ...] = ()  # ruth_device_allocation == 1 placements
 
 
-def parse_health_gauges(text: str | None) -> dict[str, HealthGauges]:
-    """Our gauges from Triton's metrics text, by model name."""
+def parse_health_gauges(
+    text: str | None, instances: Mapping[str, Iterable[str]] | None = None
+) -> dict[str, HealthGauges]:
+    """Our gauges from Triton's metrics text, by model name.
+
+    Triton 2.51 keeps a Python model's custom metric series after its instances are gone (measured: they survive
+    an unload), so with `instances` (model -> live instance names) a series of an instance that no longer exists
+    is ignored instead of judging the model by a dead process's last word.
+    """
     if not text:
         return {}
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
+    live = {model: set(names) for model, names in instances.items()} if instances is not None else None
     health: dict[str, float] = {}
     zombies: dict[str, float] = {}
     breaker: dict[str, float] = {}
@@ -273,6 +281,9 @@ def parse_health_gauges(text: str | None) -> dict[str, HealthGauges]:
         for sample in family.samples:
             model = sample.labels.get("model")
             if not model:
+                continue
+            instance = sample.labels.get("instance")
+            if instance is not None and live is not None and model in live and instance not in live[model]:
                 continue
             if family.name == "ruth_model_health":
                 health[model] = min(health.get(model, sample.value), sample.value)

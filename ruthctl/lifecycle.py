@@ -104,6 +104,7 @@ def load_on(
     *,
     timeout_s: float = 120.0,
     reason: str = "activate",
+    restart: bool = False,
     progress: Progress = _quiet,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -112,6 +113,9 @@ def load_on(
 
     Rollback: if the model was READY before and Triton still serves it (a failed reload leaves the previous
     version running), the registry goes back to READY and says so; otherwise the model is unloaded and FAILED.
+
+    `restart` unloads first: Triton 2.51 treats a load with an unchanged config as done without touching the
+    instances, so a model whose stub died or hung must be unloaded (its live instances drain) and loaded anew.
     """
     server = str(adapter.endpoint)
     before = registry.get(target.name)
@@ -119,6 +123,20 @@ def load_on(
     registry.transition(target.name, server, State.LOADING, version=target.version, reason=reason)
     version = str(target.version)
     try:
+        if restart:
+            progress(f"{target.name}: unloading on {server} to restart its processes")
+            adapter.unload(target.name)
+            wait_for(
+                adapter,
+                target.name,
+                _gone,
+                timeout_s=timeout_s,
+                what="unloaded",
+                progress=progress,
+                clock=clock,
+                sleep=sleep,
+            )
+            was_ready = False  # nothing is left serving to roll back to
         progress(f"{target.name}: loading version {version} on {server}")
         adapter.load(target.name, target.config())
 

@@ -24,6 +24,7 @@ from ruthctl.registry import Desired, ModelEntry, Registry, RegistryError, Regis
 from ruthctl.render import (
     config_differences,
     expected_instance_count,
+    instance_names,
     parse_pbtxt,
     render_files,
     stale_generated_files,
@@ -411,9 +412,12 @@ def _model_violations(
 
 
 def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
-    """Zombies over the limit. A health of -1 with the breaker open is the breaker doing its job, not a hang."""
-    if zombie_limit is not None and gauges.zombies > zombie_limit:
-        return True
+    """Zombies over the limit, as the model reports it: `ruth_model_health` -1 while its breaker isn't open.
+
+    A health of -1 with the breaker open is the breaker doing its job, not a hang. `ruth_zombie_threads` alone is
+    not trusted: it is only refreshed after a request, so a restarted instance shows its predecessor's count.
+    `zombie_limit` is reported alongside for the operator.
+    """
     return gauges.health is not None and gauges.health <= -1 and (gauges.breaker is None or gauges.breaker < 2)
 
 
@@ -438,6 +442,8 @@ _FIX: Mapping[Kind, ActionKind] = {
     Kind.STUB_DEAD: ActionKind.LOAD,
     Kind.HUNG: ActionKind.LOAD,
 }
+#: causes a reload with an unchanged config can't cure: Triton keeps the instances, so the model is restarted
+RESTART_CAUSES = frozenset({Kind.STUB_DEAD, Kind.HUNG})
 _ORDER = [
     ActionKind.REBUILD_REGISTRY,
     ActionKind.ADOPT,
@@ -597,6 +603,7 @@ class Reconciler:
             return ServerFacts(server=server, error=str(exc), forbidden=isinstance(exc, Forbidden))
         drift: dict[str, list[str]] = {}
         expected: dict[str, int | None] = {}
+        instances: dict[str, list[str]] = {}
         for name, entry in index.items():
             spec = local.specs.get(name)
             if not entry.ready or spec is None:
@@ -613,12 +620,15 @@ class Reconciler:
             if differences:
                 drift[name] = differences
             expected[name] = expected_instance_count(live)
+            names = instance_names(live)
+            if names is not None:
+                instances[name] = names
         return ServerFacts(
             server=server,
             index=index,
             live_drift=drift,
             stubs=self._stubs(adapter, expected),
-            gauges=host.parse_health_gauges(adapter.metrics()),
+            gauges=host.parse_health_gauges(adapter.metrics(), instances),
         )
 
     def _stubs(self, adapter: TritonAdapter, expected: Mapping[str, int | None]) -> dict[str, tuple[int, int]] | None:
@@ -719,6 +729,7 @@ class Reconciler:
                 self.target(spec, entry),
                 timeout_s=self.load_timeout_s,
                 reason=f"repair: {causes}",
+                restart=bool(RESTART_CAUSES & set(action.causes)),
             )
             return f"READY at version {self.target(spec, entry).version}"
         if kind is ActionKind.DISABLE:

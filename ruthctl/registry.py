@@ -18,6 +18,7 @@ import datetime as dt
 import enum
 import getpass
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +44,8 @@ __all__ = [
     "State",
     "default_actor",
 ]
+
+log = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.json"
 AUDIT_FILE = "registry-audit.jsonl"
@@ -160,6 +163,7 @@ class AuditEntry(_Record):
     from_state: str | None = None
     to_state: str | None = None
     desired: str | None = None
+    overrides: dict[str, str] | None = None
     reason: str = ""
     actor: str = ""
 
@@ -209,10 +213,25 @@ class Registry:
         return self.read().models.get(model)
 
     def desired_active(self) -> list[str] | None:
-        """Models `serve` should load: None when there is no registry yet (then it loads every model)."""
+        """Models `serve` should load: None when there is no registry yet (then it loads every model).
+
+        A model DISABLED on every server it was tried on stays off until an explicit `activate`. A damaged file
+        doesn't stop a server from starting: the answer then comes from replaying the audit log (read-only; the
+        next `repair` rewrites the file).
+        """
         if not self.exists():
             return None
-        return sorted(name for name, entry in self.read().models.items() if entry.desired is Desired.ACTIVE)
+        try:
+            models = self.read().models
+        except RegistryCorrupt as exc:
+            log.warning("%s; using the audit log to decide which models to load", exc)
+            models = replay(self.audit())
+        return sorted(
+            name
+            for name, entry in models.items()
+            if entry.desired is Desired.ACTIVE
+            and not (entry.servers and all(s.state is State.DISABLED for s in entry.servers.values()))
+        )
 
     # -- writing ------------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -312,7 +331,14 @@ class Registry:
             if updated == entry and model in data.models:
                 return data, []
             updated = updated.model_copy(update={"updated": _stamp(self.clock())})
-            event = self._event(model, "desired", version=updated.version, desired=desired.value, reason=reason)
+            event = self._event(
+                model,
+                "desired",
+                version=updated.version,
+                desired=desired.value,
+                overrides=dict(updated.overrides),
+                reason=reason,
+            )
             return _with_model(data, model, updated), [event]
 
         return self.update(apply).models[model]
@@ -383,34 +409,43 @@ class Registry:
     def rebuild_from_audit(self) -> RegistryFile:
         """Replace a damaged registry by replaying the audit log; the damaged file is kept as `registry.json.bad`."""
         with self._locked():
-            models: dict[str, ModelEntry] = {}
-            for event in self.audit():
-                entry = models.get(event.model, ModelEntry())
-                if event.event == "forget":
-                    models.pop(event.model, None)
-                    continue
-                if event.event == "desired" and event.desired:
-                    entry = entry.model_copy(
-                        update={"desired": Desired(event.desired), "version": event.version or entry.version}
-                    )
-                elif event.event == "transition" and event.server and event.to_state:
-                    server = entry.on(event.server).model_copy(
-                        update={
-                            "state": State(event.to_state),
-                            "since": event.ts,
-                            "reason": event.reason,
-                            "actor": event.actor,
-                            "version": event.version,
-                        }
-                    )
-                    entry = entry.model_copy(update={"servers": {**entry.servers, event.server: server}})
-                models[event.model] = entry.model_copy(update={"updated": event.ts})
+            data = RegistryFile(models=replay(self.audit()))
             if self.path.exists():
                 with contextlib.suppress(OSError):
                     os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
-            data = RegistryFile(models=models)
-            self._commit(data, [self._event("*", "rebuild", reason=f"rebuilt {len(models)} models from the audit log")])
+            event = self._event("*", "rebuild", reason=f"rebuilt {len(data.models)} models from the audit log")
+            self._commit(data, [event])
             return data
+
+
+def replay(events: list[AuditEntry]) -> dict[str, ModelEntry]:
+    """The registry as the audit log tells it: desired state, version, overrides and each server's last state."""
+    models: dict[str, ModelEntry] = {}
+    for event in events:
+        if event.event == "forget":
+            models.pop(event.model, None)
+            continue
+        entry = models.get(event.model, ModelEntry())
+        if event.event == "desired" and event.desired:
+            update: dict[str, Any] = {"desired": Desired(event.desired), "version": event.version or entry.version}
+            if event.overrides is not None:
+                update["overrides"] = dict(event.overrides)
+            entry = entry.model_copy(update=update)
+        elif event.event == "transition" and event.server and event.to_state:
+            server = entry.on(event.server).model_copy(
+                update={
+                    "state": State(event.to_state),
+                    "since": event.ts,
+                    "reason": event.reason,
+                    "actor": event.actor,
+                    "version": event.version,
+                }
+            )
+            entry = entry.model_copy(update={"servers": {**entry.servers, event.server: server}})
+        else:
+            continue  # "rebuild" markers and anything newer than this reader
+        models[event.model] = entry.model_copy(update={"updated": event.ts})
+    return models
 
 
 def _with_model(data: RegistryFile, name: str, entry: ModelEntry) -> RegistryFile:

@@ -32,6 +32,7 @@ __all__ = [
     "config_from_json",
     "config_to_json",
     "expected_instance_count",
+    "instance_names",
     "parse_pbtxt",
     "render_config",
     "render_files",
@@ -168,6 +169,19 @@ def expected_instance_count(config: pb.ModelConfig) -> int | None:
             count *= len(group.gpus)
         total += count
     return total or 1
+
+
+def instance_names(config: pb.ModelConfig) -> list[str] | None:
+    """Triton's names for the instances of `config` (`<model>_<group>_<n>`); None when GPUs decide the count."""
+    names: list[str] = []
+    for index, group in enumerate(config.instance_group):
+        count = group.count or 1
+        if group.kind == pb.ModelInstanceGroup.Kind.KIND_GPU:
+            if not group.gpus:
+                return None
+            count *= len(group.gpus)
+        names += [f"{config.name}_{index}_{n}" for n in range(count)]
+    return names or [f"{config.name}_0_0"]
 
 
 def to_pbtxt(config: pb.ModelConfig, header: str = "") -> str:

@@ -315,9 +315,10 @@ def compare_engines(tflite: Path, onnx_file: Path, tolerance_px: float) -> list[
         expected, actual = lite.infer(frame), onnx_engine.infer(frame)
         if len(expected) != len(actual) or not expected:
             raise AssertionError(f"{name}: LiteRT found {len(expected)} people, ONNX Runtime {len(actual)}")
-        kp = max(float(np.abs(a.keypoints[:, :2] - e.keypoints[:, :2]).max()) for a, e in zip(actual, expected))
-        box = max(float(np.abs(np.subtract(a.box, e.box)).max()) for a, e in zip(actual, expected))
-        score = max(abs(a.score - e.score) for a, e in zip(actual, expected))
+        pairs = list(zip(actual, expected, strict=True))
+        kp = max(float(np.abs(a.keypoints[:, :2] - e.keypoints[:, :2]).max()) for a, e in pairs)
+        box = max(float(np.abs(np.subtract(a.box, e.box)).max()) for a, e in pairs)
+        score = max(abs(a.score - e.score) for a, e in pairs)
         line = f"{name}: {len(actual)} people, max keypoint diff {kp:.5f} px, box {box:.5f} px, score {score:.6f}"
         if max(kp, box) >= tolerance_px:
             raise AssertionError(f"{line}: over the {tolerance_px} px tolerance")

@@ -82,7 +82,9 @@ def server_health(client: Any, facts: Any, local: Any) -> dict[str, Any]:
     except TritonAPIError as exc:
         report["problems"].append(str(exc))
     if facts.error or not report["live"]:
-        report["problems"].append(facts.error or "server not live")
+        problem = facts.error or "server not live"
+        if problem not in report["problems"]:
+            report["problems"].append(problem)
         report["status"] = Health.UNHEALTHY.name.lower()
         return report
     registry = local.registry.models if local.registry else None

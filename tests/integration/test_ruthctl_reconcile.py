@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 TANK = "tank_overflow_monitoring"
 WEIGHTS = b"sleepy's pretend network\n"
 
-MODEL_PY = '''
+MODEL_PY = """
 import json, os, time
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -60,7 +61,7 @@ class TritonPythonModel:
             out = np.array([[json.dumps(result).encode()]] * len(stream), dtype=np.object_)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", out)]))
         return responses
-'''
+"""
 
 
 def spec(name: str, count: int, **parameters: Any) -> str:
@@ -115,8 +116,11 @@ def build_deployment(root: Path) -> Deployment:
     shutil.copytree(REPO_ROOT / "config" / "profiles", root / "config" / "profiles")
     shutil.copy(REPO_ROOT / "config" / "models" / f"{TANK}.yaml", root / "config" / "models")
     shutil.copytree(REPO_ROOT / "model_repository" / TANK / "1", d.repository / TANK / "1")
-    for name, count, params in (("sleepy", 2, {"sleep_s": 0}), ("spare", 1, {"sleep_s": 0}),
-                                ("brittle", 1, {"fail_init": True})):
+    for name, count, params in (
+        ("sleepy", 2, {"sleep_s": 0}),
+        ("spare", 1, {"sleep_s": 0}),
+        ("brittle", 1, {"fail_init": True}),
+    ):
         (root / "config" / "models" / f"{name}.yaml").write_text(spec(name, count, **params))
         (d.repository / name / "1").mkdir(parents=True)
         (d.repository / name / "1" / "model.py").write_text(MODEL_PY)
@@ -204,7 +208,8 @@ def stub_pids(handle: TritonHandle, model: str) -> list[int]:
 
     table = ProcessTable()
     return sorted(
-        p.pid for p in table.processes()
+        p.pid
+        for p in table.processes()
         if len(p.argv) > 8 and p.argv[5] == str(handle.server.process.pid) and p.argv[8].startswith(f"{model}_")
     )
 
@@ -236,7 +241,11 @@ def test_activate_and_deactivate_round_trip_with_the_audit_log(world: World) -> 
     assert world.triton_state("sleepy") == "UNAVAILABLE" and world.state("sleepy") == "UNLOADED"
     audit = [a for a in world.registry().audit("sleepy")[start:] if a.event == "transition"]
     assert [(a.from_state, a.to_state) for a in audit] == [
-        ("UNLOADED", "LOADING"), ("LOADING", "READY"), ("READY", "UNLOADING"), ("UNLOADING", "UNLOADED")]
+        ("UNLOADED", "LOADING"),
+        ("LOADING", "READY"),
+        ("READY", "UNLOADING"),
+        ("UNLOADING", "UNLOADED"),
+    ]
     assert "ruthctl activate sleepy" in audit[0].actor and "ruthctl deactivate sleepy" in audit[-1].actor
     assert audit[0].actor.split(" pid ")[0].count("@") == 1
     world.ensure_active("sleepy")
@@ -262,8 +271,9 @@ def test_the_real_tank_model_activates_and_answers_through_ruthctl_infer(world: 
     image.write_bytes(jpeg(tank_frame(40.0)))
     try:
         for url in (world.url, f"grpc://{world.server.grpc_url}"):
-            result = world.ruthctl("infer", TANK, str(image), "--stream-id", "3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11",
-                                   urls=(url,))
+            result = world.ruthctl(
+                "infer", TANK, str(image), "--stream-id", "3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11", urls=(url,)
+            )
             assert result.exit_code == 0, result.output
             assert json.loads(result.stdout)["level_percent"] == pytest.approx(40.0, abs=2.0)
         bad = world.ruthctl("infer", TANK, str(image), "--stream-id", "not-a-uuid")
@@ -334,10 +344,20 @@ def test_a_killed_stub_process_is_found_and_its_model_reloaded(clean: World) -> 
 
 def test_a_stale_gpu_ledger_entry_is_reaped(clean: World) -> None:
     ledger = clean.deployment.state / "gpu-ledger.json"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
-    entry = {"owner": "sleepy_0_9", "pid": int(dead.stdout), "device_index": 0, "bytes": 1 << 20, "model": "sleepy",
-             "version": "1", "instance": "sleepy_0_9", "created_at": time.time(), "token": None}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    entry = {
+        "owner": "sleepy_0_9",
+        "pid": int(dead.stdout),
+        "device_index": 0,
+        "bytes": 1 << 20,
+        "model": "sleepy",
+        "version": "1",
+        "instance": "sleepy_0_9",
+        "created_at": time.time(),
+        "token": None,
+    }
     ledger.write_text(json.dumps({"reservations": {"sleepy_0_9": entry}}))
     assert clean.violations() == [("ledger_stale", "sleepy")]
     clean.repair_until_clean()
@@ -363,8 +383,9 @@ def test_a_model_loaded_that_nobody_wants_is_unloaded(clean: World) -> None:
 def test_a_claim_left_by_a_dead_process_is_resolved(clean: World) -> None:
     from ruthctl.registry import Registry, State
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     ghost = Registry(clean.deployment.state, actor=f"ghost@{socket.gethostname()} pid {dead.stdout.strip()}: x")
     ghost.transition("sleepy", clean.url, State.LOADING, reason="crashed mid-activate")
     assert clean.violations() == [("stuck", "sleepy")]
@@ -400,8 +421,9 @@ def test_two_concurrent_activates_leave_a_consistent_registry(world: World) -> N
     start = len(world.registry().audit("spare"))
     env = {**os.environ, **world.deployment.env(world.url)}
     command = [sys.executable, "-m", "ruthctl", "activate", "spare", "--json"]
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outcomes = [(run.wait(60), run.communicate()) for run in runs]
     codes = sorted(code for code, _ in outcomes)
     assert codes in ([0, 0], [0, 1]), outcomes
@@ -412,7 +434,7 @@ def test_two_concurrent_activates_leave_a_consistent_registry(world: World) -> N
     entry = world.registry().get("spare")
     assert entry.desired.value == "ACTIVE" and entry.on(world.url).state.value == "READY"
     chain = [(a.from_state, a.to_state) for a in world.registry().audit("spare")[start:] if a.event == "transition"]
-    assert all(prev[1] == nxt[0] for prev, nxt in zip(chain, chain[1:], strict=False)), chain
+    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(chain)), chain
     assert world.ruthctl("deactivate", "spare").exit_code == 0
 
 
@@ -450,12 +472,15 @@ def test_fleet_verify_and_repair_over_two_local_servers(world: World, triton_fac
         second.wait_state("sleepy", "UNAVAILABLE")
         document = world.json("verify", urls=fleet, code=1)
         assert [(v["kind"], v["model"], v["server"]) for v in document["violations"]] == [
-            ("not_ready", "sleepy", f"grpc://{second.grpc_url}")]
+            ("not_ready", "sleepy", f"grpc://{second.grpc_url}")
+        ]
         world.repair_until_clean(urls=fleet)
         assert world.triton_state("sleepy", second) == "READY"
         status = world.json("status", urls=fleet)
         assert {(r["server"], r["triton"]) for r in status["models"] if r["model"] == "sleepy"} == {
-            (world.url, "READY"), (f"grpc://{second.grpc_url}", "READY")}
+            (world.url, "READY"),
+            (f"grpc://{second.grpc_url}", "READY"),
+        }
     finally:
         world.ruthctl("deactivate", "sleepy", urls=(f"grpc://{second.grpc_url}",))
 
@@ -466,9 +491,10 @@ def test_the_rate_limiter_bounds_concurrent_executions_across_instances(world: W
     model (each needing one global `ruth_inference` token, as rendered) run one request at a time."""
     import dataclasses as dc
 
+    from support import free_port
+
     from ruthctl.commands.serve import build_server
     from ruthctl.settings import Settings
-    from support import free_port
 
     config = world.server.model_config("sleepy")
     config["parameters"]["model.sleep_s"] = {"string_value": "0.5"}
@@ -478,15 +504,26 @@ def test_the_rate_limiter_bounds_concurrent_executions_across_instances(world: W
         infer_all(handle_url, "sleepy", 4)
         return time.monotonic() - started
 
-    settings = Settings(models_root=world.deployment.repository, ruth_state_dir=tmp_path / "state",
-                        ruth_http_port=free_port(), ruth_grpc_port=free_port(), ruth_metrics_port=free_port(),
-                        graceful_shutdown_timeout_seconds=10)
+    settings = Settings(  # type: ignore[call-arg]
+        models_root=world.deployment.repository,
+        ruth_state_dir=tmp_path / "state",
+        ruth_http_port=free_port(),
+        ruth_grpc_port=free_port(),
+        ruth_metrics_port=free_port(),
+        graceful_shutdown_timeout_seconds=10,
+    )
     server = build_server(settings, log_file=tmp_path / "limited.log")
-    server.flags = dc.replace(server.flags, extra=(
-        "--rate-limit=execution_count", "--rate-limit-resource=ruth_inference:1"))
+    server.flags = dc.replace(
+        server.flags, extra=("--rate-limit=execution_count", "--rate-limit-resource=ruth_inference:1")
+    )
     server.start()
-    handle = TritonHandle(server, tmp_path / "state", world.deployment.repository, tmp_path / "limited.log",
-                          server.flags.admin_token or "")
+    handle = TritonHandle(
+        server,
+        tmp_path / "state",
+        world.deployment.repository,
+        tmp_path / "limited.log",
+        server.flags.admin_token or "",
+    )
     try:
         server.wait_live(timeout_s=60)
         handle.load("sleepy", config=config)

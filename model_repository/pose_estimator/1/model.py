@@ -4,11 +4,14 @@ Raw contract (docs/pose-estimator.md): FRAME uint8 [B, H, W, 3] BGR in; POSES fl
 17 x (x, y, score), x1, y1, x2, y2, score, in the frame's own pixels; zero-padded) and COUNT int32 [B, 1] out.
 Which network runs where is the spec's business: `model.engine` auto = LiteRT on a CPU instance, ONNX Runtime with
 the CUDA execution provider on a GPU instance; `model.layout` movenet or yolo_pose; weights pinned by SHA-256 in
-the spec's `weights` list. A model without its weights fails its load with the fix in the reason.
+the spec's `weights` list. A model without its weights fails its load with the fix in the reason. When a GPU
+instance is placed on the CPU by the allocator (`fallback`), `auto` picks LiteRT and the log says so: a GPU
+deployment running at CPU speed must be visible.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -17,8 +20,17 @@ from pydantic import ValidationError
 from python_backends.base import RawRuthModel
 from python_backends.errors import InvalidInput, ModelLoadError
 from python_backends.gpu import Allocation
-from ruth_vision.pose import EngineLoadError, PoseEngineConfig, PoseNetwork, build_engine, pack_pose_outputs
+from ruth_vision.pose import (
+    EngineLoadError,
+    PoseEngineConfig,
+    PoseNetwork,
+    build_engine,
+    onnx_providers,
+    pack_pose_outputs,
+)
 from ruth_vision.weights import WeightsError, default_weights_dir, verify
+
+log = logging.getLogger("ruth.model.pose_estimator")
 
 ENGINE_KEYS = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
 
@@ -58,8 +70,26 @@ class TritonPythonModel(RawRuthModel):
             raise ModelLoadError(f"{self.name}: invalid pose parameters: {exc.errors(include_url=False)}") from None
         except EngineLoadError as exc:
             raise ModelLoadError(f"{self.name}: {exc}") from None
+        self._log_engine(engine, relative, device)
         # One interpreter per process, not re-entrant: a request that overran its deadline may still be running.
         self.lock = threading.Lock()
+
+    def _log_engine(self, engine: str, weights: str, device: Allocation) -> None:
+        runtime = "LiteRT" if engine == "litert" else f"ONNX Runtime {onnx_providers(device.device)}"
+        if device.placement == "fallback":
+            log.warning(
+                "%s %s: engine %s (%s, %s) on the CPU because the allocator fell back: %s",
+                self.name,
+                self.instance,
+                engine,
+                runtime,
+                weights,
+                device.reason,
+            )
+        else:
+            log.info(
+                "%s %s: engine %s (%s, %s) on %s", self.name, self.instance, engine, runtime, weights, device.device
+            )
 
     def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = inputs["FRAME"]

@@ -118,7 +118,7 @@ def test_live_config_drift_dead_stubs_and_zombies_are_reported_for_ready_models(
         index={n: IndexEntry(n, "1", "READY") for n in ("tank", "pose")},
         live_drift={"tank": ["instance_group[0].count: 2 != 1"]},
         stubs={"tank": (1, 2), "pose": (1, 1)},
-        gauges={"tank": HealthGauges(health=1, zombies=3), "pose": HealthGauges(health=-1, breaker=0)},
+        gauges={"tank": HealthGauges(health=-1, zombies=3, breaker=0), "pose": HealthGauges(health=-1, breaker=0)},
     )
     assert kinds(local(reg), facts) == [
         (Kind.HUNG, "pose"),
@@ -126,6 +126,16 @@ def test_live_config_drift_dead_stubs_and_zombies_are_reported_for_ready_models(
         (Kind.STUB_DEAD, "tank"),
         (Kind.HUNG, "tank"),
     ]
+
+
+def test_a_zombie_count_alone_is_not_trusted_it_may_be_a_dead_instances_last_word() -> None:
+    reg = registry_of(tank=(Desired.ACTIVE, State.READY), pose=(Desired.INACTIVE, State.UNLOADED))
+    facts = ServerFacts(
+        server=S,
+        index={"tank": IndexEntry("tank", "1", "READY")},
+        gauges={"tank": HealthGauges(health=1, zombies=9, breaker=0)},
+    )
+    assert kinds(local(reg), facts) == []
 
 
 def test_an_open_breaker_is_not_a_hang() -> None:

@@ -225,3 +225,30 @@ def test_of_processes_racing_to_claim_a_load_exactly_one_wins(tmp_path: Path) ->
     winner = max(outcomes)
     assert Registry(tmp_path).read().models["m"].on(SERVER).actor == f"worker {winner}"
     assert len(Registry(tmp_path).audit()) == 1
+
+
+def test_rebuild_twice_restores_overrides_and_invents_no_models(registry: Registry) -> None:
+    registry.set_desired("m", Desired.ACTIVE, overrides={"ruth.fault.fail_rate": "0.1"})
+    registry.path.write_text("x")
+    registry.rebuild_from_audit()
+    registry.path.write_text("x")
+    rebuilt = registry.rebuild_from_audit()
+    assert set(rebuilt.models) == {"m"}
+    assert rebuilt.models["m"].overrides == {"ruth.fault.fail_rate": "0.1"}
+
+
+def test_serve_still_gets_its_model_list_from_a_damaged_registry(registry: Registry) -> None:
+    registry.set_desired("a", Desired.ACTIVE)
+    registry.set_desired("b", Desired.INACTIVE)
+    registry.path.write_text("{")
+    assert registry.desired_active() == ["a"]
+    assert registry.path.read_text() == "{"  # reading never writes
+
+
+def test_a_model_disabled_everywhere_is_not_loaded_by_serve(registry: Registry) -> None:
+    registry.set_desired("a", Desired.ACTIVE)
+    registry.set_desired("b", Desired.ACTIVE)
+    registry.transition("a", "s1", State.DISABLED, reason="3 recoveries failed")
+    registry.transition("b", "s1", State.DISABLED, reason="3 recoveries failed")
+    registry.transition("b", "s2", State.LOADING)
+    assert registry.desired_active() == ["b"]

@@ -16,6 +16,7 @@ from ruthctl.render import (
     config_from_json,
     config_to_json,
     expected_instance_count,
+    instance_names,
     parse_pbtxt,
     render_config,
     render_files,
@@ -217,6 +218,15 @@ def test_the_expected_instance_count_follows_kind_and_gpus() -> None:
     config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.KIND_GPU, count=1)
     assert expected_instance_count(config) is None  # depends on the host's GPUs
     assert expected_instance_count(pb.ModelConfig()) == 1
+
+
+def test_instance_names_follow_tritons_naming() -> None:
+    config = pb.ModelConfig(name="m")
+    config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.KIND_CPU, count=2)
+    config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.KIND_GPU, count=1, gpus=[0])
+    assert instance_names(config) == ["m_0_0", "m_0_1", "m_1_0"]
+    config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.KIND_GPU, count=1)
+    assert instance_names(config) is None
 
 
 def test_sync_files_creates_changes_and_reports_without_writing_in_check_mode(tmp_path: Path) -> None:
