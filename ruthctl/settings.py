@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     max_concurrent_inferences: int = Field(10, ge=1, le=1000)
     ruth_state_dir: Path = Path(".ruth-state")
     ruth_weights_dir: Path = REPO_ROOT / "weights"
+    ruth_models_dir: Path = REPO_ROOT / "models"  # committed, checksummed artefacts (the canonical MoveNet ONNX)
     ruth_host: str = "127.0.0.1"
     ruth_http_port: int = Field(8000, ge=0, le=65535)
     ruth_grpc_port: int = Field(8001, ge=0, le=65535)
