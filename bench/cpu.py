@@ -105,8 +105,11 @@ class Snapshot:
         }
 
 
-def snapshot(server_pid: int, model: str | None = None, extra_pids: Iterable[int] = (), proc: Path = PROC) -> Snapshot:
-    stubs = stub_pids(server_pid, model, proc) if model else []
+def snapshot(
+    server_pid: int, models: Iterable[str] = (), extra_pids: Iterable[int] = (), proc: Path = PROC
+) -> Snapshot:
+    """`models`: whose stubs count as the request's cost (the model and the models it calls through BLS)."""
+    stubs = [pid for model in models for pid in stub_pids(server_pid, model, proc)]
     tree = children_of(server_pid, proc)
     return Snapshot(
         stubs={p: process_cpu_s(p, proc) for p in stubs},

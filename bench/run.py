@@ -208,7 +208,15 @@ def run(plan: Plan, out: Path, *, use_perf_analyzer: bool = True, log: Log = std
             log(f"models: {', '.join(loaded) or 'none'}" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
             pa_data = write_input_data(tmp / "pa-input.json", images * 4, streams=32) if perf is not None else None
             bench = Bench(
-                plan=plan, handle=handle, images=images, raw=raw, workdir=tmp, perf=perf, pa_data=pa_data, log=log
+                plan=plan,
+                handle=handle,
+                images=images,
+                raw=raw,
+                workdir=tmp,
+                perf=perf,
+                pa_data=pa_data,
+                log=log,
+                callees=tuple(c for c in callees if c not in skipped),
             )
             version = server_version(handle)
             results["models"] = {"benchmarked": loaded, "skipped": skipped}

@@ -44,6 +44,8 @@ class Bench:
     perf: PerfAnalyzer | None
     pa_data: Path | None
     log: Log
+    #: models called through BLS (pose_estimator): their stubs' CPU is part of a caller's cost per request
+    callees: tuple[str, ...] = ()
 
     @property
     def tool(self) -> str:
@@ -95,11 +97,13 @@ class Bench:
         """Run one point with CPU accounting: Triton's inference count and /proc times before and after."""
         server_pid = self.handle.server.process.pid
         count_before = inference_count(self.handle, model)
-        before = cpu.snapshot(server_pid, model, extra_pids)
+        # a person model's cost includes pose_estimator's stubs (BLS); idle callees add next to nothing elsewhere
+        models = [model] if model == IDENTITY else [model, *self.callees]
+        before = cpu.snapshot(server_pid, models, extra_pids)
         started = time.monotonic()
         result = run()
         wall = time.monotonic() - started
-        delta = cpu.snapshot(server_pid, model, extra_pids).minus(before)
+        delta = cpu.snapshot(server_pid, models, extra_pids).minus(before)
         requests = inference_count(self.handle, model) - count_before or result.sent
         accounting = cpu.per_request(delta, requests, wall)
         if extra_pids and result.sent:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.base import InferContext, RuthModel
+from python_backends.base import InferContext
 from python_backends.gpu import Allocation
+from python_backends.vision import RuthModel
 from ruth_vision.pose import PoseResult, estimate_via
 
 POSE_OUTPUTS = ("POSES", "COUNT")

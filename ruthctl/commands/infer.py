@@ -46,6 +46,7 @@ def infer(
     Exit codes: 0 ok, 1 the request was refused or failed (message on stderr), 2 bad options, 4 unreachable.
     """
     from ruthctl.client import RuthClient, RuthClientError, ServerUnreachable
+    from ruthctl.triton_client import Endpoint
 
     if protocol not in (None, "http", "grpc"):
         fail("--protocol must be http or grpc", ExitCode.USAGE)
@@ -55,8 +56,12 @@ def infer(
     results: dict[str, Any] = {}
     code = ExitCode.OK
     for url in env.urls:
-        chosen = protocol or ("grpc" if url.startswith("grpc://") else "http")
-        with RuthClient(url, chosen, timeout_s=timeout) as client:
+        try:
+            endpoint = Endpoint.parse(url)
+        except ValueError as exc:
+            fail(str(exc), ExitCode.USAGE)
+        chosen = protocol or endpoint.transport.value
+        with RuthClient(endpoint.address, chosen, timeout_s=timeout) as client:
             try:
                 results[url] = client.infer(
                     model,

@@ -126,6 +126,15 @@ def build_deployment(root: Path) -> Deployment:
         (d.repository / name / "1" / "model.py").write_text(MODEL_PY)
         (d.weights / name).mkdir(parents=True)
         (d.weights / name / "net.bin").write_bytes(WEIGHTS)
+    hangy = (REPO_ROOT / "config" / "models" / f"{TANK}.yaml").read_text()
+    hangy = hangy.replace(f"name: {TANK}", "name: hangy").replace("failure_threshold: 5", "failure_threshold: 20")
+    hangy = hangy.replace("zombie_limit: 4", "zombie_limit: 2").replace(
+        "inference_timeout_ms: 2000", "inference_timeout_ms: 300"
+    )
+    (root / "config" / "models" / "hangy.yaml").write_text(
+        hangy.replace("cpu: {kind: KIND_CPU, count: 2}", "cpu: {kind: KIND_CPU, count: 1}")
+    )
+    shutil.copytree(REPO_ROOT / "model_repository" / TANK / "1", d.repository / "hangy" / "1")
     d.state.mkdir()
     return d
 
@@ -137,13 +146,19 @@ class World:
 
     @property
     def url(self) -> str:
+        """The server as the registry names it."""
         return self.server.http_url
+
+    @property
+    def cli_url(self) -> str:
+        """What ruthctl is given: the fixture's metrics port is not the `serve` layout's HTTP+2."""
+        return f"{self.server.http_url}?metrics={self.server.server.flags.metrics_port}"
 
     def ruthctl(self, *args: str, urls: tuple[str, ...] = (), token: str | None = None) -> Any:
         """`ruthctl ARGS` in-process; stdout and stderr apart."""
         from ruthctl.cli import app
 
-        env = self.deployment.env(*(urls or (self.url,)), token=token)
+        env = self.deployment.env(*(urls or (self.cli_url,)), token=token)
         return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 
     def json(self, *args: str, urls: tuple[str, ...] = (), code: int | None = 0) -> Any:
@@ -415,11 +430,36 @@ def test_watch_brings_a_killed_stubs_model_back_without_an_operator(clean: World
     assert len(infer_all(clean.url, "sleepy", 8)) == 8
 
 
+def test_watch_restarts_a_model_whose_zombies_crossed_its_limit(clean: World) -> None:
+    """`hangy` is the tank model with every request hanging 4 s past a 300 ms deadline (fault injection): each
+    answer comes at the deadline and leaves a zombie; at 2 zombies the model reports itself unhealthy while its
+    breaker (threshold 20) is still closed."""
+    from ruthctl.client import ModelUnavailable, RuthClient
+
+    result = clean.ruthctl("activate", "hangy", "--set", "ruth.fault.hang_rate=1", "--set", "ruth.fault.hang_s=4")
+    assert result.exit_code == 0, result.output
+    try:
+        frame = jpeg(tank_frame(50.0))
+        with RuthClient(clean.url) as client:
+            for _ in range(3):
+                with pytest.raises(ModelUnavailable, match="deadline"):
+                    client.infer("hangy", image=frame, stream_id="3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11")
+        assert clean.violations() == [("hung", "hangy")]
+        assert clean.json("health", code=1)["status"] == "degraded"
+        watched = clean.ruthctl("watch", "--iterations", "1", "--interval", "0", "--metrics-port", "0", "--json")
+        assert watched.exit_code == 0, watched.output
+        [action] = json.loads(watched.stdout)["actions"]
+        assert (action["kind"], action["model"], action["causes"], action["ok"]) == ("load", "hangy", ["hung"], True)
+        assert clean.violations() == []  # the new process starts healthy, with its breaker still closed
+    finally:
+        assert clean.ruthctl("deactivate", "hangy").exit_code == 0
+
+
 # -- concurrency and access ------------------------------------------------------------------------------------------
 def test_two_concurrent_activates_leave_a_consistent_registry(world: World) -> None:
     assert world.ruthctl("deactivate", "spare").exit_code == 0
     start = len(world.registry().audit("spare"))
-    env = {**os.environ, **world.deployment.env(world.url)}
+    env = {**os.environ, **world.deployment.env(world.cli_url)}
     command = [sys.executable, "-m", "ruthctl", "activate", "spare", "--json"]
     runs = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
@@ -463,7 +503,7 @@ def test_the_repository_api_refuses_a_request_without_the_key(world: World) -> N
 # -- fleet -----------------------------------------------------------------------------------------------------------
 def test_fleet_verify_and_repair_over_two_local_servers(world: World, triton_factory: Any) -> None:
     second = triton_factory([], repository=world.deployment.repository, state_dir=world.deployment.state)
-    fleet = (world.url, f"grpc://{second.grpc_url}")
+    fleet = (world.cli_url, f"grpc://{second.grpc_url}?metrics={second.server.flags.metrics_port}")
     try:
         activated = world.json("activate", "sleepy", urls=fleet)
         assert [r["state"] for r in activated["servers"]] == ["READY", "READY"]

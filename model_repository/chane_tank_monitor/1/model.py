@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.base import InferContext, RuthModel
+from python_backends.base import InferContext
 from python_backends.errors import InvalidInput
+from python_backends.vision import RuthModel
 from ruth_vision.tank_fill import ChaneConfig, RoiOutsideFrame, bright_fraction, resolve_roi, update
 
 log = logging.getLogger("ruth.model.chane_tank_monitor")

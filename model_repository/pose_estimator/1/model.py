@@ -17,9 +17,9 @@ import threading
 import numpy as np
 from pydantic import ValidationError
 
-from python_backends.base import RawRuthModel
 from python_backends.errors import InvalidInput, ModelLoadError
 from python_backends.gpu import Allocation
+from python_backends.raw import RawRuthModel
 from ruth_vision.pose import (
     EngineLoadError,
     PoseEngineConfig,

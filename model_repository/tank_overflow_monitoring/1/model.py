@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from python_backends.base import InferContext, RuthModel
+from python_backends.base import InferContext
 from python_backends.errors import InvalidInput
+from python_backends.vision import RuthModel
 from ruth_vision.tank_level import RoiOutsideFrame, TankConfig, build_result, measure_surface, smooth
 
 

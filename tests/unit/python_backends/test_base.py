@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from python_backends import triton
-from python_backends.base import InferContext, RuthModel
+from python_backends.base import InferContext
 from python_backends.errors import InvalidInput, ModelLoadError
 from python_backends.gpu import Allocation
+from python_backends.vision import RuthModel
 
 
 # ---- a minimal stand-in for triton_python_backend_utils ---------------------------------------------------------
