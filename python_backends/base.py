@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from python_backends.rwlock import FairRWLock
 from python_backends.watchdog import Watchdog
 
 log = logging.getLogger("ruth.model")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass
@@ -68,6 +69,22 @@ class InferContext:
         if self._update_state is None:
             raise Internal("model is not declared stateful but called update_state()")
         return self._update_state(self.stream_id, self._config_key, fn)
+
+    def advance(self, step: Callable[[dict[str, Any] | None], tuple[dict[str, Any], R]]) -> R:
+        """Run one step of a stream's state machine atomically: `step(state) -> (new_state, result)`; returns result.
+
+        The usual shape of a stateful model: the algorithm's pure `step` function takes the stream's previous state
+        and this frame's measurement and returns the next state plus the frame's answer.
+        """
+        out: list[R] = []
+
+        def apply(state: dict[str, Any] | None) -> dict[str, Any]:
+            new_state, result = step(state)
+            out[:] = [result]
+            return new_state
+
+        self.update_state(apply)
+        return out[0]
 
 
 @dataclasses.dataclass
@@ -259,6 +276,13 @@ class GuardedModel:
         code = getattr(pb.TritonError, triton_code_for(error).value)
         message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
         return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
+
+    def _answer_unanswered(self, responses: list[Any], exc: BaseException) -> None:
+        """Last resort of `execute()`: every request still without a response gets its own INTERNAL error."""
+        log.exception("%s: unexpected failure in execute()", self.name)
+        for index, response in enumerate(responses):
+            if response is None:
+                responses[index] = self._error_response(Internal(f"unexpected failure: {exc}"))
 
     def _count(self, error: BaseException | None) -> None:
         self.metrics.request(outcome_for(error))

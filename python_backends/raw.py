@@ -81,10 +81,7 @@ class RawRuthModel(GuardedModel):
                 self._count(error)
             self._report_health()
         except BaseException as exc:
-            log.exception("%s: unexpected failure in execute()", self.name)
-            for index, response in enumerate(responses):
-                if response is None:
-                    responses[index] = self._error_response(Internal(f"unexpected failure: {exc}"))
+            self._answer_unanswered(responses, exc)
         return responses
 
     def _work(self, items: list[WorkItem]) -> None:

@@ -120,10 +120,7 @@ class RuthModel(GuardedModel):
                 self.metrics.request_latency(time.perf_counter() - started)
             self._report_health()
         except BaseException as exc:
-            log.exception("%s: unexpected failure in execute()", self.name)
-            for index, response in enumerate(responses):
-                if response is None:
-                    responses[index] = self._error_response(Internal(f"unexpected failure: {exc}"))
+            self._answer_unanswered(responses, exc)
         return responses
 
     def _work(self, items: list[WorkItem]) -> None:

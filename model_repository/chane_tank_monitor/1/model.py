@@ -31,14 +31,7 @@ class TritonPythonModel(RuthModel):
             signals = bright_fraction(frame, roi, cfg)
         except RoiOutsideFrame as exc:
             raise InvalidInput("CONFIG", f"roi_circle: {exc}") from exc
-        result: dict[str, Any] = {}
-
-        def advance(state: dict[str, Any] | None) -> dict[str, Any]:
-            new_state, payload = update(state, signals, ctx.timestamp, cfg)
-            result.update(payload)
-            return new_state
-
-        ctx.update_state(advance)
+        result = ctx.advance(lambda state: update(state, signals, ctx.timestamp, cfg))
         log.debug(
             "stream %s: bright_fraction=%.5f smoothed=%s fill_raw=%s display=%s calib=%s",
             ctx.stream_id,

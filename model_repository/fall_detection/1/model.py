@@ -24,14 +24,6 @@ class TritonPythonModel(PersonModel):
     def judge(self, frame: np.ndarray, people: list[PoseResult], ctx: InferContext) -> dict[str, Any]:
         config = ctx.config  # the spec's defaults under the request's CONFIG
         t = ctx.timestamp.timestamp()
-        payload: dict[str, Any] = {}
-
-        def advance(state: dict[str, Any] | None) -> dict[str, Any]:
-            new_state, result = assess_frame(state, t, people, config)
-            payload.clear()
-            payload.update(result)
-            return new_state
-
-        ctx.update_state(advance)
+        payload = ctx.advance(lambda state: assess_frame(state, t, people, config))
         payload["metadata"] = {"persons_detected": len(people)}
         return payload

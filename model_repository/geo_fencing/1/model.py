@@ -24,13 +24,4 @@ class TritonPythonModel(PersonModel):
         config = ctx.config  # the spec's defaults under the request's CONFIG
         t = ctx.timestamp.timestamp()
         size = (int(frame.shape[1]), int(frame.shape[0]))
-        payload: dict[str, Any] = {}
-
-        def advance(state: dict[str, Any] | None) -> dict[str, Any]:
-            new_state, result = assess_frame(state, t, people, size, config)
-            payload.clear()
-            payload.update(result)
-            return new_state
-
-        ctx.update_state(advance)
-        return payload
+        return ctx.advance(lambda state: assess_frame(state, t, people, size, config))

@@ -26,11 +26,5 @@ class TritonPythonModel(RuthModel):
             measurement = measure_surface(frame, cfg)
         except RoiOutsideFrame as exc:
             raise InvalidInput("CONFIG", f"tank_corners: {exc}") from exc
-        smoothed: list[float | None] = [None]
-
-        def advance(state: dict[str, Any] | None) -> dict[str, Any]:
-            new_state, smoothed[0] = smooth(state, measurement, ctx.timestamp, cfg)
-            return new_state
-
-        ctx.update_state(advance)
-        return build_result(measurement, smoothed[0], cfg)
+        smoothed = ctx.advance(lambda state: smooth(state, measurement, ctx.timestamp, cfg))
+        return build_result(measurement, smoothed, cfg)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from support import DEFAULT_TANK_BOX, tank_frame
 
 from ruth_vision.tank_level import (
     STATUS_CRITICAL_HIGH,
@@ -30,25 +31,7 @@ from ruth_vision.tank_level import (
 
 TOLERANCE_PCT = 1.5
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-DEFAULT_BOX = (128, 96, 512, 384)  # centre 60% of 640x480
-
-
-def tank_frame(
-    level: float,
-    box: tuple[int, int, int, int] = DEFAULT_BOX,
-    size: tuple[int, int] = (480, 640),
-    seed: int = 0,
-    noise: float = 3.0,
-) -> np.ndarray:
-    """A dark background, a bright empty tank in `box`, and liquid (a different colour) up to `level` percent."""
-    rng = np.random.default_rng(seed)
-    frame = np.full((*size, 3), 60, np.float64)
-    x1, y1, x2, y2 = box
-    frame[y1:y2, x1:x2] = 200
-    surface = round(y2 - level / 100.0 * (y2 - y1))
-    frame[surface:y2, x1:x2] = (140, 90, 30)
-    frame += rng.normal(0.0, noise, frame.shape)
-    return np.clip(frame, 0, 255).astype(np.uint8)
+DEFAULT_BOX = DEFAULT_TANK_BOX  # centre 60% of 640x480
 
 
 def measurement(level: float | None, confidence: float = 0.9) -> SurfaceMeasurement:
