@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -43,6 +44,7 @@ from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMet
 from python_backends.params import ModelParams, RuntimeEnv, parameters_of
 from python_backends.rwlock import FairRWLock
 from python_backends.watchdog import Watchdog
+from python_backends.weights import pinned_weights
 
 log = logging.getLogger("ruth.model")
 R = TypeVar("R")
@@ -202,6 +204,10 @@ class GuardedModel:
                 getattr(self, "version", "?"),
                 getattr(self, "instance", "?"),
             )
+
+    def weights_path(self, relative: str) -> Path:
+        """A weights file pinned in the spec, verified against its SHA-256 (ModelLoadError with the fix otherwise)."""
+        return pinned_weights(self.env.weights_dir, self.params.weights, relative, self.name)
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------
     def check_contract(self, model_config: Mapping[str, Any]) -> None:

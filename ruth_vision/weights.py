@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
+from python_backends.weights import sha256_of
+
 __all__ = [
     "KNOWN_WEIGHTS",
     "MOVENET",
@@ -109,14 +111,6 @@ def default_models_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     value = env.get("RUTH_MODELS_DIR", "").strip()
     return Path(value) if value else REPO_ROOT / "models"
-
-
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify(path: Path, sha256: str) -> None:

@@ -303,7 +303,3 @@ def parse_health_gauges(
         )
         for m in sorted(models)
     }
-
-
-def gauges_by_model(gauges: Mapping[str, HealthGauges], model: str) -> HealthGauges:
-    return gauges.get(model, HealthGauges())

@@ -1,26 +1,33 @@
-"""Desired vs actual: gather the facts, find the violated invariants, plan repairs, carry them out.
+"""Desired vs actual, the I/O half: gather the facts, and carry out the repair plan.
 
-The three steps are kept apart so the rules are pure functions over plain facts (`find_violations`,
-`plan_repairs`), testable without a server, while `Reconciler` does the I/O: it reads specs, the registry,
-the disk, this host's processes and every server's index/configs/metrics, and later executes the plan through
-`lifecycle`. `verify` is gather + find; `repair` adds plan + execute; `watch` runs them in a loop.
+The rules themselves are pure functions in `invariants` (`find_violations`, `plan_repairs`); `Reconciler` reads
+specs, the registry, the disk, this host's processes and every server's index/configs/metrics, and executes a
+plan through `lifecycle`. `verify` is gather + find; `repair` adds plan + execute; `watch` runs them in a loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
-import re
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from google.protobuf.text_format import ParseError
 
 from ruthctl import host, lifecycle
-from ruthctl.registry import Desired, ModelEntry, Registry, RegistryError, RegistryFile, ServerEntry, State, utc_now
+from ruthctl.invariants import (
+    RESTART_CAUSES,
+    Action,
+    ActionKind,
+    ActionResult,
+    Check,
+    LocalFacts,
+    ServerFacts,
+    Violation,
+    desired_version,
+    find_violations,
+)
+from ruthctl.registry import Desired, ModelEntry, Registry, RegistryError, RegistryFile, State, utc_now
 from ruthctl.render import (
     config_differences,
     expected_instance_count,
@@ -30,25 +37,11 @@ from ruthctl.render import (
     stale_generated_files,
     sync_files,
 )
-from ruthctl.server import order_for_loading, pid_alive
 from ruthctl.settings import Profile
 from ruthctl.spec import ModelSpec, ProfileSpec, SpecError, load_profiles, load_specs
-from ruthctl.triton_client import Forbidden, IndexEntry, TritonAdapter, TritonAPIError
+from ruthctl.triton_client import Forbidden, TritonAdapter, TritonAPIError
 
-__all__ = [
-    "Action",
-    "ActionKind",
-    "ActionResult",
-    "Check",
-    "Kind",
-    "LocalFacts",
-    "Paths",
-    "Reconciler",
-    "ServerFacts",
-    "Violation",
-    "find_violations",
-    "plan_repairs",
-]
+__all__ = ["Paths", "Reconciler"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,444 +53,6 @@ class Paths:
     state: Path
 
 
-class Kind(str, enum.Enum):
-    REGISTRY_MISSING = "registry_missing"
-    REGISTRY_CORRUPT = "registry_corrupt"
-    SPEC_INVALID = "spec_invalid"
-    SERVER_UNREACHABLE = "server_unreachable"
-    ACCESS_DENIED = "access_denied"  # the server refused our admin token
-    NOT_READY = "not_ready"  # wanted, but Triton doesn't have it READY
-    STATE_STALE = "state_stale"  # the registry's state disagrees with Triton's, the desired state is met
-    VERSION_MISMATCH = "version_mismatch"
-    UNWANTED = "unwanted"  # loaded, but the registry doesn't want it
-    UNKNOWN_MODEL = "unknown_model"  # in the registry, no spec
-    DISABLED = "disabled"  # wanted, but recovery gave up
-    DISK_DRIFT = "disk_drift"
-    LIVE_DRIFT = "live_drift"
-    WEIGHT_MISSING = "weight_missing"
-    WEIGHT_CORRUPT = "weight_corrupt"
-    BREAKER_ORPHAN = "breaker_orphan"
-    LEDGER_STALE = "ledger_stale"
-    STUCK = "stuck"
-    STUB_DEAD = "stub_dead"
-    HUNG = "hung"
-
-
-@dataclasses.dataclass(frozen=True)
-class Violation:
-    kind: Kind
-    detail: str
-    model: str | None = None
-    server: str | None = None
-    fixable: bool = True
-    fix: str = ""  # what repair does about it, or why it can't
-    subject: str | None = None  # the file or entry concerned, when it isn't the model itself
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "kind": self.kind.value}
-
-
-class ActionKind(str, enum.Enum):
-    REBUILD_REGISTRY = "rebuild_registry"
-    ADOPT = "adopt"
-    REGENERATE = "regenerate"
-    RESOLVE_STUCK = "resolve_stuck"
-    REMOVE_BREAKER = "remove_breaker"
-    REAP_LEDGER = "reap_ledger"
-    RECORD = "record"
-    UNLOAD = "unload"
-    LOAD = "load"
-    DISABLE = "disable"
-    FORGET = "forget"
-
-
-@dataclasses.dataclass(frozen=True)
-class Action:
-    kind: ActionKind
-    model: str | None = None
-    server: str | None = None
-    detail: str = ""
-    causes: tuple[Kind, ...] = ()
-    subject: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "model": self.model,
-            "server": self.server,
-            "subject": self.subject,
-            "detail": self.detail,
-            "causes": [c.value for c in self.causes],
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionResult:
-    action: Action
-    ok: bool
-    detail: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.action.to_json(), "ok": self.ok, "result": self.detail}
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalFacts:
-    """What this host knows without asking a server."""
-
-    specs: Mapping[str, ModelSpec]
-    spec_errors: Mapping[str, str] = dataclasses.field(default_factory=dict)  # file name -> error
-    registry: RegistryFile | None = None  # None: missing or corrupt
-    registry_error: str | None = None  # set when corrupt
-    disk_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
-    weights: Sequence[host.WeightProblem] = ()
-    breakers: Sequence[host.BreakerFile] = ()
-    stale_ledger: Sequence[Mapping[str, Any]] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerFacts:
-    server: str
-    error: str | None = None  # set when the server couldn't be asked
-    forbidden: bool = False  # ...because it refused the admin token
-    index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
-    live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
-    stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
-    gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """The facts of one verify round and what they violate."""
-
-    local: LocalFacts
-    servers: Sequence[ServerFacts]
-    violations: Sequence[Violation]
-
-    @classmethod
-    def empty(cls) -> Check:
-        return cls(LocalFacts(specs={}), (), ())
-
-
-_ACTOR = re.compile(r"@(?P<host>\S+) pid (?P<pid>\d+)")
-
-
-def owner_gone(actor: str, hostname: str | None = None, alive: Callable[[int], bool] = pid_alive) -> bool:
-    """Whether the process named in `actor` ran on this host and has exited."""
-    match = _ACTOR.search(actor)
-    if match is None or match["host"] != (hostname or socket.gethostname()):
-        return False
-    return not alive(int(match["pid"]))
-
-
-def desired_version(name: str, spec: ModelSpec | None, entry: ModelEntry | None) -> int:
-    if entry is not None and entry.version:
-        return entry.version
-    return spec.version if spec is not None else 1
-
-
-# -- rules -------------------------------------------------------------------------------------------------------------
-def find_violations(
-    local: LocalFacts,
-    servers: Sequence[ServerFacts],
-    *,
-    now: dt.datetime,
-    stuck_after_s: float = 300.0,
-    owner_gone: Callable[[str], bool] = owner_gone,
-) -> list[Violation]:
-    """Every violated invariant (pure: no I/O)."""
-    found: list[Violation] = []
-    found += _local_violations(local)
-    registry = local.registry
-    for facts in servers:
-        if facts.error is not None and facts.forbidden:
-            found.append(
-                Violation(
-                    Kind.ACCESS_DENIED,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)",
-                )
-            )
-            continue
-        if facts.error is not None:
-            found.append(
-                Violation(
-                    Kind.SERVER_UNREACHABLE,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="start the server, or check --url and the admin token",
-                )
-            )
-            continue
-        if local.registry_error is not None:
-            continue  # what is wanted is unknown until the registry is rebuilt: judge no model meanwhile
-        names = set(facts.index) | set(local.specs) | (set(registry.models) if registry else set())
-        for name in sorted(names):
-            if name not in local.specs and f"{name}.yaml" in local.spec_errors:
-                continue  # its spec is broken: SPEC_INVALID says so, and we don't unload it for a typo
-            found += _model_violations(name, local, facts, now, stuck_after_s, owner_gone)
-    return found
-
-
-def _local_violations(local: LocalFacts) -> list[Violation]:
-    found: list[Violation] = []
-    if local.registry_error is not None:
-        found.append(Violation(Kind.REGISTRY_CORRUPT, local.registry_error, fix="rebuild it from the audit log"))
-    elif local.registry is None:
-        found.append(
-            Violation(
-                Kind.REGISTRY_MISSING,
-                "no registry yet: every model with a spec counts as wanted",
-                fix="adopt: record every model with a spec as ACTIVE, and what Triton has loaded",
-            )
-        )
-    for file, error in sorted(local.spec_errors.items()):
-        found.append(Violation(Kind.SPEC_INVALID, error, model=Path(file).stem, fixable=False, fix="fix the spec file"))
-    for name, differences in sorted(local.disk_drift.items()):
-        found.append(Violation(Kind.DISK_DRIFT, "; ".join(differences), model=name, fix="regenerate its config files"))
-    for problem in local.weights:
-        kind = Kind.WEIGHT_MISSING if problem.missing else Kind.WEIGHT_CORRUPT
-        found.append(
-            Violation(
-                kind,
-                problem.detail,
-                model=problem.model,
-                fixable=False,
-                fix=f"restore {problem.path}" + (f" ({problem.source})" if problem.source else ""),
-            )
-        )
-    registry_models = local.registry.models if local.registry else {}
-    for breaker in local.breakers:
-        spec = local.specs.get(breaker.model)
-        known = spec is not None and breaker.version in {
-            spec.version,
-            desired_version(breaker.model, spec, registry_models.get(breaker.model)),
-        }
-        if not known:
-            found.append(
-                Violation(
-                    Kind.BREAKER_ORPHAN,
-                    f"{breaker.path.name}: no model {breaker.model} version {breaker.version} is known",
-                    model=breaker.model,
-                    fix="remove the state file",
-                    subject=str(breaker.path),
-                )
-            )
-    for entry in local.stale_ledger:
-        found.append(
-            Violation(
-                Kind.LEDGER_STALE,
-                f"GPU ledger holds {entry.get('owner')} for dead pid {entry.get('pid')}",
-                model=str(entry.get("model") or "") or None,
-                fix="reap dead reservations",
-            )
-        )
-    if local.registry is not None:
-        for name in sorted(set(local.registry.models) - set(local.specs)):
-            if f"{name}.yaml" in local.spec_errors:
-                continue
-            found.append(
-                Violation(
-                    Kind.UNKNOWN_MODEL,
-                    f"{name} is in the registry but has no spec",
-                    model=name,
-                    fix="unload it everywhere and forget it",
-                )
-            )
-    return found
-
-
-def _model_violations(
-    name: str,
-    local: LocalFacts,
-    facts: ServerFacts,
-    now: dt.datetime,
-    stuck_after_s: float,
-    owner_gone: Callable[[str], bool],
-) -> list[Violation]:
-    server = facts.server
-    spec = local.specs.get(name)
-    entry = local.registry.models.get(name) if local.registry is not None else None
-    mine = entry.on(server) if entry is not None else ServerEntry()
-    triton = facts.index.get(name)
-    ready = triton is not None and triton.ready
-    triton_says = (
-        "absent" if triton is None else (f"{triton.state} {triton.reason}".strip() if triton.state else "not loaded")
-    )
-
-    def violation(kind: Kind, detail: str, fix: str, fixable: bool = True) -> Violation:
-        return Violation(kind, detail, model=name, server=server, fixable=fixable, fix=fix)
-
-    if mine.state in (State.LOADING, State.UNLOADING):
-        age = (now - _parse(mine.since)).total_seconds() if mine.since else float("inf")
-        if age > stuck_after_s or owner_gone(mine.actor):
-            why = "its owner exited" if age <= stuck_after_s else f"for {age:.0f}s"
-            return [
-                violation(
-                    Kind.STUCK,
-                    f"{mine.state.value} {why} ({mine.actor}); Triton says {triton_says}",
-                    "record what Triton says now",
-                )
-            ]
-        return []  # someone is working on it right now
-
-    if local.registry is None:
-        wanted = spec is not None  # `serve` loads every model when there is no registry
-    else:
-        wanted = (
-            entry is not None
-            and spec is not None
-            and entry.desired is Desired.ACTIVE
-            and mine.state is not State.DISABLED
-        )
-    if spec is None and entry is not None:
-        wanted = False  # UNKNOWN_MODEL (reported once, locally) unloads it
-
-    version = desired_version(name, spec, entry)
-    found: list[Violation] = []
-    if ready and not wanted:
-        why = "DISABLED" if mine.state is State.DISABLED else ("no spec" if spec is None else "not desired")
-        found.append(violation(Kind.UNWANTED, f"loaded on Triton but {why}", "unload it"))
-    elif ready:
-        if triton is not None and triton.version != str(version):
-            found.append(
-                violation(
-                    Kind.VERSION_MISMATCH,
-                    f"Triton runs version {triton.version}, wanted {version}",
-                    "reload at the wanted version",
-                )
-            )
-        elif local.registry is not None and mine.state is not State.READY:
-            found.append(
-                violation(Kind.STATE_STALE, f"registry says {mine.state.value}, Triton says READY", "record READY")
-            )
-        if name in facts.live_drift:
-            found.append(
-                violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config")
-            )
-        if facts.stubs is not None and name in facts.stubs:
-            alive, expected = facts.stubs[name]
-            if alive < expected:
-                found.append(
-                    violation(
-                        Kind.STUB_DEAD,
-                        f"{alive} of {expected} stub processes alive "
-                        "(requests to the dead ones fail: 'Stub process ... is not healthy')",
-                        "reload it",
-                    )
-                )
-        gauges = facts.gauges.get(name)
-        zombie_limit = spec.watchdog.zombie_limit if spec is not None else None
-        if gauges is not None and _hung(gauges, zombie_limit):
-            found.append(
-                violation(
-                    Kind.HUNG,
-                    f"ruth_model_health {gauges.health}, ruth_zombie_threads {gauges.zombies} (limit {zombie_limit})",
-                    "reload it",
-                )
-            )
-    elif wanted:
-        detail = f"wanted at version {version}, Triton says {triton_says}"
-        if mine.state is State.READY:
-            detail = f"registry says READY, Triton says {triton_says}"
-        found.append(violation(Kind.NOT_READY, detail, "load it"))
-    elif entry is not None and entry.desired is Desired.ACTIVE and mine.state is State.DISABLED and spec is not None:
-        found.append(violation(Kind.DISABLED, f"disabled: {mine.reason}", "`ruthctl activate` to try again", False))
-    elif local.registry is not None and mine.state is State.READY:
-        found.append(violation(Kind.STATE_STALE, f"registry says READY, Triton says {triton_says}", "record UNLOADED"))
-    return found
-
-
-def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
-    """Zombies over the limit, as the model reports it: `ruth_model_health` -1 while its breaker isn't open.
-
-    A health of -1 with the breaker open is the breaker doing its job, not a hang. `ruth_zombie_threads` alone is
-    not trusted: it is only refreshed after a request, so a restarted instance shows its predecessor's count.
-    `zombie_limit` is reported alongside for the operator.
-    """
-    return gauges.health is not None and gauges.health <= -1 and (gauges.breaker is None or gauges.breaker < 2)
-
-
-def _parse(stamp: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
-# -- plan --------------------------------------------------------------------------------------------------------------
-_FIX: Mapping[Kind, ActionKind] = {
-    Kind.REGISTRY_CORRUPT: ActionKind.REBUILD_REGISTRY,
-    Kind.REGISTRY_MISSING: ActionKind.ADOPT,
-    Kind.DISK_DRIFT: ActionKind.REGENERATE,
-    Kind.STUCK: ActionKind.RESOLVE_STUCK,
-    Kind.BREAKER_ORPHAN: ActionKind.REMOVE_BREAKER,
-    Kind.LEDGER_STALE: ActionKind.REAP_LEDGER,
-    Kind.STATE_STALE: ActionKind.RECORD,
-    Kind.UNWANTED: ActionKind.UNLOAD,
-    Kind.UNKNOWN_MODEL: ActionKind.FORGET,
-    Kind.NOT_READY: ActionKind.LOAD,
-    Kind.VERSION_MISMATCH: ActionKind.LOAD,
-    Kind.LIVE_DRIFT: ActionKind.LOAD,
-    Kind.STUB_DEAD: ActionKind.LOAD,
-    Kind.HUNG: ActionKind.LOAD,
-}
-#: causes a reload with an unchanged config can't cure: Triton keeps the instances, so the model is restarted
-RESTART_CAUSES = frozenset({Kind.STUB_DEAD, Kind.HUNG})
-_ORDER = [
-    ActionKind.REBUILD_REGISTRY,
-    ActionKind.ADOPT,
-    ActionKind.REGENERATE,
-    ActionKind.RESOLVE_STUCK,
-    ActionKind.REMOVE_BREAKER,
-    ActionKind.REAP_LEDGER,
-    ActionKind.RECORD,
-    ActionKind.UNLOAD,
-    ActionKind.FORGET,
-    ActionKind.DISABLE,
-    ActionKind.LOAD,
-]
-
-
-def plan_repairs(violations: Iterable[Violation]) -> list[Action]:
-    """One action per (kind, model, server), in a safe order; unfixable violations get none.
-
-    When the registry itself is missing or damaged, only that is fixed this round: every other decision depends
-    on it, so the next round (or the next `repair`) plans from the restored registry.
-    """
-    fixable = [v for v in violations if v.fixable and v.kind in _FIX]
-    if any(v.kind in (Kind.REGISTRY_CORRUPT, Kind.REGISTRY_MISSING) for v in fixable):
-        fixable = [v for v in fixable if v.kind in (Kind.REGISTRY_CORRUPT, Kind.REGISTRY_MISSING)]
-    merged: dict[tuple[ActionKind, str | None, str | None, str | None], list[Violation]] = {}
-    for v in fixable:
-        merged.setdefault((_FIX[v.kind], v.model, v.server, v.subject), []).append(v)
-    if any(kind is ActionKind.REAP_LEDGER for kind, *_ in merged):  # one reap covers every dead reservation
-        ledger = [key for key in merged if key[0] is ActionKind.REAP_LEDGER]
-        merged[(ActionKind.REAP_LEDGER, None, None, None)] = [v for key in ledger for v in merged.pop(key)]
-    actions = [
-        Action(
-            kind,
-            model,
-            server,
-            detail="; ".join(v.detail for v in vs),
-            causes=tuple(dict.fromkeys(v.kind for v in vs)),
-            subject=subject,
-        )
-        for (kind, model, server, subject), vs in merged.items()
-    ]
-    loads = order_for_loading([a.model or "" for a in actions if a.kind is ActionKind.LOAD])
-    return sorted(
-        actions,
-        key=lambda a: (
-            _ORDER.index(a.kind),
-            loads.index(a.model or "") if a.kind is ActionKind.LOAD else 0,
-            a.model or "",
-            a.server or "",
-        ),
-    )
-
-
-# -- I/O ---------------------------------------------------------------------------------------------------------------
 class Reconciler:
     """Gathers facts and executes plans for one state dir and a fleet of servers."""
 

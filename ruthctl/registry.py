@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import enum
 import getpass
-import json
 import logging
 import os
 import socket
@@ -450,7 +449,3 @@ def replay(events: list[AuditEntry]) -> dict[str, ModelEntry]:
 
 def _with_model(data: RegistryFile, name: str, entry: ModelEntry) -> RegistryFile:
     return data.model_copy(update={"models": {**data.models, name: entry}})
-
-
-def dump_audit(entries: list[AuditEntry]) -> list[dict[str, Any]]:
-    return [json.loads(e.model_dump_json(exclude_none=True)) for e in entries]

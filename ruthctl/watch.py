@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ruthctl.reconcile import Action, ActionKind, ActionResult, Check, Kind, Reconciler, Violation, plan_repairs
+from ruthctl.invariants import Action, ActionKind, ActionResult, Check, Kind, Violation, plan_repairs
+from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, RegistryError, RegistryFile, State, parse_stamp, utc_now
 
 __all__ = ["Cycle", "RecoveryPolicy", "WatchMetrics", "Watcher", "apply_policy"]

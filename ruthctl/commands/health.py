@@ -65,7 +65,7 @@ def health(
 
 
 def server_health(client: Any, facts: Any, local: Any) -> dict[str, Any]:
-    from ruthctl.reconcile import desired_version
+    from ruthctl.invariants import desired_version
     from ruthctl.registry import Desired, State
     from ruthctl.triton_client import TritonAPIError
 

@@ -31,7 +31,7 @@ def repair(
 
     Exit codes: 0 nothing left to fix, 1 violations remain (unfixable or a repair failed), 3 --dry-run found work.
     """
-    from ruthctl.reconcile import plan_repairs
+    from ruthctl.invariants import plan_repairs
 
     env = resolve(ctx)
     with adapters(env, load_timeout_s=timeout) as clients:

@@ -83,7 +83,7 @@ def live_devices(client: Any, facts: Any) -> dict[str, str]:
 
 
 def build_rows(local: Any, servers: list[Any], devices: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    from ruthctl.reconcile import desired_version
+    from ruthctl.invariants import desired_version
 
     registry = local.registry.models if local.registry else {}
     breakers = {(b.model, b.version): b for b in local.breakers}

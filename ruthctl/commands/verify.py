@@ -41,7 +41,7 @@ def verify(
 
 
 def exit_code(violations: Sequence[Any]) -> ExitCode:
-    from ruthctl.reconcile import Kind
+    from ruthctl.invariants import Kind
 
     if not violations:
         return ExitCode.OK

@@ -17,9 +17,10 @@ import threading
 import numpy as np
 from pydantic import ValidationError
 
-from python_backends.errors import InvalidInput, ModelLoadError
+from python_backends.errors import ModelLoadError
 from python_backends.gpu import Allocation
 from python_backends.raw import RawRuthModel
+from python_backends.validation import check_frame_array
 from ruth_vision.pose import (
     EngineLoadError,
     PoseEngineConfig,
@@ -28,7 +29,6 @@ from ruth_vision.pose import (
     onnx_providers,
     pack_pose_outputs,
 )
-from ruth_vision.weights import WeightsError, default_weights_dir, verify
 
 log = logging.getLogger("ruth.model.pose_estimator")
 
@@ -48,18 +48,7 @@ class TritonPythonModel(RawRuthModel):
         relative = params.get(weights_key) or params.get("weights")
         if not relative:
             raise ModelLoadError(f"{self.name}: parameter model.{weights_key} names no weights file")
-        path = default_weights_dir() / relative
-        pinned = {entry["path"]: entry for entry in self.params.weights}
-        if relative not in pinned:
-            raise ModelLoadError(
-                f"{self.name}: {relative} is not pinned in the spec's weights list (path + sha256): weights are "
-                "only loaded when their checksum is known"
-            )
-        try:
-            verify(path, pinned[relative]["sha256"])
-        except WeightsError as exc:
-            source = pinned[relative].get("source")
-            raise ModelLoadError(f"{self.name}: {exc}" + (f" [source: {source}]" if source else "")) from None
+        path = self.weights_path(relative)  # pinned in the spec, SHA-256 checked
         try:
             config = PoseEngineConfig.model_validate(
                 {"engine": engine, "weights": path, **{k: params[k] for k in ENGINE_KEYS if k in params}}
@@ -92,17 +81,7 @@ class TritonPythonModel(RawRuthModel):
             )
 
     def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        frames = inputs["FRAME"]
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise InvalidInput("FRAME", f"expected uint8 [batch, H, W, 3] BGR, got {frames.dtype} {list(frames.shape)}")
-        limits = self.params.limits
-        height, width = frames.shape[1:3]
-        if not (limits.min_width <= width <= limits.max_width and limits.min_height <= height <= limits.max_height):
-            raise InvalidInput(
-                "FRAME",
-                f"{width}x{height} is outside {limits.min_width}x{limits.min_height}.."
-                f"{limits.max_width}x{limits.max_height}",
-            )
+        frames = [check_frame_array(frame, self.params.limits) for frame in inputs["FRAME"]]
         with self.lock:
             per_frame = [self.engine.infer(frame) for frame in frames]
         return pack_pose_outputs(per_frame)

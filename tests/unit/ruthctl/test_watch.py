@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from ruthctl.host import ProcessTable
-from ruthctl.reconcile import Action, ActionKind, Kind, Reconciler
+from ruthctl.invariants import Action, ActionKind, Kind
+from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryFile, ServerEntry, State
 from ruthctl.settings import Profile
 from ruthctl.triton_client import IndexEntry
