@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,7 @@ class BareModel:
         from python_backends.gpu import Allocation
         from python_backends.metrics import NullMetrics
         from python_backends.params import ModelParams, RuntimeEnv, config_defaults, parameters_of
+        from python_backends.rwlock import FairRWLock
 
         cls = load_model_class(model_py)
         if not hasattr(cls, "infer_batch"):
@@ -73,6 +75,8 @@ class BareModel:
             device="cpu", placement="cpu", device_index=None, reserved_bytes=0, reason="bare", owner=None
         )
         model.streams = None
+        model.clock = time.time
+        model.resources_lock = FairRWLock()  # what `swap_resources` takes; never contended here
         model.load(model.device)
         self.model = model
         schema = getattr(cls, "config_schema", None)

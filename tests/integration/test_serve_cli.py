@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -56,14 +57,21 @@ def test_serve_loads_models_prints_endpoints_and_drains_on_a_signal(tmp_path: Pa
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
         wait_ready(http, proc)
-        time.sleep(0.5)  # the endpoint table is printed right after the loads
+        deadline = time.monotonic() + 60
+        while not any("drains in-flight" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the endpoint table is printed once every model is loaded
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=40)
+        proc.wait(timeout=40)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    stderr = "".join(lines)
     assert proc.returncode == 0, stderr
     assert "READY tank_overflow_monitoring" in stderr
     assert f"http://127.0.0.1:{http}" in stderr and f"127.0.0.1:{grpc}" in stderr
