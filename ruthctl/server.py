@@ -287,7 +287,8 @@ class TritonServer:
         flags = dataclasses.replace(self.flags, shm_prefix=f"{SHM_PREFIX}{os.getpid()}_")
         self.flags = flags
         argv = flags.to_argv(self.install.binary)
-        log.info("starting tritonserver: %s", " ".join(argv))
+        shown = " ".join(argv).replace(flags.admin_token, "***") if flags.admin_token else " ".join(argv)
+        log.info("starting tritonserver: %s", shown)  # the admin token never reaches a log
         stdout: int | IO[bytes] | None
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)

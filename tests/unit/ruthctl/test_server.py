@@ -101,3 +101,21 @@ def test_max_concurrent_inferences_maps_to_the_rate_limiter() -> None:
     assert "--rate-limit=execution_count" in argv
     assert "--rate-limit-resource=ruth_inference:3" in argv
     assert not any(a.startswith("--rate-limit") for a in flags().to_argv(Path("/bin/tritonserver")))
+
+
+def test_the_admin_token_never_reaches_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import sys
+
+    from ruthctl.server import TritonServer
+
+    fake = tmp_path / "tritonserver"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    install = TritonInstall(binary=fake, python_backend=tmp_path, stub=tmp_path / "stub")
+    server = TritonServer(flags(admin_token="s3cret-token"), install, {"PATH": str(Path(sys.executable).parent)})
+    with caplog.at_level(logging.INFO, logger="ruthctl.server"):
+        server.start()
+        server.wait(timeout_s=10)
+    assert "--http-restricted-api" in caplog.text
+    assert "s3cret-token" not in caplog.text
