@@ -25,7 +25,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from python_backends import logs, triton
-from python_backends.breaker import CircuitBreaker, FileBreakerStorage
+from python_backends.breaker import CircuitBreaker
+from python_backends.breaker_storage import FileBreakerStorage
 from python_backends.errors import (
     BreakerOpen,
     InferenceTimeout,
@@ -39,7 +40,9 @@ from python_backends.errors import (
     triton_code_for,
 )
 from python_backends.faults import FaultInjector, InjectedFault
-from python_backends.gpu import Allocation, DeviceAllocator, GpuLedger, NoGpuProbe, default_probe
+from python_backends.gpu import Allocation, DeviceAllocator
+from python_backends.gpu_ledger import GpuLedger
+from python_backends.gpu_probe import NoGpuProbe, default_probe
 from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMetrics, TritonMetrics
 from python_backends.params import ModelParams, RuntimeEnv, parameters_of
 from python_backends.rwlock import FairRWLock

@@ -17,14 +17,11 @@ import dataclasses
 import enum
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from python_backends.errors import BreakerOpen
-from python_backends.storage import JsonFileStore
 
 __all__ = [
     "BREAKER_GAUGE",
@@ -33,16 +30,16 @@ __all__ = [
     "BreakerPolicy",
     "BreakerSnapshot",
     "BreakerState",
-    "BreakerStorage",
     "CircuitBreaker",
-    "FileBreakerStorage",
-    "MemoryBreakerStorage",
     "Rejection",
     "on_admit",
     "on_failure",
     "on_reset",
     "on_success",
 ]
+
+if TYPE_CHECKING:
+    from python_backends.breaker_storage import BreakerStorage
 
 log = logging.getLogger(__name__)
 
@@ -282,77 +279,6 @@ def on_failure(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, admissi
 def on_reset(snap: BreakerSnapshot, now: float) -> BreakerSnapshot:
     """Operator reset: CLOSED with a fresh cooldown ladder; `total_trips` is history and stays."""
     return _close(snap, now)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Storage
-
-
-class BreakerStorage(Protocol):
-    """Where a breaker's snapshot lives. `transact` must run `fn` atomically with respect to every other user of the
-    same storage (threads and, for shared storage, processes) and store the snapshot it returns."""
-
-    def load(self) -> BreakerSnapshot | None: ...
-
-    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R: ...
-
-
-class MemoryBreakerStorage:
-    """Process-local storage: tests, and models that run a single instance."""
-
-    def __init__(self, snapshot: BreakerSnapshot | None = None) -> None:
-        self._lock = threading.Lock()
-        self._snapshot = snapshot
-
-    def load(self) -> BreakerSnapshot | None:
-        return self._snapshot
-
-    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
-        with self._lock:
-            self._snapshot, result = fn(self._snapshot)
-            return result
-
-
-class FileBreakerStorage:
-    """One JSON file per breaker, shared by every process that opens the same path.
-
-    A damaged or foreign file reads as "no state" (the breaker starts CLOSED) with one warning, and the next change
-    overwrites it: a corrupt state file must never take the request path down. Unchanged snapshots aren't rewritten,
-    so the steady CLOSED state costs a file read per call and no fsync.
-    """
-
-    def __init__(self, path: Path, lock_timeout_s: float = 10.0) -> None:
-        self.path = Path(path)
-        self._store = JsonFileStore(self.path, lock_timeout_s=lock_timeout_s)
-        self._warned = False
-
-    def load(self) -> BreakerSnapshot | None:
-        return self._parse(self._store.read())
-
-    def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
-        results: list[R] = []
-
-        def apply(data: dict[str, Any]) -> dict[str, Any]:
-            current = self._parse(data)
-            new, result = fn(current)
-            results.append(result)
-            return data if new == current else new.to_json()
-
-        self._store.update(apply)
-        return results[-1]
-
-    def _parse(self, data: dict[str, Any]) -> BreakerSnapshot | None:
-        if not data:
-            return None
-        try:
-            snap = BreakerSnapshot.from_json(data)
-        except ValueError as exc:
-            if not self._warned:
-                log.warning("breaker state file %s is unusable (%s); starting CLOSED", self.path, exc)
-                self._warned = True
-            return None
-        self._warned = False
-        return snap
 
 
 # ---------------------------------------------------------------------------------------------------------------

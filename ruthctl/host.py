@@ -181,8 +181,8 @@ class BreakerFile:
 
 
 def breaker_files(state_dir: Path) -> list[BreakerFile]:
-    """Every `<state_dir>/breakers/<model>-<version>.json` written by python_backends.breaker.FileBreakerStorage."""
-    from python_backends.breaker import FileBreakerStorage  # noqa: PLC0415 - only when there are breakers to read
+    """Every `<state_dir>/breakers/<model>-<version>.json` written by python_backends.breaker_storage.FileBreakerStorage."""
+    from python_backends.breaker_storage import FileBreakerStorage  # noqa: PLC0415 - only when there are breakers to read
 
     found: list[BreakerFile] = []
     for path in sorted((state_dir / "breakers").glob("*.json")):
@@ -206,7 +206,8 @@ def breaker_files(state_dir: Path) -> list[BreakerFile]:
 
 def reset_breaker(path: Path, name: str) -> None:
     """Operator reset to CLOSED through the breaker's own code path (so its history fields stay consistent)."""
-    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage  # noqa: PLC0415
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker  # noqa: PLC0415
+    from python_backends.breaker_storage import FileBreakerStorage  # noqa: PLC0415
 
     CircuitBreaker(name, BreakerPolicy(), FileBreakerStorage(path)).reset()
 
@@ -222,7 +223,7 @@ def ledger_path(state_dir: Path) -> Path:
 
 def stale_ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
     """Reservations in the GPU ledger whose process is gone (the ledger's own liveness rule)."""
-    from python_backends.gpu import GpuLedger  # noqa: PLC0415
+    from python_backends.gpu_ledger import GpuLedger  # noqa: PLC0415
     from python_backends.storage import JsonFileStore  # noqa: PLC0415
 
     path = ledger_path(state_dir)
@@ -236,7 +237,7 @@ def stale_ledger_entries(state_dir: Path) -> list[dict[str, Any]]:
 
 
 def reap_ledger(state_dir: Path) -> int:
-    from python_backends.gpu import GpuLedger  # noqa: PLC0415
+    from python_backends.gpu_ledger import GpuLedger  # noqa: PLC0415
 
     return len(GpuLedger(ledger_path(state_dir)).reap())
 

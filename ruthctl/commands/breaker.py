@@ -1,6 +1,6 @@
 """`ruthctl breaker list|reset`: the circuit breakers' persisted state in `<state_dir>/breakers/`.
 
-Every instance process of a model shares one state file (python_backends.breaker.FileBreakerStorage), so a reset
+Every instance process of a model shares one state file (python_backends.breaker_storage.FileBreakerStorage), so a reset
 here is seen by all of them at their next request. Breakers are per host: run this on each server's host (or
 with its state dir).
 """

@@ -16,16 +16,14 @@ from python_backends.breaker import (
     BreakerPolicy,
     BreakerSnapshot,
     BreakerState,
-    BreakerStorage,
     CircuitBreaker,
-    FileBreakerStorage,
-    MemoryBreakerStorage,
     Rejection,
     on_admit,
     on_failure,
     on_reset,
     on_success,
 )
+from python_backends.breaker_storage import BreakerStorage, FileBreakerStorage, MemoryBreakerStorage
 from python_backends.errors import BreakerOpen, ErrorCode, triton_code_for
 
 R = TypeVar("R")

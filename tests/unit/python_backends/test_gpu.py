@@ -10,21 +10,16 @@ from typing import Any
 import pytest
 
 from python_backends.errors import ModelLoadError
-from python_backends.gpu import (
-    MIB,
-    Allocation,
-    DeviceAllocator,
+from python_backends.gpu import MIB, Allocation, DeviceAllocator
+from python_backends.gpu_ledger import GpuLedger, Reservation, pid_alive, process_token
+from python_backends.gpu_probe import (
     DeviceInfo,
     FakeProbe,
-    GpuLedger,
     NoGpuProbe,
     NvmlProbe,
     ProbeUnavailable,
-    Reservation,
     TorchProbe,
     default_probe,
-    pid_alive,
-    process_token,
 )
 
 GIB = 1024 * MIB
@@ -434,7 +429,7 @@ def test_default_probe_without_gpu_libraries_says_why_for_each() -> None:
 
 
 def test_default_probe_falls_through_to_the_first_probe_that_works() -> None:
-    from python_backends.gpu import _FirstAvailableProbe
+    from python_backends.gpu_probe import _FirstAvailableProbe
 
     probe = _FirstAvailableProbe([BrokenProbe(), FakeProbe([gpu(0)])])
     assert probe.name == "auto"

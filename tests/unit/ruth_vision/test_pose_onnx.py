@@ -32,7 +32,8 @@ from matplotlib import cbook
 
 from python_backends import logs, triton
 from python_backends.errors import ModelLoadError
-from python_backends.gpu import DeviceInfo, FakeProbe, GpuLedger
+from python_backends.gpu_ledger import GpuLedger
+from python_backends.gpu_probe import DeviceInfo, FakeProbe
 from ruth_vision import pose
 from ruth_vision import weights as w
 from ruthctl.render import config_to_json, parse_pbtxt

@@ -120,7 +120,8 @@ def test_the_digest_cache_rehashes_only_changed_files(tmp_path: Path) -> None:
 
 
 def test_breaker_files_are_read_through_the_breakers_own_storage_and_reset(tmp_path: Path) -> None:
-    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker
+    from python_backends.breaker_storage import FileBreakerStorage
 
     path = tmp_path / "breakers" / "tank-1.json"
     breaker = CircuitBreaker("tank:1", BreakerPolicy(failure_threshold=1), FileBreakerStorage(path), clock=lambda: 1e9)

@@ -13,7 +13,8 @@ from ruthctl.registry import Desired, Registry
 
 
 def trip(state: Path, model: str, version: int) -> None:
-    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker
+    from python_backends.breaker_storage import FileBreakerStorage
 
     breaker = CircuitBreaker(
         f"{model}:{version}",

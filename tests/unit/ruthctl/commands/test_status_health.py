@@ -64,7 +64,8 @@ def test_health_is_healthy_when_every_wanted_model_is_ready(cli: Any, triton: An
 
 
 def test_an_open_breaker_or_a_sick_gauge_is_degraded(cli: Any, deployment: Any, triton: Any) -> None:
-    from python_backends.breaker import BreakerPolicy, CircuitBreaker, FileBreakerStorage
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker
+    from python_backends.breaker_storage import FileBreakerStorage
 
     breaker = CircuitBreaker(
         "alpha:1",
