@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from python_backends.errors import ModelLoadError
-from python_backends.gpu_ledger import GpuLedger, LedgerFullError, Reservation
+from python_backends.gpu_ledger import MIB, GpuLedger, LedgerFullError, Reservation, mib_text
 from python_backends.gpu_probe import DeviceProbe, ProbeUnavailable
 
 __all__ = [
@@ -23,12 +23,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-
-
-def _mib(n_bytes: int) -> str:
-    return f"{n_bytes / MIB:.0f} MiB"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,9 +135,9 @@ class DeviceAllocator:
             by_ledger = device.total_bytes - self.reserve_bytes - booked
             available = min(by_free, by_ledger)
             numbers = (
-                f"estimate {_mib(estimate)}, available {_mib(max(available, 0))} on {wants} ({device.name}): "
-                f"free {_mib(device.free_bytes)} − reserve {_mib(self.reserve_bytes)}; total "
-                f"{_mib(device.total_bytes)} − reserve − {_mib(booked)} booked by {len(others)} other instance(s)"
+                f"estimate {mib_text(estimate)}, available {mib_text(max(available, 0))} on {wants} ({device.name}): "
+                f"free {mib_text(device.free_bytes)} − reserve {mib_text(self.reserve_bytes)}; total "
+                f"{mib_text(device.total_bytes)} − reserve − {mib_text(booked)} booked by {len(others)} other instance(s)"
             )
             if estimate > available:
                 raise LedgerFullError(f"not enough GPU memory: {numbers}")
@@ -158,7 +152,7 @@ class DeviceAllocator:
     def release(self, allocation: Allocation) -> None:
         """Give the booked memory back; safe to call twice and for CPU allocations."""
         if allocation.owner is not None and self.ledger.release(allocation.owner):
-            log.info("released %s on %s", _mib(allocation.reserved_bytes), allocation.device)
+            log.info("released %s on %s", mib_text(allocation.reserved_bytes), allocation.device)
 
     def _unavailable(self, label: str, kind: str, wants: str, reason: str, *, no_gpu: bool) -> Allocation:
         if kind != "GPU" and no_gpu:  # MODEL/AUTO on a machine without GPUs: the CPU is a normal answer

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 
-def _mib(n_bytes: int) -> str:
+def mib_text(n_bytes: int) -> str:
     return f"{n_bytes / MIB:.0f} MiB"
 
 
@@ -201,5 +201,9 @@ class GpuLedger:
     def _log_reaped(self, reaped: list[Reservation]) -> None:
         for r in reaped:
             log.info(
-                "GPU ledger: reaped %s of dead pid %d (%s on cuda:%d)", r.owner, r.pid, _mib(r.bytes), r.device_index
+                "GPU ledger: reaped %s of dead pid %d (%s on cuda:%d)",
+                r.owner,
+                r.pid,
+                mib_text(r.bytes),
+                r.device_index,
             )
