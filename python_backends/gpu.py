@@ -137,7 +137,8 @@ class DeviceAllocator:
             numbers = (
                 f"estimate {mib_text(estimate)}, available {mib_text(max(available, 0))} on {wants} ({device.name}): "
                 f"free {mib_text(device.free_bytes)} − reserve {mib_text(self.reserve_bytes)}; total "
-                f"{mib_text(device.total_bytes)} − reserve − {mib_text(booked)} booked by {len(others)} other instance(s)"
+                f"{mib_text(device.total_bytes)} − reserve − {mib_text(booked)} booked by "
+                f"{len(others)} other instance(s)"
             )
             if estimate > available:
                 raise LedgerFullError(f"not enough GPU memory: {numbers}")
