@@ -181,7 +181,7 @@ class BreakerFile:
 
 
 def breaker_files(state_dir: Path) -> list[BreakerFile]:
-    """Every `<state_dir>/breakers/<model>-<version>.json` written by python_backends.breaker_storage.FileBreakerStorage."""
+    """Every `<state_dir>/breakers/<model>-<version>.json` (python_backends.breaker_storage.FileBreakerStorage)."""
     from python_backends.breaker_storage import FileBreakerStorage  # noqa: PLC0415 - only when there are breakers to read
 
     found: list[BreakerFile] = []
