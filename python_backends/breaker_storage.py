@@ -7,6 +7,7 @@ one instance (process) stops its siblings too and survives a kill -9 and restart
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -66,9 +67,24 @@ class FileBreakerStorage:
         self.path = Path(path)
         self._store = JsonFileStore(self.path, lock_timeout_s=lock_timeout_s)
         self._warned = False
+        self._cached: tuple[tuple[int, int, int], BreakerSnapshot | None] | None = None
 
     def load(self) -> BreakerSnapshot | None:
-        return self._parse(self._store.read())
+        """The stored snapshot. Re-parsed only when the file changed: every write is a rename (new inode), so a stat
+        tells whether anything happened since the last read; the steady state costs one stat per call."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._cached = None
+            return None
+        except OSError:
+            return self._parse(self._store.read())
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        snap = self._parse(self._store.read())
+        self._cached = (key, snap)
+        return snap
 
     def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
         results: list[R] = []

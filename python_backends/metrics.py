@@ -167,8 +167,38 @@ class TritonMetrics:
         self._metric("ruth_stream_states", self._base).set(count)
 
 
-class NullMetrics(RecordingMetrics):
-    """METRICS_ENABLED=false: accept reports, keep nothing exported."""
+class NullMetrics:
+    """METRICS_ENABLED=false: accept every report and keep nothing (a long-running process must not accumulate)."""
+
+    def request(self, outcome: str, count: int = 1) -> None:
+        pass
+
+    def rejection(self, field: str) -> None:
+        pass
+
+    def inference_latency(self, seconds: float) -> None:
+        pass
+
+    def request_latency(self, seconds: float) -> None:
+        pass
+
+    def breaker(self, state: BreakerState, tripped: bool) -> None:
+        pass
+
+    def watchdog_timeout(self) -> None:
+        pass
+
+    def zombies(self, count: int) -> None:
+        pass
+
+    def device(self, placement: str, reserved_bytes: int) -> None:
+        pass
+
+    def health(self, value: int) -> None:
+        pass
+
+    def stream_states(self, count: int) -> None:
+        pass
 
 
 class BreakerMetricsListener:
