@@ -106,6 +106,21 @@ def test_dynamic_batching_carries_the_queue_policy(specs: dict[str, Any], profil
     assert policy.timeout_action == pb.ModelQueuePolicy.TimeoutAction.REJECT
 
 
+def test_a_single_instance_model_gets_no_queue_policy_because_triton_2_51_stalls_it() -> None:
+    from ruthctl.settings import REPO_ROOT
+    from ruthctl.spec import load_profiles, load_spec
+
+    spec = load_spec(REPO_ROOT / "config" / "models" / "pose_estimator.yaml")  # one instance on every profile
+    for profile in load_profiles(REPO_ROOT / "config" / "profiles").values():
+        config = render_config(spec, profile)
+        assert config.instance_group[0].count == 1
+        assert not config.dynamic_batching.HasField("default_queue_policy"), profile.name
+    tank = load_spec(REPO_ROOT / "config" / "models" / "tank_overflow_monitoring.yaml")  # two on cpu
+    cpu = render_config(tank, load_profiles(REPO_ROOT / "config" / "profiles")[Profile.CPU])
+    assert cpu.instance_group[0].count == 2
+    assert cpu.dynamic_batching.default_queue_policy.max_queue_size == 64
+
+
 def test_no_batching_section_means_no_dynamic_batching(specs: dict[str, Any], profiles: Any) -> None:
     assert render_config(specs["beta"], profiles[Profile.CPU]).WhichOneof("scheduling_choice") is None
 
