@@ -49,11 +49,15 @@ def _plain(value: Any) -> Any:
 class BareModel:
     """Load a vision model (a `RuthModel` subclass) and call its algorithm directly.
 
-    Person models reach `pose_estimator` through BLS, which exists only inside Triton: their bare twin still calls
-    the (hardened) pose model, and they cannot run in process at all.
+    Person models reach `pose_estimator` through BLS, which exists only inside Triton: their bare twin in Triton
+    still calls the (hardened) pose model. In process (`local_pose=True`) the BLS call is replaced by the same pose
+    network run directly in this process (LiteRT, the spec's engine parameters), so the in-process figure is the
+    whole algorithm: decode, pose network, judgement.
     """
 
-    def __init__(self, model_py: Path, model_config: Mapping[str, Any], *, instance: str = "bare_0") -> None:
+    def __init__(
+        self, model_py: Path, model_config: Mapping[str, Any], *, instance: str = "bare_0", local_pose: bool = False
+    ) -> None:
         from python_backends.base import InferContext
         from python_backends.gpu import Allocation
         from python_backends.metrics import NullMetrics
@@ -78,6 +82,8 @@ class BareModel:
         model.clock = time.time
         model.resources_lock = FairRWLock()  # what `swap_resources` takes; never contended here
         model.load(model.device)
+        if local_pose and hasattr(model, "pose_model"):
+            model.call_model = local_pose_call(model_py.parent.parent.parent / "pose_estimator" / "1" / "model.py")
         self.model = model
         schema = getattr(cls, "config_schema", None)
         # the spec's `model.*` defaults, as RuthModel gives a request without CONFIG
@@ -111,3 +117,35 @@ class BareModel:
         if frame is None:
             raise ValueError("undecodable image")
         return self.infer_frame(frame, stream_id, timestamp)
+
+
+def local_pose_call(pose_model_py: Path) -> Callable[..., dict[str, np.ndarray]]:
+    """A stand-in for the BLS call to `pose_estimator`: its network, built from its own spec, run in this process."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from python_backends.params import ModelParams, parameters_of
+    from ruth_vision.pose import PoseEngineConfig, build_engine, pack_pose_outputs
+    from ruth_vision.weights import default_weights_dir
+
+    text = (pose_model_py.parent.parent / "config.pbtxt").read_text()
+    config = json_format.MessageToDict(
+        text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
+    )
+    params = ModelParams.parse(parameters_of(config)).model
+    keys = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
+    engine = build_engine(
+        PoseEngineConfig.model_validate(
+            {
+                "engine": "litert",
+                "weights": default_weights_dir() / params["weights"],
+                **{k: params[k] for k in keys if k in params},
+            }
+        ),
+        "cpu",
+    )
+
+    def call(name: str, inputs: Mapping[str, np.ndarray], outputs: Any, timeout_s: float | None = None) -> Any:
+        return pack_pose_outputs([engine.infer(frame) for frame in inputs["FRAME"]])
+
+    return call

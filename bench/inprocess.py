@@ -40,7 +40,7 @@ def _worker(
     from bench.barecore import BareModel  # in the child: spawn re-imports
 
     try:
-        core = BareModel(Path(model_py), model_config)
+        core = BareModel(Path(model_py), model_config, local_pose=True)
         core.infer_image(images[0], str(uuid.uuid4()), datetime.now(timezone.utc))
     except Exception as exc:  # report instead of leaving the parent waiting for a result
         barrier.abort()

@@ -181,7 +181,7 @@ def limit_section(results: Mapping[str, Any]) -> list[str]:
     for model, e in entries.items():
         one = e["in_process"].get("1")
         first_cell = (
-            f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)" if one else "n/a (needs BLS)"
+            f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)" if one else "n/a"
         )
         rows.append(
             [

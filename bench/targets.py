@@ -75,7 +75,7 @@ def limit_target(results: Mapping[str, Any]) -> dict[str, Any]:
     )
     note = f"CPU-based (load generator's share removed): {cpu}" if cpu else ""
     if others:
-        note += f"{'; ' if note else ''}not measurable in process (pose through BLS): {', '.join(others)}"
+        note += f"{'; ' if note else ''}not measured in process: {', '.join(others)}"
     return _target("limit", text, "; ".join(parts), met, note)
 
 
