@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 __all__ = ["StreamStateStore"]
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,16 @@ class StreamStateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL: a power cut may lose the last updates, never corrupt the file; per-stream smoothing
-            # state isn't worth an fsync per frame.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            # Every instance of a model opens the store at the same moment when Triton loads it, and switching a new
+            # database to WAL takes a lock that SQLite's busy handler does not wait for ("database is locked" at
+            # load, seen in CI): the set-up is serialised across processes by a file lock instead.
+            with FileLock(str(self.path) + ".init.lock", timeout=busy_timeout_s):
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # WAL + NORMAL: a power cut may lose the last updates, never corrupt the file; per-stream smoothing
+                # state isn't worth an fsync per frame.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
             raise

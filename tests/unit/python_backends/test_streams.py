@@ -218,3 +218,30 @@ def test_the_database_runs_in_wal_mode(store: StreamStateStore) -> None:
 def test_nonsense_bounds_are_rejected(tmp_path: Path, kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         StreamStateStore(tmp_path / "s.sqlite", **kwargs)  # type: ignore[arg-type]
+
+
+def _open_and_update(path: str, barrier: Any, queue: Any) -> None:
+    barrier.wait(timeout=30)
+    try:
+        store = StreamStateStore(Path(path))
+        store.update("s", "k", lambda s: {"n": (s or {}).get("n", 0) + 1})
+        store.close()
+        queue.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_instances_opening_a_new_store_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """Triton starts every instance of a model together; a fresh database must not fail any of their loads."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(20):  # without the set-up lock, about 1 attempt in 15 failed here
+        path = tmp_path / f"fresh-{attempt}.sqlite"
+        queue, barrier = ctx.Queue(), ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_and_update, args=(str(path), barrier, queue)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        outcomes = [queue.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=10)
+        assert outcomes == ["ok"] * 4
+        assert StreamStateStore(path).get("s") == {"n": 4}
