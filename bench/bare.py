@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from bench.harness import MODEL_REPOSITORY, REPO_ROOT
-from ruthctl.render import parse_pbtxt, to_pbtxt
+from ruthctl.render import parse_pbtxt, queue_policy_is_safe, to_pbtxt
 
 BARE_PREFIX = "bare_"
 IDENTITY = "identity"
@@ -123,6 +123,9 @@ def with_scheduling(config: pb.ModelConfig, *, instances: int | None, dynamic_ba
         copy.dynamic_batching.max_queue_delay_microseconds = 0
     elif dynamic_batching is False:
         copy.ClearField("dynamic_batching")
+    count = sum(group.count or 1 for group in copy.instance_group) or 1
+    if copy.HasField("dynamic_batching") and not queue_policy_is_safe(count):
+        copy.dynamic_batching.ClearField("default_queue_policy")  # as `ruthctl generate` renders such a model
     return copy
 
 
