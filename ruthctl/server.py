@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
+from python_backends.gpu_ledger import pid_alive
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
@@ -223,16 +225,6 @@ def sweep_stale_shm(
 def _owner_pid(name: str, prefix: str) -> int | None:
     digits = name[len(prefix) :].split("_", 1)[0]
     return int(digits) if digits.isdigit() else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

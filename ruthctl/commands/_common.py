@@ -176,3 +176,21 @@ def preflight(clients: list[Any]) -> None:
             fail(str(exc))
         except TritonAPIError:
             continue
+
+
+def render_server_results(
+    title: str, results: list[dict[str, Any]], code: int, json_doc: dict[str, Any] | None
+) -> NoReturn:
+    """One row per server (server, state, detail), or `json_doc` with `--json`; then exit with `code`."""
+    if json_doc is not None:
+        print_json({**json_doc, "servers": results})
+    else:
+        from rich.table import Table  # noqa: PLC0415 - only for people
+
+        table = Table(title=title)
+        for column in ("server", "state", "detail"):
+            table.add_column(column)
+        for row in results:
+            table.add_row(row["server"], state_style(row["state"]), row["detail"])
+        out().print(table)
+    raise typer.Exit(int(code))

@@ -13,12 +13,10 @@ from ruthctl.commands._common import (
     adapters,
     err,
     fail,
-    out,
     preflight,
-    print_json,
     registry,
+    render_server_results,
     resolve,
-    state_style,
 )
 from ruthctl.exit_codes import ExitCode
 
@@ -85,18 +83,12 @@ def activate(
     target = prepare(env, name, version, overrides)
     reg = registry(env, f"activate {model}")
     results, code = run_activation(env, reg, target, timeout, json_out)
-    if json_out:
-        print_json({"model": name, "version": target.version, "servers": results})
-    else:
-        from rich.table import Table
-
-        table = Table(title=f"activate {name} v{target.version}")
-        for column in ("server", "state", "detail"):
-            table.add_column(column)
-        for row in results:
-            table.add_row(row["server"], state_style(row["state"]), row["detail"])
-        out().print(table)
-    raise typer.Exit(int(code))
+    render_server_results(
+        f"activate {name} v{target.version}",
+        results,
+        code,
+        {"model": name, "version": target.version} if json_out else None,
+    )
 
 
 def prepare(env: Env, name: str, version: int | None, overrides: dict[str, str]) -> Any:

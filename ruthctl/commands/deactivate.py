@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import adapters, out, preflight, print_json, registry, resolve, state_style
+from ruthctl.commands._common import adapters, preflight, registry, render_server_results, resolve
 from ruthctl.commands.activate import parse_model_ref, progress_display
 from ruthctl.exit_codes import ExitCode
 
@@ -65,15 +65,4 @@ def deactivate(
             except (TritonAPIError, RegistryError) as exc:
                 results.append({"server": server, "state": "UNKNOWN", "detail": str(exc)})
                 code = max(code, ExitCode.ERROR)
-    if json_out:
-        print_json({"model": name, "servers": results})
-    else:
-        from rich.table import Table
-
-        table = Table(title=f"deactivate {name}")
-        for column in ("server", "state", "detail"):
-            table.add_column(column)
-        for row in results:
-            table.add_row(row["server"], state_style(row["state"]), row["detail"])
-        out().print(table)
-    raise typer.Exit(int(code))
+    render_server_results(f"deactivate {name}", results, code, {"model": name} if json_out else None)
