@@ -23,12 +23,17 @@ from ruth_vision.pose import PoseResult, keypoints_json
 __all__ = [
     "DEFAULT_HARDHAT_COLOURS",
     "DEFAULT_VEST_COLOURS",
+    "VIOLATION_ORDER",
     "HsvRange",
+    "Item",
     "ItemJudgement",
     "PpeConfig",
+    "Region",
     "assess_frame",
     "background_region",
     "colour_fraction",
+    "eligible_people",
+    "frame_payload",
     "hardhat_region",
     "judge_person",
     "vest_region",
@@ -303,14 +308,26 @@ def judge_person(frame_bgr: np.ndarray, pose: PoseResult, config: PpeConfig) -> 
     return judgements
 
 
+def eligible_people(poses: Sequence[PoseResult], config: PpeConfig) -> list[PoseResult]:
+    """The people scored well enough to be judged; their order is the `person` index of the payload."""
+    return [p for p in poses if p.score >= config.min_person_score]
+
+
 def assess_frame(frame_bgr: np.ndarray, poses: Sequence[PoseResult], config: PpeConfig) -> dict[str, Any]:
     """One frame -> RESULT payload. Stateless: each frame is judged on its own pixels."""
-    people = [p for p in poses if p.score >= config.min_person_score]
+    people = eligible_people(poses, config)
+    return frame_payload(people, [judge_person(frame_bgr, pose, config) for pose in people], config)
+
+
+def frame_payload(
+    people: Sequence[PoseResult], judged: Sequence[Sequence[ItemJudgement]], config: PpeConfig
+) -> dict[str, Any]:
+    """The RESULT payload from each person's judgements, whatever judged them (colour here, or a PPE detector in
+    ruth_vision.ppe_detector): both paths share one violation precedence and one set of fields."""
     detections: list[dict[str, Any]] = []
     violations: list[dict[str, Any]] = []
     present: list[dict[str, Any]] = []
-    for index, pose in enumerate(people):
-        judgements = judge_person(frame_bgr, pose, config)
+    for index, (pose, judgements) in enumerate(zip(people, judged, strict=True)):
         missing = [j.item for j in judgements if j.status == "missing"]
         for j in judgements:
             entry = {"person": index, "item": j.item, "confidence": j.confidence}
