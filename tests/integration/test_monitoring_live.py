@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import monitoring_support as ms
 import pytest
 import tritonclient.http as httpclient
 import yaml
@@ -61,18 +61,6 @@ FORBIDDEN_ALERTS = {
     "RuthModelDisabled": "one repair is far from exhausting the recovery attempts",
 }
 
-
-def _load_support() -> Any:
-    path = REPO_ROOT / "tests" / "unit" / "deploy" / "monitoring_support.py"
-    spec = importlib.util.spec_from_file_location("ruth_monitoring_support", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _load_support()
 
 
 # ------------------------------------------------------------------ Prometheus

@@ -6,7 +6,6 @@ Images are not built here (no Docker engine in CI); docs/deployment.md says so.
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -17,19 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import deploy_support as support
 import pytest
 
-
-def _load_support() -> Any:
-    spec = importlib.util.spec_from_file_location("ruth_deploy_support", Path(__file__).with_name("deploy_support.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load_support()
 VARIANTS = support.VARIANTS
 REPO = support.REPO
 HADOLINT = Path(sys.executable).parent / "hadolint"

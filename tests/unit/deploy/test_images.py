@@ -3,14 +3,13 @@ argument handling (an APIClient whose HTTP calls are replaced), without a Docker
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import deploy_support as support
 import docker
 import pytest
 from docker.types import DeviceRequest
@@ -23,16 +22,6 @@ from ruthctl.exit_codes import ExitCode
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _load_support() -> Any:
-    spec = importlib.util.spec_from_file_location("ruth_deploy_support", Path(__file__).with_name("deploy_support.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load_support()
 
 
 class FakeImage:

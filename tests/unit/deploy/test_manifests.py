@@ -9,32 +9,19 @@ the Prometheus config and the real ruthctl CLI.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import deploy_support as support
 import kubernetes_validate
+import monitoring_support as monitoring
 import pytest
 import yaml
 
 from ruthctl import images
-
-
-def _load(name: str, file: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-support = _load("ruth_deploy_support", "deploy_support.py")
-monitoring = _load("ruth_monitoring_support", "monitoring_support.py")
 
 REPO = support.REPO
 K8S = REPO / "deploy" / "k8s"

@@ -6,30 +6,15 @@ real Prometheus.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import monitoring_support as ms
 import pytest
 import yaml
-
-
-def _load_support() -> ModuleType:
-    path = Path(__file__).with_name("monitoring_support.py")
-    spec = importlib.util.spec_from_file_location("ruth_monitoring_support", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _load_support()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     # variant: (Dockerfile, final base image, profile)
     "cpu": (REPO / "containers/cpu/Dockerfile", "python:3.11-slim-bookworm", "cpu"),
