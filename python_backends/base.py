@@ -286,6 +286,17 @@ class GuardedModel:
         message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
         return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
 
+    @staticmethod
+    def _settle(items: list[WorkItem], results: Sequence[Any], hook: str) -> None:
+        """Give each item its own result or error from a batch hook's list (one entry per item, in order)."""
+        if len(results) != len(items):
+            raise Internal(f"{hook} returned {len(results)} results for {len(items)} inputs")
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                item.error = result if isinstance(result, RuthError) else Internal(f"{type(result).__name__}: {result}")
+            else:
+                item.result = result
+
     def _answer_unanswered(self, responses: list[Any], exc: BaseException) -> None:
         """Last resort of `execute()`: every request still without a response gets its own INTERNAL error."""
         log.exception("%s: unexpected failure in execute()", self.name)

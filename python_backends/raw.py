@@ -14,10 +14,8 @@ import numpy as np
 from python_backends import triton
 from python_backends.base import GuardedModel, InferContext, WorkItem
 from python_backends.errors import (
-    Internal,
     InvalidInput,
     ModelLoadError,
-    RuthError,
 )
 from python_backends.gpu import Allocation
 
@@ -68,12 +66,11 @@ class RawRuthModel(GuardedModel):
                 except Exception as exc:
                     errors[index] = exc
             self._run_guarded(items, self._work)
-            for item in items:
-                errors.setdefault(item.request_index, item.error) if item.error is not None else None
+            by_request = {item.request_index: item for item in items}  # one item per request here
             for index in range(len(requests)):
-                error = errors.get(index)
+                error = errors.get(index) or (by_request[index].error if index in by_request else None)
                 if error is None:
-                    item = next(i for i in items if i.request_index == index)
+                    item = by_request[index]
                     outputs = [pb.Tensor(name, np.ascontiguousarray(value)) for name, value in item.result.items()]
                     responses[index] = pb.InferenceResponse(output_tensors=outputs)
                 else:
@@ -87,14 +84,7 @@ class RawRuthModel(GuardedModel):
     def _work(self, items: list[WorkItem]) -> None:
         if not items:
             return
-        results = self.infer_tensors_batch([i.result for i in items])
-        if len(results) != len(items):
-            raise Internal(f"infer_tensors_batch returned {len(results)} results for {len(items)} requests")
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, BaseException):
-                item.error = result if isinstance(result, RuthError) else Internal(f"{type(result).__name__}: {result}")
-            else:
-                item.result = result
+        self._settle(items, self.infer_tensors_batch([i.result for i in items]), "infer_tensors_batch")
 
 
 _RAW_CTX = InferContext(

@@ -23,10 +23,8 @@ from pydantic import BaseModel
 from python_backends import contract, triton
 from python_backends.base import GuardedModel, InferContext, WorkItem
 from python_backends.errors import (
-    Internal,
     InvalidInput,
     ModelLoadError,
-    RuthError,
 )
 from python_backends.params import config_defaults
 from python_backends.streams import StreamStateStore
@@ -126,14 +124,7 @@ class RuthModel(GuardedModel):
     def _work(self, items: list[WorkItem]) -> None:
         if not items:
             return
-        results = self.infer_batch([i.frame for i in items], [i.ctx for i in items])
-        if len(results) != len(items):
-            raise Internal(f"infer_batch returned {len(results)} results for {len(items)} frames")
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, BaseException):
-                item.error = result if isinstance(result, RuthError) else Internal(f"{type(result).__name__}: {result}")
-            else:
-                item.result = result
+        self._settle(items, self.infer_batch([i.frame for i in items], [i.ctx for i in items]), "infer_batch")
 
     def _decode(self, index: int, request: Any) -> list[WorkItem]:
         """Validate and decode one request (possibly carrying a client-side batch of several frames)."""

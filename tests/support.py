@@ -212,3 +212,15 @@ def jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     ok, data = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
     assert ok
     return bytes(data.tobytes())
+
+
+def load_model_module(name: str) -> Any:
+    """A repository model's `model.py` as a module (its TritonPythonModel), for tests that drive it without a server."""
+    import importlib.util
+
+    path = MODEL_REPOSITORY / name / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_model_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

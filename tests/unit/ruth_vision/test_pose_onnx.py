@@ -14,7 +14,6 @@ script itself enforces, and 0.001 on scores: far below anything that moves a dec
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import sys
@@ -29,6 +28,7 @@ import pytest
 import skimage.data
 import yaml
 from matplotlib import cbook
+from support import load_model_module
 
 from python_backends import logs, triton
 from python_backends.errors import ModelLoadError
@@ -140,15 +140,6 @@ class FakeOrt:
         )
 
 
-def _load_model_module() -> types.ModuleType:
-    path = REPO / "model_repository" / "pose_estimator" / "1" / "model.py"
-    spec = importlib.util.spec_from_file_location("pose_estimator_model_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
 def gpu_host(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A host with two 80 GiB GPUs as NVML would report them; returns the state dir (where the ledger lives)."""
@@ -169,7 +160,7 @@ def gpu_host(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch)
 
 def _initialize(device_id: int, kind: str = "GPU") -> Any:
     config = config_to_json(parse_pbtxt((REPO / "model_repository/pose_estimator/configs/gpu.pbtxt").read_text()))
-    model = _load_model_module().TritonPythonModel()
+    model = load_model_module("pose_estimator").TritonPythonModel()
     model.initialize(
         {
             "model_config": config,

@@ -4,7 +4,6 @@ output [1, 4+2, A], with boxes placed (by hand, in canvas pixels) on two synthet
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import types
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support import load_model_module
 
 from python_backends import triton
 from python_backends.errors import ModelLoadError
@@ -208,15 +208,6 @@ def test_a_class_index_beyond_the_network_fails_the_build(weights: Path) -> None
 # --- the ppe_detection model's load ----------------------------------------------------------------------------------
 
 
-def _model_module() -> types.ModuleType:
-    path = REPO / "model_repository" / "ppe_detection" / "1" / "model.py"
-    spec = importlib.util.spec_from_file_location("ppe_detection_model_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A CPU host; returns the weights dir."""
@@ -237,7 +228,7 @@ def _initialize(params: dict[str, str], pinned: list[dict[str, str]]) -> Any:
         **{f"model.{k}": {"string_value": v} for k, v in params.items()},
         "ruth.weights": {"string_value": json.dumps(pinned)},
     }
-    model = _model_module().TritonPythonModel()
+    model = load_model_module("ppe_detection").TritonPythonModel()
     model.initialize(
         {
             "model_config": json.dumps(config),
