@@ -32,6 +32,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ruth_device_reserved_bytes": ("GAUGE", "Bytes reserved in the GPU ledger by this instance"),
     "ruth_model_health": ("GAUGE", "1 healthy, 0 degraded, -1 unhealthy"),
     "ruth_stream_states": ("GAUGE", "Per-stream states held"),
+    "ruth_pose_cache_total": ("COUNTER", "Pose lookups answered from the frame cache (hit) or by the network (miss)"),
 }
 
 
@@ -46,6 +47,7 @@ class MetricsSink(Protocol):
     def device(self, placement: str, reserved_bytes: int) -> None: ...
     def health(self, value: int) -> None: ...
     def stream_states(self, count: int) -> None: ...
+    def pose_cache(self, hit: bool, count: int = 1) -> None: ...
 
 
 class RecordingMetrics:
@@ -88,6 +90,9 @@ class RecordingMetrics:
 
     def stream_states(self, count: int) -> None:
         self.gauges["streams"] = count
+
+    def pose_cache(self, hit: bool, count: int = 1) -> None:
+        self.counters[("pose_cache", "hit" if hit else "miss")] += count
 
 
 class TritonMetrics:
@@ -166,6 +171,9 @@ class TritonMetrics:
     def stream_states(self, count: int) -> None:
         self._metric("ruth_stream_states", self._base).set(count)
 
+    def pose_cache(self, hit: bool, count: int = 1) -> None:
+        self._metric("ruth_pose_cache_total", {**self._base, "result": "hit" if hit else "miss"}).increment(count)
+
 
 class NullMetrics:
     """METRICS_ENABLED=false: accept every report and keep nothing (a long-running process must not accumulate)."""
@@ -198,6 +206,9 @@ class NullMetrics:
         pass
 
     def stream_states(self, count: int) -> None:
+        pass
+
+    def pose_cache(self, hit: bool, count: int = 1) -> None:
         pass
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -224,3 +225,22 @@ def load_model_module(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        match = re.match(r"^([a-zA-Z_:]+)(\{(.*)\})?\s+(\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(3) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(match.group(4))
+            found = True
+    if not found:
+        raise AssertionError(f"no sample of {name} with {labels}")
+    return total

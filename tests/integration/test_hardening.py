@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from support import jpeg, result_of, tank_frame, vision_inputs
+from support import jpeg, metric_value, result_of, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
@@ -46,25 +45,6 @@ def infer_error(handle: Any, **request: Any) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as raised:
         infer_http(handle, **request)
     return raised.value
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        match = re.match(r"^([a-zA-Z_:]+)(\{(.*)\})?\s+(\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match.group(4))
-            found = True
-    if not found:
-        raise AssertionError(f"no sample of {name} with {labels}")
-    return total
 
 
 def test_a_batch_mixing_good_and_bad_requests_answers_each_on_its_own(triton_factory: Any) -> None:

@@ -25,10 +25,12 @@ from ruth_vision.pose import (
     EngineLoadError,
     PoseEngineConfig,
     PoseNetwork,
+    PoseResult,
     build_engine,
     onnx_providers,
     pack_pose_outputs,
 )
+from ruth_vision.pose_cache import PoseCache
 
 log = logging.getLogger("ruth.model.pose_estimator")
 
@@ -62,6 +64,16 @@ class TritonPythonModel(RawRuthModel):
         self._log_engine(engine, relative, device)
         # One interpreter per process, not re-entrant: a request that overran its deadline may still be running.
         self.lock = threading.Lock()
+        # Pose once per frame: fall, geo and ppe send the same pixels of a camera frame (ruth_vision/pose_cache.py).
+        try:
+            entries, ttl_ms = int(params.get("cache_entries", "16")), int(params.get("cache_ttl_ms", "2000"))
+            self.cache: PoseCache[list[PoseResult]] = PoseCache(
+                entries, ttl_ms / 1000, on_lookup=self.metrics.pose_cache
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.name}: invalid model.cache_entries / model.cache_ttl_ms: {exc}") from None
+        for hit in (True, False):  # both series exist at zero from the first scrape
+            self.metrics.pose_cache(hit, count=0)
 
     def _log_engine(self, engine: str, weights: str, device: Allocation) -> None:
         runtime = "LiteRT" if engine == "litert" else f"ONNX Runtime {onnx_providers(device.device)}"
@@ -83,5 +95,5 @@ class TritonPythonModel(RawRuthModel):
     def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = [check_frame_array(frame, self.params.limits) for frame in inputs["FRAME"]]
         with self.lock:
-            per_frame = [self.engine.infer(frame) for frame in frames]
+            per_frame = [self.cache.get_or_compute(frame, lambda f=frame: self.engine.infer(f)) for frame in frames]
         return pack_pose_outputs(per_frame)
