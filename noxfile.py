@@ -33,3 +33,10 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks into docs/benchmarks.md (`nox -s bench -- --smoke` for the one-minute version)."""
     session.run(PY, "-m", "bench", *(session.posargs or ["--full"]), external=True)
+
+
+@nox.session(name="bench_pose")
+def bench_pose(session: nox.Session) -> None:
+    """The pose network's engines side by side, and one frame to three analytics with the frame cache off and on,
+    into docs/bench/pose.md (`nox -s bench_pose -- --smoke` for a short run)."""
+    session.run(PY, "-m", "bench.pose", *session.posargs, external=True)
