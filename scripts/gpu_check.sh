@@ -97,7 +97,8 @@ import numpy as np
 import skimage.data
 import tritonclient.http as httpclient
 
-from python_backends.gpu import GpuLedger, NvmlProbe, ProbeUnavailable
+from python_backends.gpu_ledger import GpuLedger
+from python_backends.gpu_probe import NvmlProbe, ProbeUnavailable
 from ruth_vision.weights import default_weights_dir
 from ruthctl.commands.serve import build_server
 from ruthctl.settings import Settings
@@ -202,6 +203,14 @@ def percentiles(samples: list[float]) -> str:
     return f"mean {statistics.fmean(ms):.2f} ms, p50 {pick(0.5):.2f}, p95 {pick(0.95):.2f}, p99 {pick(0.99):.2f}"
 
 
+def unique(frame: np.ndarray, i: int) -> np.ndarray:
+    """The frame with a corner pixel set from `i`: every request is a new frame, so pose_estimator's frame cache
+    (docs/pose-estimator.md) can't answer it and the network really runs."""
+    out = frame.copy()
+    out[0, 0] = (i % 256, (i // 256) % 256, (i // 65536) % 256)
+    return out
+
+
 def frame_input(frames: np.ndarray) -> list:
     tensor = httpclient.InferInput("FRAME", list(frames.shape), "UINT8")
     tensor.set_data_from_numpy(frames)
@@ -276,12 +285,12 @@ try:
     )
 
     # pose_estimator alone: latency one frame at a time, then throughput with CLIENTS clients (dynamic batching)
-    single = person[np.newaxis]
     with contextlib.closing(client(server)) as c:
-        for _ in range(10):
-            c.infer("pose_estimator", frame_input(single))
+        for i in range(10):
+            c.infer("pose_estimator", frame_input(unique(person, i)[np.newaxis]))
         latencies, people = [], []
-        for _ in range(FRAMES):
+        for i in range(FRAMES):
+            single = unique(person, 1000 + i)[np.newaxis]
             t0 = time.monotonic()
             response = c.infer("pose_estimator", frame_input(single))
             latencies.append(time.monotonic() - t0)
@@ -289,7 +298,9 @@ try:
     print(f"pose_estimator, {FRAMES} frames one at a time (512x512, HTTP): {percentiles(latencies)}; "
           f"{FRAMES / sum(latencies):.1f} frames/s")
     verdict(set(people) == {1}, f"every frame found the one person (counts seen: {sorted(set(people))})")
-    elapsed = concurrently(server, [None] * FRAMES, lambda c, _: c.infer("pose_estimator", frame_input(single)))
+    elapsed = concurrently(
+        server, list(range(FRAMES)), lambda c, i: c.infer("pose_estimator", frame_input(unique(person, 5000 + i)[np.newaxis]))
+    )
     print(f"pose_estimator, {FRAMES} frames from {CLIENTS} clients: {FRAMES / elapsed:.1f} frames/s")
     server_stats(server, "pose_estimator")
 
@@ -305,7 +316,7 @@ try:
         stream, first, count = job
         for i in range(first, first + count):
             stamp = (base + timedelta(seconds=0.1 * i)).isoformat()
-            response = c.infer("fall_detection", vision_inputs(person, stream, stamp))
+            response = c.infer("fall_detection", vision_inputs(unique(person, 10000 * (1 + streams.index(stream)) + i), stream, stamp))
             found.append(len(json.loads(response.as_numpy("RESULT")[0][0])["detections"]))
 
     streams = [str(uuid.uuid4()) for _ in range(CLIENTS)]
