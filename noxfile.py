@@ -40,3 +40,19 @@ def bench_pose(session: nox.Session) -> None:
     """The pose network's engines side by side, and one frame to three analytics with the frame cache off and on,
     into docs/bench/pose.md (`nox -s bench_pose -- --smoke` for a short run)."""
     session.run(PY, "-m", "bench.pose", *session.posargs, external=True)
+
+
+@nox.session(name="gpu_dryrun")
+def gpu_dryrun(session: nox.Session) -> None:
+    """The prepared GPU check for a bare GPU machine (scripts/gpu_device_check.py), rehearsed on the CPU so it can't
+    rot: installs CPU PyTorch and onnx2torch into .venv (the `torch` pose engine), runs the engine's tests and the
+    script with --allow-cpu (CUDA verdicts SKIP, everything else must pass)."""
+    session.run(PY, "-m", "pip", "install", "-q", "torch==2.13.0", external=True)
+    # onnx2torch declares torchvision, whose PyPI build doesn't import beside this torch; MoveNet needs none of it
+    session.run(PY, "-m", "pip", "install", "-q", "--no-deps", "onnx2torch==1.5.15", external=True)
+    session.run(
+        PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/ruth_vision/test_pose_torch.py", external=True
+    )
+    session.run(
+        PY, "scripts/gpu_device_check.py", "--allow-cpu", "--frames", "20", "--out", ".nox/gpu-dryrun", external=True
+    )

@@ -180,9 +180,7 @@ def limit_section(results: Mapping[str, Any]) -> list[str]:
     rows = []
     for model, e in entries.items():
         one = e["in_process"].get("1")
-        first_cell = (
-            f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)" if one else "n/a"
-        )
+        first_cell = f"{_num(one['throughput'])} ({_num(one['per_frame_ms'], '{:.2f}')} ms)" if one else "n/a"
         rows.append(
             [
                 model,
@@ -359,11 +357,34 @@ def old_design_section(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+POSE_POINTER = (
+    "The pose network's engines side by side (LiteRT, ONNX Runtime, OpenVINO, int8) and one camera frame sent to "
+    "three analytics with pose_estimator's frame cache off and on: [bench/pose.md](bench/pose.md) "
+    "(`nox -s bench_pose`)."
+)
+GPU_PREPARED = [
+    "Two prepared checks, each rehearsed on the CPU by the test suite so they can't rot:",
+    "",
+    "* `scripts/gpu_device_check.py`: for a bare GPU machine with PyTorch and no tritonserver (the device machines "
+    "lent to some sessions: no network, 64 MiB carried per call). It runs the allocator and ledger on real NVML "
+    "numbers, the gpu profile's pose network on CUDA through the `torch` engine (the pinned ONNX converted by "
+    "onnx2torch, one CUDA graph where it can be captured; keypoints checked against ONNX Runtime within 1 px) and "
+    "fall_detection's per-frame path against the 100 frames/s target, into one report. Carried: the tree (~21 MB) "
+    "and `scripts/gpu_device_wheels.sh`'s `.whl/` (~3 MB: pydantic, onnx2torch). Command on the machine: "
+    "`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 "
+    "scripts/gpu_device_check.py --out $OUT`. CPU rehearsal: `nox -s gpu_dryrun` (in CI).",
+    "* `scripts/gpu_check.sh`: the same through tritonserver (ONNX Runtime's CUDA EP, KIND_GPU, the ledger entry "
+    "and its release, fall_detection end to end) for a GPU host that has our image or venv. CPU rehearsal: "
+    "`tests/integration/test_gpu_check_dryrun.py`.",
+    "",
+]
+
+
 def gpu_section(results: Mapping[str, Any]) -> list[str]:
     gpu = results.get("gpu") or {}
     lines = ["## 5. GPU", ""]
     if not gpu.get("measured"):
-        return [*lines, f"Not measured in this run: {gpu.get('reason', 'no GPU')}.", ""]
+        return [*lines, f"Not measured in this run: {gpu.get('reason', 'no GPU')}.", "", *GPU_PREPARED]
     rows = [[str(p["concurrency"]), *_load_cells(p)] for p in gpu["points"]]
     return [
         *lines,
@@ -392,6 +413,7 @@ def render(results: Mapping[str, Any], reading: str, raw_name: str) -> str:
     lines += ["## Reading", "", READING_START, reading, READING_END, ""]
     lines += overhead_section(results) + limit_section(results) + scaling_section(results)
     lines += old_design_section(results) + gpu_section(results) + machine_section(results)
+    lines += ["## Pose network", "", POSE_POINTER, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

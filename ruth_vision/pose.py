@@ -419,7 +419,7 @@ class PoseEngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: Literal["litert", "onnx"] = "litert"
+    engine: Literal["litert", "onnx", "torch"] = "litert"
     layout: Literal["movenet", "yolo_pose"] = "movenet"
     weights: Path
     input_size: int = Field(default=256, ge=32, le=2048, multiple_of=32)
@@ -446,6 +446,15 @@ def build_engine(
         if config.layout != "movenet":
             raise EngineLoadError("the litert engine supports the movenet layout only; YOLO-pose needs engine onnx")
         runner: TensorRunner = LiteRTRunner(config.weights, config.input_size, config.threads)
+    elif config.engine == "torch":  # the ONNX file converted to torch: GPU hosts with PyTorch, no onnxruntime-gpu
+        from ruth_vision.pose_torch import TorchEngineError, TorchRunner
+
+        if config.layout != "movenet":
+            raise EngineLoadError("the torch engine supports the movenet layout only")
+        try:
+            runner = TorchRunner(config.weights, config.input_size, device, config.threads)
+        except TorchEngineError as exc:
+            raise EngineLoadError(str(exc)) from exc
     else:
         runner = OnnxRunner(config.weights, device, config.threads, importer)
     return PoseNetwork(
