@@ -76,7 +76,9 @@ class TritonPythonModel(RawRuthModel):
             self.metrics.pose_cache(hit, count=0)
 
     def _log_engine(self, engine: str, weights: str, device: Allocation) -> None:
-        runtime = "LiteRT" if engine == "litert" else f"ONNX Runtime {onnx_providers(device.device)}"
+        runtime = {"litert": "LiteRT", "torch": f"PyTorch on {device.device}"}.get(
+            engine, f"ONNX Runtime {onnx_providers(device.device)}"
+        )
         if device.placement == "fallback":
             log.warning(
                 "%s %s: engine %s (%s, %s) on the CPU because the allocator fell back: %s",
