@@ -146,6 +146,17 @@ def is_vision_model(config: pb.ModelConfig) -> bool:
     return bool({"IMAGE", "FRAME"} & inputs) and "RESULT" in {o.name for o in config.output}
 
 
+def without_frame_cache(model_dir: Path) -> None:
+    """Turn pose_estimator's frame cache off in a copied model: the sections cycle through a few frames, which the
+    cache would answer without running the network, so a person model's cost would be the cache's, not the model's
+    (the cache's saving is measured on its own by bench.pose)."""
+    for path in [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]:
+        config = parse_pbtxt(path.read_text())
+        if "model.cache_entries" in config.parameters:
+            config.parameters["model.cache_entries"].string_value = "0"
+            path.write_text(to_pbtxt(config))
+
+
 def write_bench_repository(
     dest: Path,
     models: Iterable[str],
@@ -164,6 +175,7 @@ def write_bench_repository(
     for name in [*models, *also_copy]:
         if not (dest / name).exists():
             shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            without_frame_cache(dest / name)
     for name in models:
         config = served_config(source / name, profile)
         if not is_vision_model(config):
