@@ -56,3 +56,10 @@ def gpu_dryrun(session: nox.Session) -> None:
     session.run(
         PY, "scripts/gpu_device_check.py", "--allow-cpu", "--frames", "20", "--out", ".nox/gpu-dryrun", external=True
     )
+
+
+@nox.session(name="bench_profile")
+def bench_profile(session: nox.Session) -> None:
+    """Where a served request's CPU goes (stubs and tritonserver, by library, with perf) into docs/bench/profile.md:
+    the measured explanation of the served vs in-process gap. Needs Debian's linux-perf (`perf`)."""
+    session.run(PY, "-m", "bench.profile", *session.posargs, external=True)
