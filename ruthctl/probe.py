@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 #: Triton index states that mean "busy, not serving"; only UNLOADING can wedge for good (docs/operations.md).
 WEDGING_STATES = ("UNLOADING",)
+WEDGED = "wedged:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +151,11 @@ def judge_live(
     """Pure: wedged when Triton stayed silent for `unresponsive_after_s`, or a model UNLOADING for `wedge_after_s`."""
     if unanswered_since is not None and now - unanswered_since >= unresponsive_after_s:
         error = observation.error if observation is not None else ""
-        return Verdict(False, f"wedged: tritonserver has not answered for {now - unanswered_since:.0f}s ({error})")
+        return Verdict(False, f"{WEDGED} tritonserver has not answered for {now - unanswered_since:.0f}s ({error})")
     stuck = sorted((since, name) for name, since in busy_since.items() if now - since >= wedge_after_s)
     if stuck:
         since, name = stuck[0]
-        return Verdict(False, f"wedged: {name} UNLOADING for {now - since:.0f}s (limit {wedge_after_s:.0f}s)")
+        return Verdict(False, f"{WEDGED} {name} UNLOADING for {now - since:.0f}s (limit {wedge_after_s:.0f}s)")
     return Verdict(True, "tritonserver answering" if observation is not None else "starting")
 
 
@@ -168,6 +169,11 @@ class Snapshot:
     phase: str  # starting | loading | serving | restarting | stopping
     restarts: int = 0
     restart_reasons: tuple[str, ...] = ()
+
+    @property
+    def wedged(self) -> bool:
+        """Not live because of what tritonserver did (a restart can help), rather than a stalled supervisor."""
+        return not self.live.ok and self.live.reason.startswith(WEDGED)
 
 
 class Supervisor:
@@ -191,6 +197,7 @@ class Supervisor:
         self._busy_since: dict[str, float] = {}
         self._phase = "starting"
         self._restarts: list[str] = []
+        self._forgotten_at = float("-inf")
         self._snapshot = Snapshot(
             Verdict(False, "starting: tritonserver not observed yet"), Verdict(True, "starting"), clock(), "starting"
         )
@@ -201,11 +208,21 @@ class Supervisor:
             self._snapshot = dataclasses.replace(self._snapshot, phase=phase, at=self.clock())
 
     def forget(self) -> None:
-        """A new tritonserver process: what the old one did says nothing about it."""
+        """A new tritonserver process: what the old one did says nothing about it (observations made before now,
+        still in flight on the poller, are dropped by `observe`)."""
         with self._lock:
             self._last = None
             self._unanswered_since = None
             self._busy_since = {}
+            self._forgotten_at = self.clock()
+            self._snapshot = Snapshot(
+                Verdict(False, f"{self._phase}: tritonserver not observed yet"),
+                Verdict(True, f"{self._phase}: new tritonserver process"),
+                self._forgotten_at,
+                self._phase,
+                len(self._restarts),
+                tuple(self._restarts),
+            )
 
     def count_restart(self, reason: str) -> None:
         with self._lock:
@@ -213,6 +230,8 @@ class Supervisor:
 
     def observe(self, observation: Observation, wanted: Sequence[str]) -> Snapshot:
         with self._lock:
+            if observation.at < self._forgotten_at:  # looked at the previous tritonserver process
+                return self._snapshot
             if observation.answered:
                 self._unanswered_since = None
                 busy = {n for n, (state, _) in observation.index.items() if state in WEDGING_STATES}

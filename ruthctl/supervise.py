@@ -205,7 +205,7 @@ class Supervised:
                     return 1
                 continue
             snap = self.supervisor.snapshot()
-            if not snap.live.ok and snap.phase == "serving":
+            if snap.wedged and snap.phase == "serving":
                 if not self._escalate(snap.live.reason):
                     return 1
                 continue
@@ -238,6 +238,7 @@ class Supervised:
             json.dumps({"event": "tritonserver_restart", "reason": reason, "attempt": attempt, "limit": limit}),
         )
         self.supervisor.set_phase("restarting")
+        self.supervisor.forget()
         self.server.stop()
         if self.received:
             return True
