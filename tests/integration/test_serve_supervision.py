@@ -285,7 +285,7 @@ def infer_tank(serve: Serve, n: int) -> list[str]:
 
     image = jpeg(tank_frame(40))
     outcomes = []
-    for i in range(n):
+    for _ in range(n):
         try:
             with RuthClient(f"127.0.0.1:{serve.http}", "http", timeout_s=20) as client:
                 client.infer(TANK, image=image, stream_id=str(uuid.uuid4()))
