@@ -151,3 +151,35 @@ def test_the_second_signal_kills_without_waiting_even_inside_popen_wait(tmp_path
         assert done.wait(5), "the handler waited on the Popen lock"
     assert server.process.wait(timeout=10) == -signal.SIGKILL
     assert supervised.received == [signal.SIGTERM, signal.SIGTERM]
+
+
+def test_serve_seeds_a_missing_registry_and_closes_claims_of_a_process_that_is_gone(tmp_path: Path) -> None:
+    from ruthctl.supervise import record, seed_registry
+
+    registry = Registry(tmp_path)
+    assert seed_registry(registry, ["a", "b"], {"a": 2})
+    assert not seed_registry(registry, ["c"], {})  # only the first start seeds
+    models = registry.read().models
+    assert sorted(models) == ["a", "b"] and models["a"].version == 2
+    assert all(m.desired is Desired.ACTIVE for m in models.values())
+    server = "127.0.0.1:8000"
+    registry.transition("a", server, State.LOADING, reason="a serve that was killed mid-load")
+    registry.transition("b", server, State.LOADING)
+    registry.transition("b", server, State.READY)
+    registry.transition("b", server, State.UNLOADING, reason="a repair on the wedged server")
+    for name in ("a", "b"):
+        record(registry, name, server, State.LOADING, "serve: start")
+        record(registry, name, server, State.READY, "serve: loaded")
+    assert {n: m.on(server).state for n, m in registry.read().models.items()} == {"a": State.READY, "b": State.READY}
+    moves = [(e.model, e.from_state, e.to_state) for e in registry.audit() if e.event == "transition"]
+    assert ("a", "LOADING", "FAILED") in moves and ("b", "UNLOADING", "UNLOADED") in moves
+
+
+def test_infer_protocol_switch_follows_the_serve_port_layout() -> None:
+    from ruthctl.triton_client import Endpoint, Transport
+
+    http = Endpoint.parse("10.0.0.5:8000")
+    assert http.on(Transport.GRPC).address == "10.0.0.5:8001"
+    assert str(http.on(Transport.GRPC)) == "grpc://10.0.0.5:8001"
+    assert http.on(Transport.HTTP) is http
+    assert Endpoint.parse("grpc://h:9001").on(Transport.HTTP).address == "h:9000"
