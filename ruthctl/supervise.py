@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 RESTART_WINDOW_S = 3600.0
 
-Loader = Callable[[str, str, "str | None", float], "tuple[bool, str]"]
+Loader = Callable[[str, str, str | None, float], tuple[bool, str]]  # (http url, model, admin token, timeout)
 Say = Callable[[str, str], None]  # (level, message)
 
 
@@ -127,7 +127,8 @@ class Supervised:
                     self.supervisor, self.settings.ruth_host, self.settings.ruth_probe_port
                 ).start()
             except OSError as exc:
-                self.say("error", f"probe endpoint {self.settings.ruth_host}:{self.settings.ruth_probe_port}: {exc}")
+                where = f"{self.settings.ruth_host}:{self.settings.ruth_probe_port}"
+                self.say("error", f"probe endpoint {where}: {exc} (choose another with RUTH_PROBE_PORT)")
                 return 1
             poller = threading.Thread(target=self._poll_loop, name="ruth-supervisor", daemon=True)
             poller.start()

@@ -99,15 +99,14 @@ def serve(
 
 
 def hardware_problem(settings: Settings) -> str | None:
-    """A GPU profile on a host without that hardware would start with every model failing: refuse it up front."""
-    needs = {Profile.GPU: Hardware.GPU, Profile.JETSON: Hardware.JETSON}.get(settings.ruth_ai_profile)
+    """A GPU profile on a host without a GPU would start with every model failing: refuse it up front."""
     found = settings.resolved_hardware()
-    if needs is None or found is needs:
+    if settings.ruth_ai_profile is Profile.CPU or found is not Hardware.CPU:
         return None
     return (
-        f"profile {settings.ruth_ai_profile.value} needs {needs.value} hardware, but this host is {found.value} "
+        f"profile {settings.ruth_ai_profile.value} needs a GPU, but this host is cpu "
         f"(AI_RUNTIME_HARDWARE={settings.ai_runtime_hardware.value}); no model of that profile could load. "
-        f"Use --profile {found.value} (or RUTH_AI_PROFILE={found.value})"
+        "Use --profile cpu (or RUTH_AI_PROFILE=cpu)"
     )
 
 

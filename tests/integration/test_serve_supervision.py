@@ -432,5 +432,5 @@ def test_a_gpu_profile_on_a_cpu_host_is_refused_up_front(tmp_path: Path) -> None
     )
     said = " ".join(result.stderr.split())
     assert result.returncode == 2, said
-    assert "profile gpu needs gpu hardware, but this host is cpu" in said and "Use --profile cpu" in said
+    assert "profile gpu needs a GPU, but this host is cpu" in said and "Use --profile cpu" in said
     assert not (tmp_path / "admin-token").exists(), "refused before anything started"

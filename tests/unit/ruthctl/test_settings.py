@@ -105,7 +105,7 @@ def test_legacy_profile_names_reach_commands(tmp_path: Path) -> None:
     env = {"RUTH_STATE_DIR": str(tmp_path), "AI_RUNTIME_HARDWARE": "cpu", "RUTH_AI_PROFILE": "prod-gpu"}
     result = CliRunner().invoke(app, ["serve"], env=env)
     assert result.exit_code == 2  # read as gpu (not refused as unknown), then refused: no GPU here
-    assert "profile gpu needs gpu hardware" in " ".join(result.output.split())
+    assert "profile gpu needs a GPU" in " ".join(result.output.split())
     unknown = CliRunner().invoke(app, ["--profile", "prod-tpu", "status"], env=env)
     assert unknown.exit_code == 2 and "prod-tpu" in unknown.output
 
