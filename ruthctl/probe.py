@@ -227,6 +227,9 @@ class Supervisor:
     def count_restart(self, reason: str) -> None:
         with self._lock:
             self._restarts.append(reason)
+            self._snapshot = dataclasses.replace(
+                self._snapshot, restarts=len(self._restarts), restart_reasons=tuple(self._restarts)
+            )
 
     def observe(self, observation: Observation, wanted: Sequence[str]) -> Snapshot:
         with self._lock:

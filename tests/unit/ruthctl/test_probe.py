@@ -183,3 +183,16 @@ def test_infer_protocol_switch_follows_the_serve_port_layout() -> None:
     assert str(http.on(Transport.GRPC)) == "grpc://10.0.0.5:8001"
     assert http.on(Transport.HTTP) is http
     assert Endpoint.parse("grpc://h:9001").on(Transport.HTTP).address == "h:9000"
+
+
+def test_the_probe_metrics_are_the_documented_ones() -> None:
+    import re
+
+    from monitoring_support import METRICS_DOC, documented_metrics
+
+    sup = Supervisor()
+    sup.count_restart("wedged: m UNLOADING for 61s")
+    served = set(re.findall(r"^([a-z_]+) ", probe.metrics_text(sup.snapshot()), re.M))
+    assert served == {"ruthctl_serve_ready", "ruthctl_serve_live", "ruthctl_serve_restarts_total"}
+    assert served <= documented_metrics(METRICS_DOC.read_text())
+    assert "ruthctl_serve_restarts_total 1" in probe.metrics_text(sup.snapshot())
