@@ -40,9 +40,17 @@ Say = Callable[[str, str], None]  # (level, message)
 
 
 def registry_server_name(settings: Settings) -> str:
-    """How the registry (and `ruthctl --url`) names this server: its HTTP address, loopback for a wildcard bind."""
-    from ruthctl.triton_client import Endpoint
+    """How the registry names this server: as its clients do. That is `RUTH_TRITON_URL` when it points at this
+    server's HTTP port (compose names it `triton:8000` for the watch container), else its HTTP address, on
+    loopback for a wildcard bind. One name per server, or a DISABLED recorded under one is missed under the other."""
+    from ruthctl.triton_client import Endpoint, Transport
 
+    try:
+        named = Endpoint.parse(settings.ruth_triton_url.split(",")[0])
+    except ValueError:
+        named = None
+    if named is not None and named.transport is Transport.HTTP and named.port == settings.ruth_http_port:
+        return str(named)
     return str(Endpoint.parse(f"{probe.probe_host(settings.ruth_host)}:{settings.ruth_http_port}"))
 
 

@@ -196,3 +196,16 @@ def test_the_probe_metrics_are_the_documented_ones() -> None:
     assert served == {"ruthctl_serve_ready", "ruthctl_serve_live", "ruthctl_serve_restarts_total"}
     assert served <= documented_metrics(METRICS_DOC.read_text())
     assert "ruthctl_serve_restarts_total 1" in probe.metrics_text(sup.snapshot())
+
+
+def test_serve_names_itself_in_the_registry_as_its_clients_do(tmp_path: Path) -> None:
+    from ruthctl.settings import Settings
+    from ruthctl.supervise import registry_server_name
+
+    def name(**kwargs: object) -> str:
+        return registry_server_name(Settings(ruth_state_dir=tmp_path, **kwargs))  # type: ignore[arg-type]
+
+    assert name(ruth_host="0.0.0.0", ruth_http_port=8000, ruth_triton_url="triton:8000") == "triton:8000"
+    assert name(ruth_host="0.0.0.0", ruth_http_port=8000, ruth_triton_url="127.0.0.1:8000") == "127.0.0.1:8000"
+    assert name(ruth_host="0.0.0.0", ruth_http_port=9000, ruth_triton_url="other:8000") == "127.0.0.1:9000"
+    assert name(ruth_host="10.1.2.3", ruth_http_port=8000, ruth_triton_url="grpc://x:8001") == "10.1.2.3:8000"
