@@ -67,8 +67,8 @@ class Observation:
 
     at: float
     answered: bool
-    index: Mapping[str, tuple[str | None, str]] = dataclasses.field(default_factory=dict)
-    error: str = ""
+    index: Mapping[str, tuple[str | None, str]] | None = dataclasses.field(default_factory=dict)  # None: unknown
+    error: str = ""  # why it didn't answer, or (answered) why the index is unknown
 
 
 def poll_triton(
@@ -89,8 +89,11 @@ def poll_triton(
             method="POST",
             headers={**headers, "Content-Type": "application/json", **({"ruth-admin-token": token} if token else {})},
         )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            rows = json.loads(response.read() or b"[]")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+                rows = json.loads(response.read() or b"[]")
+        except (urllib.error.HTTPError, ValueError) as exc:  # it answers (so not wedged), but not with an index
+            return Observation(now, True, index=None, error=f"repository index refused: {exc}")
     except urllib.error.HTTPError as exc:
         return Observation(now, False, error=f"tritonserver answered {exc.code}: {exc.reason}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -129,6 +132,8 @@ def judge_ready(wanted: Sequence[str], observation: Observation | None) -> Verdi
         return Verdict(False, "starting: tritonserver not observed yet")
     if not observation.answered:
         return Verdict(False, f"tritonserver not answering: {observation.error}")
+    if observation.index is None:
+        return Verdict(False, observation.error)
     missing = []
     for name in wanted:
         state, reason = observation.index.get(name, (None, ""))
@@ -237,8 +242,9 @@ class Supervisor:
                 return self._snapshot
             if observation.answered:
                 self._unanswered_since = None
-                busy = {n for n, (state, _) in observation.index.items() if state in WEDGING_STATES}
-                self._busy_since = {n: self._busy_since.get(n, observation.at) for n in busy}
+                if observation.index is not None:
+                    busy = {n for n, (state, _) in observation.index.items() if state in WEDGING_STATES}
+                    self._busy_since = {n: self._busy_since.get(n, observation.at) for n in busy}
             elif self._unanswered_since is None:
                 self._unanswered_since = observation.at
             self._last = observation

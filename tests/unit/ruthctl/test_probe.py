@@ -209,3 +209,42 @@ def test_serve_names_itself_in_the_registry_as_its_clients_do(tmp_path: Path) ->
     assert name(ruth_host="0.0.0.0", ruth_http_port=8000, ruth_triton_url="127.0.0.1:8000") == "127.0.0.1:8000"
     assert name(ruth_host="0.0.0.0", ruth_http_port=9000, ruth_triton_url="other:8000") == "127.0.0.1:9000"
     assert name(ruth_host="10.1.2.3", ruth_http_port=8000, ruth_triton_url="grpc://x:8001") == "10.1.2.3:8000"
+
+
+def test_an_index_refused_is_not_ready_but_not_a_wedge() -> None:
+    """A wrong admin token (403 on the index) must never get tritonserver restarted."""
+    sup = Supervisor(unresponsive_after_s=15)
+    sup.set_phase("serving")
+    for t in (0, 10, 20, 30):
+        snap = sup.observe(Observation(t, True, index=None, error="repository index refused: HTTP Error 403"), ["m"])
+    assert snap.live.ok and not snap.wedged
+    assert not snap.ready.ok and "403" in snap.ready.reason
+
+
+def test_poll_triton_tells_silence_from_refusal() -> None:
+    import http.server
+
+    class Refuses(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        refused = probe.poll_triton(f"127.0.0.1:{httpd.server_address[1]}", "wrong", timeout_s=2)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert refused.answered and refused.index is None and "403" in refused.error
+    silent = probe.poll_triton(f"127.0.0.1:{httpd.server_address[1]}", None, timeout_s=1)
+    assert not silent.answered
