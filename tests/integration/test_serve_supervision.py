@@ -1,8 +1,8 @@
 """`ruthctl serve` as deployed: honest probes, a wedged tritonserver restarted, the second signal, newcomer traps.
 
 Every test runs `ruthctl serve` as a child process over a small deployment (config/, model_repository/, weights/,
-state/ in a temporary folder): `slowpoke` (initialize takes 4 s), `brittle` (initialize raises) and the real tank
-model, whose stubs the wedge test kills.
+state/ in a temporary folder) of tiny plain-Python models (`bulky` takes 4 s to initialize, `rickety` and `fragile`
+raise in initialize, `slowpoke` just answers), or of the real tank model, whose stubs the wedge test kills.
 """
 
 from __future__ import annotations
@@ -228,38 +228,42 @@ def triton_ready(serve: Serve) -> int | None:
 # ------------------------------------------------------------------ readiness and liveness
 
 
-def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_it_is_deactivated(
+def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_deactivated_or_fixed(
     tmp_path: Path,
 ) -> None:
-    root = build(tmp_path / "d", {"slowpoke": {"init_sleep_s": 4}, "brittle": {"fail_init": True}})
+    failing = {"fail_init": True}
+    root = build(tmp_path / "d", {"bulky": {"init_sleep_s": 4}, "rickety": failing, "fragile": failing})
     with serving(root) as serve:
         serve.until(lambda: serve.get("/live")[0] == 200, 60, "the probe endpoint")
         code, body = serve.get("/ready")
         assert code == 503, body  # tritonserver is up, nothing wanted is READY yet
-        # loading: Triton's own readiness says 200 at some point while ours says not ready
-        lies: list[tuple[int | None, int | None]] = []
-        serve.until(
-            lambda: lies.append((triton_ready(serve), serve.get("/ready")[0])) or "READY slowpoke" in serve.stderr,
-            90,
-            "slowpoke loaded",
-        )
-        assert (200, 503) in lies, lies
-        serve.until(lambda: "FAILED brittle" in serve.stderr, 60, "brittle failed")
+        ours: list[int | None] = []
+        serve.until(lambda: ours.append(serve.get("/ready")[0]) or "READY bulky" in serve.stderr, 90, "bulky loaded")
+        assert set(ours) == {503}, ours  # never ready while a wanted model loads
+        serve.until(lambda: "FAILED rickety" in serve.stderr and "FAILED fragile" in serve.stderr, 60, "failures")
         time.sleep(3)  # a poll or two after the loads
         code, body = serve.get("/ready")
-        assert code == 503 and "brittle" in body["reason"], body
+        assert code == 503 and "rickety" in body["reason"] and "fragile" in body["reason"], body
         assert serve.get("/live")[0] == 200  # a failed model is no reason to restart the server
         probe = serve.ruthctl("probe", "ready", "--port", str(serve.probe))
-        assert probe.returncode == 1 and "brittle" in probe.stdout, probe.stdout
+        assert probe.returncode == 1 and "2/3 wanted models not READY" in probe.stdout, probe.stdout
         assert triton_ready(serve) == 400  # Triton's strict readiness stays red for good (reference §3)
 
-        done = serve.ruthctl("deactivate", "brittle")
+        done = serve.ruthctl("deactivate", "rickety")
         assert done.returncode == 0, done.stdout + done.stderr
-        took = serve.until(lambda: serve.get("/ready")[0] == 200, 30, "ready after deactivating brittle")
+        serve.until(lambda: "rickety" not in serve.get("/ready")[1].get("reason", "rickety"), 30, "rickety unwanted")
+        code, body = serve.get("/ready")
+        assert code == 503 and "1/2 wanted models not READY: fragile" in body["reason"], body
+
+        (root / "config" / "models" / "fragile.yaml").write_text(spec("fragile"))  # the fix: its spec corrected
+        for command in (("generate",), ("activate", "fragile")):
+            fixed = serve.ruthctl(*command)
+            assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        took = serve.until(lambda: serve.get("/ready")[0] == 200, 30, "ready once fragile is fixed")
         assert took < 30
-        assert triton_ready(serve) == 400  # still red: the reason the probes are ours
+        assert triton_ready(serve) == 400  # still red (rickety failed once): the reason the probes are ours
         probe = serve.ruthctl("probe", "ready", "--port", str(serve.probe))
-        assert probe.returncode == 0 and "1/1 wanted models READY" in probe.stdout, probe.stdout
+        assert probe.returncode == 0 and "2/2 wanted models READY" in probe.stdout, probe.stdout
         live = serve.ruthctl("probe", "live", "--port", str(serve.probe))
         assert live.returncode == 0, live.stdout
         _, metrics = serve.get("/metrics")
