@@ -247,7 +247,7 @@ def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_d
         assert serve.get("/live")[0] == 200  # a failed model is no reason to restart the server
         probe = serve.ruthctl("probe", "ready", "--port", str(serve.probe))
         assert probe.returncode == 1 and "2/3 wanted models not READY" in probe.stdout, probe.stdout
-        assert triton_ready(serve) == 400  # Triton's strict readiness stays red for good (reference §3)
+        assert triton_ready(serve) == 400  # Triton's strict readiness stays red for good (docs/operations.md)
 
         done = serve.ruthctl("deactivate", "rickety")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -354,7 +354,7 @@ def test_a_second_sigterm_during_the_drain_kills_tritonserver_and_exits(tmp_path
         serve.until(lambda: serve.get("/ready")[0] == 200, 90, "ready")
         pid = serve.server_pid()
         assert pid is not None
-        # an idle keep-alive connection makes tritonserver's HTTP drain wait for the whole exit timeout (reference §4)
+        # an idle keep-alive connection makes tritonserver's HTTP drain wait for the whole exit timeout (docs/deployment.md)
         idle = http.client.HTTPConnection("127.0.0.1", serve.http, timeout=5)
         idle.request("GET", "/v2/health/live")
         idle.getresponse().read()
