@@ -354,7 +354,7 @@ def test_a_second_sigterm_during_the_drain_kills_tritonserver_and_exits(tmp_path
         serve.until(lambda: serve.get("/ready")[0] == 200, 90, "ready")
         pid = serve.server_pid()
         assert pid is not None
-        # an idle keep-alive connection makes tritonserver's HTTP drain wait for the whole exit timeout (docs/deployment.md)
+        # an idle keep-alive connection holds the HTTP drain for the whole exit timeout (docs/deployment.md)
         idle = http.client.HTTPConnection("127.0.0.1", serve.http, timeout=5)
         idle.request("GET", "/v2/health/live")
         idle.getresponse().read()
