@@ -171,6 +171,7 @@ class GuardedModel:
         except Exception as exc:
             self._allocator.release(self.device)
             raise ModelLoadError(f"{self.name}: load failed: {type(exc).__name__}: {exc}") from exc
+        self._allocator.settle(self.device)  # loaded: its memory is in use now, no longer only promised
         self._report_health()
 
     def _make_allocator(self) -> DeviceAllocator:

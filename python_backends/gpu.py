@@ -49,11 +49,12 @@ class DeviceAllocator:
     """Decides GPU, CPU or fallback for an instance and books the GPU memory in the ledger.
 
     An estimate fits when it is within both
-      * real free memory on the device minus `reserve_mb` (catches memory used by anything, ledger or not), and
-      * total memory minus `reserve_mb` minus the live ledger reservations of other instances on it (catches siblings
-        that booked but haven't allocated yet).
-    Taking the smaller of the two instead of subtracting reservations from free memory avoids counting an
-    instance twice once its model is loaded (then its memory is both booked and no longer free).
+      * real free memory on the device minus `reserve_mb` minus the bookings of siblings that have not loaded yet
+        (their memory is promised but not yet gone from "free"; memory used by anything else is already gone), and
+      * total memory minus `reserve_mb` minus every live booking on it (the estimates of siblings, loaded or not).
+    A sibling that has loaded is `settled` in the ledger: its memory is gone from "free", so it counts once, in the
+    second bound. Taking min(free, total − booked) without the first subtraction over-booked whenever another
+    process held memory: free was the binding bound and the pending bookings were not subtracted from it.
     """
 
     def __init__(
@@ -131,14 +132,15 @@ class DeviceAllocator:
 
         def fits(others: list[Reservation]) -> None:
             booked = sum(r.bytes for r in others)
-            by_free = device.free_bytes - self.reserve_bytes
+            pending = sum(r.bytes for r in others if not r.settled)
+            by_free = device.free_bytes - self.reserve_bytes - pending
             by_ledger = device.total_bytes - self.reserve_bytes - booked
             available = min(by_free, by_ledger)
             numbers = (
                 f"estimate {mib_text(estimate)}, available {mib_text(max(available, 0))} on {wants} ({device.name}): "
-                f"free {mib_text(device.free_bytes)} − reserve {mib_text(self.reserve_bytes)}; total "
-                f"{mib_text(device.total_bytes)} − reserve − {mib_text(booked)} booked by "
-                f"{len(others)} other instance(s)"
+                f"free {mib_text(device.free_bytes)} − reserve {mib_text(self.reserve_bytes)} − {mib_text(pending)} "
+                f"booked by instances not loaded yet; total {mib_text(device.total_bytes)} − reserve − "
+                f"{mib_text(booked)} booked by {len(others)} other instance(s)"
             )
             if estimate > available:
                 raise LedgerFullError(f"not enough GPU memory: {numbers}")
@@ -149,6 +151,11 @@ class DeviceAllocator:
         except LedgerFullError as exc:
             return self._unavailable(label, kind, wants, str(exc), no_gpu=False)
         return self._decided(label, Allocation(wants, "gpu", device_id, estimate, granted[0], owner))
+
+    def settle(self, allocation: Allocation) -> None:
+        """The instance has loaded: its booked memory is now in use, so siblings stop subtracting it from "free"."""
+        if allocation.owner is not None:
+            self.ledger.settle(allocation.owner)
 
     def release(self, allocation: Allocation) -> None:
         """Give the booked memory back; safe to call twice and for CPU allocations."""

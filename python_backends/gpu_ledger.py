@@ -79,6 +79,8 @@ class Reservation:
     created_at: float
     #: `process_token(pid)` when reserved; None skips the reuse check
     token: str | None = None
+    #: the instance has loaded: its memory is now gone from the device's free memory (see DeviceAllocator)
+    settled: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +97,7 @@ class Reservation:
             instance=str(data["instance"]),
             created_at=float(data["created_at"]),
             token=None if data.get("token") is None else str(data["token"]),
+            settled=bool(data.get("settled", False)),
         )
 
 
@@ -158,6 +161,21 @@ class GpuLedger:
 
         self._store.update(apply)
         return released[0]
+
+    def settle(self, owner: str) -> bool:
+        """Mark `owner`'s reservation as allocated (its model loaded); False if it has none."""
+        settled = [False]
+
+        def apply(data: dict[str, Any]) -> dict[str, Any]:
+            entries = dict(data.get("reservations") or {})
+            entry = entries.get(owner)
+            if isinstance(entry, dict):
+                entries[owner] = {**entry, "settled": True}
+                settled[0] = True
+            return {"reservations": entries}
+
+        self._store.update(apply)
+        return settled[0]
 
     def reservations(self, device_index: int | None = None) -> list[Reservation]:
         """Live reservations (dead processes' entries are filtered out, not removed: reading takes no lock)."""

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ruthctl.commands._common import profile_option
 from ruthctl.settings import Profile
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ruthctl.commands.repair",
     "ruthctl.commands.status",
     "ruthctl.commands.health",
+    "ruthctl.commands.probe",
     "ruthctl.commands.infer",
     "ruthctl.commands.watch",
 )
@@ -70,7 +72,12 @@ def root(
         ),
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(envvar="RUTH_STATE_DIR", help="Breaker, registry state.")] = None,
-    profile: Annotated[Profile | None, typer.Option(envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson.")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson (or prod-cpu, prod-gpu, edge-jetson, dev, test)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
@@ -78,7 +85,7 @@ def root(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     urls = [u for raw in (url or []) for u in raw.split(",") if u] or ["127.0.0.1:8000"]
-    ctx.obj = Context(urls=urls, state_dir=state_dir, profile=profile, verbose=verbose)
+    ctx.obj = Context(urls=urls, state_dir=state_dir, profile=profile_option(profile), verbose=verbose)
 
 
 def _register_commands() -> None:

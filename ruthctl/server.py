@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "ruth"
-RATE_LIMIT_RESOURCE = "ruth_inference"  # our runs' python-backend shm regions are named ruth<pid>_...
+RATE_LIMIT_RESOURCE = "ruth_inference"  # our runs' python-backend shm regions are named ruth<pid>_<start>_...
+_STARTS = itertools.count(1)  # one shm prefix per server start: a restarted server never meets its predecessor's
 
 
 class TritonNotInstalled(RuntimeError):
@@ -257,6 +259,7 @@ class TritonServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
         self._log_handle: IO[bytes] | None = None
+        self._terminating = False  # SIGTERM sent: stop() waits for the drain instead of signalling again
 
     @property
     def http_url(self) -> str:
@@ -276,8 +279,9 @@ class TritonServer:
         swept = sweep_stale_shm()
         if swept:
             log.warning("removed %d stale shm regions of crashed runs", len(swept))
-        flags = dataclasses.replace(self.flags, shm_prefix=f"{SHM_PREFIX}{os.getpid()}_")
+        flags = dataclasses.replace(self.flags, shm_prefix=f"{SHM_PREFIX}{os.getpid()}_{next(_STARTS)}_")
         self.flags = flags
+        self._terminating = False
         argv = flags.to_argv(self.install.binary)
         shown = " ".join(argv).replace(flags.admin_token, "***") if flags.admin_token else " ".join(argv)
         log.info("starting tritonserver: %s", shown)  # the admin token never reaches a log
@@ -318,8 +322,10 @@ class TritonServer:
         raise TritonStartError(f"tritonserver not live after {timeout_s:.0f}s")
 
     def send_signal(self, sig: int) -> None:
+        """Signal the server without waiting for it: safe inside a signal handler (Popen.poll never blocks)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
+            self._terminating = self._terminating or sig == signal.SIGTERM
 
     def wait(self, timeout_s: float | None = None) -> int:
         assert self.process is not None
@@ -330,7 +336,9 @@ class TritonServer:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if not self._terminating:
+                self.process.send_signal(signal.SIGTERM)
+                self._terminating = True
             try:
                 self.process.wait(timeout=grace_s if grace_s is not None else self.flags.exit_timeout_s + 10)
             except subprocess.TimeoutExpired:
@@ -342,7 +350,18 @@ class TritonServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        self._remove_own_shm()
         return self.process.returncode
+
+    def _remove_own_shm(self) -> None:
+        """Regions of this start's stubs that outlived the server (a SIGKILLed stub leaves its region behind)."""
+        if not SHM_DIR.is_dir() or self.flags.shm_prefix == SHM_PREFIX:  # never started: no prefix of its own
+            return
+        for region in SHM_DIR.glob(f"{self.flags.shm_prefix}*"):
+            try:
+                region.unlink()
+            except OSError as exc:
+                log.debug("could not remove %s: %s", region, exc)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; the stubs notice and exit on their own."""

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     ruth_state_dir: Path = Path(".ruth-state")
     ruth_weights_dir: Path = REPO_ROOT / "weights"
     ruth_models_dir: Path = REPO_ROOT / "models"  # committed, checksummed artefacts (the canonical MoveNet ONNX)
-    ruth_host: str = "127.0.0.1"
-    ruth_http_port: int = Field(8000, ge=0, le=65535)
+    # SERVER_HOST/SERVER_PORT: the names of the runtime we replace, honoured when the RUTH_ name is not set
+    ruth_host: str = Field("127.0.0.1", validation_alias=AliasChoices("ruth_host", "server_host"))
+    ruth_http_port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ruth_http_port", "server_port"))
     ruth_grpc_port: int = Field(8001, ge=0, le=65535)
     ruth_metrics_port: int = Field(8002, ge=0, le=65535)
     ruth_admin_token: SecretStr | None = None
@@ -79,13 +80,19 @@ class Settings(BaseSettings):
     ruth_tritonserver: Path | None = None
     ruth_backend_directory: Path | None = None
     ruth_strict_readiness: bool = True
+    #: `ruthctl serve`'s probe endpoint (/ready, /live, /metrics), bound like the HTTP address
+    ruth_probe_port: int = Field(8003, ge=0, le=65535)
+    #: a model UNLOADING this long means tritonserver is wedged: /live turns 503 and serve restarts it
+    ruth_wedge_after_seconds: float = Field(60.0, gt=0, le=3600)
+    #: restarts of a wedged or crashed tritonserver by serve within an hour before it gives up (exit 1)
+    ruth_max_restarts: int = Field(3, ge=0, le=100)
 
     @field_validator("ruth_ai_profile", mode="before")
     @classmethod
     def _legacy_profile(cls, value: object) -> object:
-        if isinstance(value, str) and value.lower() in LEGACY_PROFILES:
-            return LEGACY_PROFILES[value.lower()]
-        return value.lower() if isinstance(value, str) else value
+        if isinstance(value, str) and value.strip().lower() in LEGACY_PROFILES:
+            return LEGACY_PROFILES[value.strip().lower()]
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -105,6 +112,7 @@ class Settings(BaseSettings):
             "RUTH_STATE_DIR": str(self.ruth_state_dir.resolve()),
             "RUTH_WEIGHTS_DIR": str(self.ruth_weights_dir.resolve()),
             "RUTH_AI_PROFILE": self.ruth_ai_profile.value,
+            "RUTH_AI_ENV": self.ruth_ai_env,
             "AI_RUNTIME_HARDWARE": hardware.value,
             # a CPU host never grants a GPU, whatever the profile says
             "ENABLE_GPU": "1" if self.enable_gpu and hardware is not Hardware.CPU else "0",
@@ -114,6 +122,20 @@ class Settings(BaseSettings):
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
         }
+
+
+def parse_profile(value: str | Profile) -> Profile:
+    """A profile name, or one of the runtime we replace (`prod-cpu` ...); ValueError names the accepted ones."""
+    if isinstance(value, Profile):
+        return value
+    text = value.strip().lower()
+    if text in LEGACY_PROFILES:
+        return LEGACY_PROFILES[text]
+    try:
+        return Profile(text)
+    except ValueError:
+        accepted = ", ".join([p.value for p in Profile] + sorted(LEGACY_PROFILES))
+        raise ValueError(f"unknown profile {value!r}; accepted: {accepted}") from None
 
 
 def detect_hardware(tegra_release: Path = Path("/etc/nv_tegra_release"), which: object = shutil.which) -> Hardware:

@@ -92,6 +92,13 @@ class Endpoint:
     def __str__(self) -> str:
         return self.address if self.transport is Transport.HTTP else f"grpc://{self.address}"
 
+    def on(self, transport: Transport) -> Endpoint:
+        """The same server over the other protocol, by the `serve` layout (HTTP p, gRPC p+1)."""
+        if transport is self.transport:
+            return self
+        shift = 1 if transport is Transport.GRPC else -1
+        return dataclasses.replace(self, transport=transport, port=self.port + shift)
+
 
 class TritonAPIError(Exception):
     """Root of the adapter's errors."""

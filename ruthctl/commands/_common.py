@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from ruthctl.exit_codes import ExitCode
-from ruthctl.settings import REPO_ROOT, Profile, Settings, load_settings
+from ruthctl.settings import REPO_ROOT, Profile, Settings, load_settings, parse_profile
 
 err = Console(stderr=True)
 
@@ -37,6 +37,16 @@ def out() -> Console:
 def fail(message: str, code: int = ExitCode.ERROR) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(int(code))
+
+
+def profile_option(value: str | None) -> Profile | None:
+    """`--profile`/RUTH_AI_PROFILE, legacy names included; an unknown name is a usage error naming the accepted."""
+    if value is None:
+        return None
+    try:
+        return parse_profile(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--profile' / RUTH_AI_PROFILE") from None
 
 
 def print_json(data: Any) -> None:

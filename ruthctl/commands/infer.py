@@ -46,7 +46,7 @@ def infer(
     Exit codes: 0 ok, 1 the request was refused or failed (message on stderr), 2 bad options, 4 unreachable.
     """
     from ruthctl.client import RuthClient, RuthClientError, ServerUnreachable
-    from ruthctl.triton_client import Endpoint
+    from ruthctl.triton_client import Endpoint, Transport
 
     if protocol not in (None, "http", "grpc"):
         fail("--protocol must be http or grpc", ExitCode.USAGE)
@@ -60,8 +60,9 @@ def infer(
             endpoint = Endpoint.parse(url)
         except ValueError as exc:
             fail(str(exc), ExitCode.USAGE)
-        chosen = protocol or endpoint.transport.value
-        with RuthClient(endpoint.address, chosen, timeout_s=timeout) as client:
+        # `--protocol grpc` with an HTTP URL means the same server's gRPC port (serve layout: HTTP p, gRPC p+1)
+        target = endpoint.on(Transport(protocol)) if protocol else endpoint
+        with RuthClient(target.address, target.transport.value, timeout_s=timeout) as client:
             try:
                 results[url] = client.infer(
                     model,

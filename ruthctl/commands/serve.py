@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Literal
 
 import typer
@@ -18,19 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from ruthctl.access import admin_token, auth_headers
+from ruthctl.commands._common import profile_option
 from ruthctl.exit_codes import ExitCode
 from ruthctl.server import (
     TritonFlags,
     TritonInstall,
     TritonNotInstalled,
     TritonServer,
-    TritonStartError,
-    order_for_loading,
     prepare_backends_dir,
-    repository_models,
     server_environment,
 )
-from ruthctl.settings import Profile, Settings, load_settings
+from ruthctl.settings import Hardware, Profile, Settings, load_settings
 
 err = Console(stderr=True)
 
@@ -47,7 +42,10 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(envvar="RUTH_METRICS_PORT")] = None,
     model_repository: Annotated[Path | None, typer.Option(envvar="MODELS_ROOT")] = None,
     profile: Annotated[
-        Profile | None, typer.Option(envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson: configs/<profile>.pbtxt.")
+        str | None,
+        typer.Option(
+            envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson: configs/<profile>.pbtxt (legacy prod-cpu ... too)."
+        ),
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(envvar="RUTH_STATE_DIR", help="Breakers, ledger, registry.")] = None,
     exit_timeout: Annotated[
@@ -73,7 +71,7 @@ def serve(
             models_root=model_repository,
             graceful_shutdown_timeout_seconds=exit_timeout,
             log_format=log_format,
-            ruth_ai_profile=profile or (root.profile if root is not None else None),
+            ruth_ai_profile=profile_option(profile) or (root.profile if root is not None else None),
             ruth_state_dir=state_dir or (root.state_dir if root is not None else None),
             ruth_tritonserver=tritonserver,
             ruth_backend_directory=backend_directory,
@@ -83,12 +81,33 @@ def serve(
             name = str(problem["loc"][0]).upper() if problem["loc"] else "?"
             err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {problem.get('input')!r})")
         raise typer.Exit(ExitCode.USAGE) from exc
+    mismatch = hardware_problem(settings)
+    if mismatch:
+        err.print(f"[red]error:[/red] {mismatch}")
+        raise typer.Exit(ExitCode.USAGE)
+    err.print(
+        f"ruthctl serve: environment {settings.ruth_ai_env}, profile {settings.ruth_ai_profile.value}, "
+        f"hardware {settings.resolved_hardware().value}",
+        highlight=False,
+    )
     try:
         server = build_server(settings, log_file=log_file)
     except TritonNotInstalled as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(ExitCode.ERROR) from exc
     raise typer.Exit(run_foreground(server, settings, models=model, load_timeout_s=load_timeout))
+
+
+def hardware_problem(settings: Settings) -> str | None:
+    """A GPU profile on a host without a GPU would start with every model failing: refuse it up front."""
+    found = settings.resolved_hardware()
+    if settings.ruth_ai_profile is Profile.CPU or found is not Hardware.CPU:
+        return None
+    return (
+        f"profile {settings.ruth_ai_profile.value} needs a GPU, but this host is cpu "
+        f"(AI_RUNTIME_HARDWARE={settings.ai_runtime_hardware.value}); no model of that profile could load. "
+        "Use --profile cpu (or RUTH_AI_PROFILE=cpu)"
+    )
 
 
 def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:
@@ -118,19 +137,6 @@ def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonS
     return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format)
 
 
-def desired_models(settings: Settings) -> list[str]:
-    """Models the deployment wants active: the registry's desired state, or every model in the repository."""
-    available = repository_models(settings.models_root)
-    try:
-        from ruthctl.registry import Registry
-    except ImportError:
-        return order_for_loading(available)
-    wanted = Registry(settings.ruth_state_dir).desired_active()
-    if wanted is None:
-        return order_for_loading(available)
-    return order_for_loading([m for m in available if m in wanted])
-
-
 def load_model(http_url: str, name: str, token: str | None, timeout_s: float) -> tuple[bool, str]:
     """Load through the repository API; returns (ok, Triton's reason on failure)."""
     request = urllib.request.Request(
@@ -155,50 +161,28 @@ def load_model(http_url: str, name: str, token: str | None, timeout_s: float) ->
 def run_foreground(
     server: TritonServer, settings: Settings, *, models: list[str] | None = None, load_timeout_s: float = 120.0
 ) -> int:
-    """Start, load, print endpoints, then wait; SIGTERM/SIGINT are forwarded as SIGTERM for a graceful drain."""
-    received: list[int] = []
+    """Start, load, print endpoints, then supervise until SIGTERM/SIGINT (ruthctl.supervise)."""
+    from ruthctl.supervise import Supervised, stderr_say
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        if received:  # a second signal: stop waiting for the drain
-            server.kill()
-        received.append(signum)
-        server.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        server.start()
-        try:
-            server.wait_live()
-        except TritonStartError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            server.stop(grace_s=5)
-            return ExitCode.ERROR
-        failures = 0
-        names = models or desired_models(settings)
-        for name in names:
-            if received:
-                break
-            started = time.monotonic()
-            ok, reason = load_model(server.http_url, name, server.flags.admin_token, load_timeout_s)
-            took = time.monotonic() - started
-            if ok:
-                err.print(f"[green]READY[/green] {name} ({took:.1f}s)")
-            else:
-                failures += 1
-                err.print(f"[red]FAILED[/red] {name}: {reason}")
-        if not received:
-            print_endpoints(server, settings, names, failures)
-        rc = server.wait()
-        return ExitCode.OK if rc == 0 else ExitCode.ERROR
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.stop()
+    return Supervised(
+        server,
+        settings,
+        models,
+        loader=load_model,
+        say=stderr_say(settings.log_format, err),
+        load_timeout_s=load_timeout_s,
+        on_ready=lambda names, failures: print_endpoints(server, settings, names, failures),
+    ).run()
 
 
 def print_endpoints(server: TritonServer, settings: Settings, names: list[str], failures: int) -> None:
-    table = Table(title=f"Ruth AI on Triton — profile {settings.ruth_ai_profile.value}", show_header=False)
-    table.add_row("HTTP", f"http://{server.http_url}  (/v2/health/ready, /v2/models/<name>/infer)")
+    table = Table(
+        title=f"Ruth AI on Triton — profile {settings.ruth_ai_profile.value}, environment {settings.ruth_ai_env}",
+        show_header=False,
+    )
+    table.add_row("HTTP", f"http://{server.http_url}  (/v2/models/<name>/infer)")
+    probe_at = f"{settings.ruth_host}:{settings.ruth_probe_port}"
+    table.add_row("probes", f"http://{probe_at}/ready, /live, /metrics  (ruthctl probe ready|live)")
     table.add_row("gRPC", server.grpc_url)
     if settings.metrics_enabled:
         table.add_row("metrics", server.metrics_url)

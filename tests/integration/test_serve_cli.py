@@ -36,7 +36,12 @@ def wait_ready(port: int, proc: subprocess.Popen[str], timeout_s: float = 60) ->
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_loads_models_prints_endpoints_and_drains_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     http, grpc, metrics = free_port(), free_port(), free_port()
-    env = {**os.environ, "RUTH_STATE_DIR": str(tmp_path / "state"), "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "10"}
+    env = {
+        **os.environ,
+        "RUTH_STATE_DIR": str(tmp_path / "state"),
+        "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "RUTH_PROBE_PORT": str(free_port()),
+    }
     proc = subprocess.Popen(
         [
             *RUTHCTL,

@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -122,11 +123,9 @@ def test_stop_signal_and_exit_timeout_come_from_one_build_arg(variant: str) -> N
     assert stage.args()["EXIT_TIMEOUT_SECONDS"] == "30"
 
 
-def test_healthcheck_probes_triton_readiness_without_curl(variant: str) -> None:
+def test_healthcheck_asks_serves_readiness_probe_without_curl(variant: str) -> None:
     check = final_stage(variant).last("HEALTHCHECK")
-    argv = check.exec_form()
-    assert argv is not None and argv[:2] == ["python3", "-c"]
-    assert "/v2/health/ready" in argv[2]
+    assert check.exec_form() == ["ruthctl", "probe", "ready"]
     assert "curl" not in check.value and "wget" not in check.value
     assert re.search(r"--start-period=\d+s", check.value)
 
@@ -200,12 +199,17 @@ def test_jetson_profile_keeps_python_backend_instances_on_cpu() -> None:
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
+    """Stands in for `ruthctl serve`'s probe endpoint (its real behaviour: tests/integration/test_serve_supervision)."""
+
     ready = True
 
     def do_GET(self) -> None:
-        ok = self.path == "/v2/health/ready" and _Health.ready
-        self.send_response(200 if ok else 400)
+        ok = self.path == "/ready" and _Health.ready
+        body = b'{"ok": %s, "reason": "stand-in"}' % (b"true" if ok else b"false")
+        self.send_response(200 if ok else 503)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *_: object) -> None:
         pass
@@ -227,6 +231,20 @@ def test_healthcheck_command_passes_only_when_ready(
 ) -> None:
     _Health.ready = ready
     argv = final_stage("cpu").last("HEALTHCHECK").exec_form()
-    env = {**os.environ, "RUTH_HTTP_PORT": str(health_server.server_address[1])}
-    result = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=20, check=False)
+    assert argv is not None and argv[0] == "ruthctl"
+    env = {**os.environ, "RUTH_PROBE_PORT": str(health_server.server_address[1])}
+    command = [sys.executable, "-m", "ruthctl", *argv[1:]]
+    result = subprocess.run(command, env=env, capture_output=True, timeout=60, check=False)
     assert (result.returncode == 0) is healthy, result.stderr
+    assert b"stand-in" in result.stdout
+
+
+def test_healthcheck_fails_when_nothing_serves_probes() -> None:
+    argv = final_stage("cpu").last("HEALTHCHECK").exec_form()
+    assert argv is not None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RUTH_PROBE_PORT": str(port)}
+    result = subprocess.run([sys.executable, "-m", "ruthctl", *argv[1:]], env=env, capture_output=True, timeout=60)
+    assert result.returncode == 1 and b"no probe endpoint" in result.stdout

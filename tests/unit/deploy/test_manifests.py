@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from ruthctl import images
+from ruthctl.settings import Settings
 
 REPO = support.REPO
 K8S = REPO / "deploy" / "k8s"
@@ -115,15 +116,19 @@ def test_kustomizations_list_existing_files() -> None:
 # ------------------------------------------------------------------ probes, ports, shutdown
 
 
-def test_probes_hit_tritons_health_endpoints_on_the_http_port() -> None:
+def test_probes_ask_serves_probe_endpoint_not_tritons_health() -> None:
     triton = container(by_kind("Deployment"), "triton")
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002} == dict(images.CONTAINER_PORTS)
-    assert triton["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert ports == {**images.CONTAINER_PORTS, "probe": 8003}
+    assert dict(images.CONTAINER_PORTS) == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert env_of(triton)["RUTH_PROBE_PORT"] == str(ports["probe"]) == str(Settings().ruth_probe_port)
+    assert triton["startupProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
+    assert triton["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/live", "port": "probe"}
     startup = triton["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model loading needs minutes"
+    liveness = triton["livenessProbe"]
+    assert liveness["timeoutSeconds"] < liveness["periodSeconds"]
 
 
 def test_termination_grace_covers_prestop_drain_and_margin() -> None:
@@ -302,7 +307,7 @@ def test_gpu_overlay_yields_a_valid_gpu_deployment() -> None:
     for name in ("triton", "watch"):
         assert env_of(container(deployment, name))["RUTH_AI_PROFILE"] == "gpu"
         assert env_of(container(deployment, name))["RUTH_STATE_DIR"] == "/var/lib/ruth"  # base env kept
-    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["startupProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}  # base probes kept
 
 
 # ------------------------------------------------------------------ compose

@@ -181,12 +181,38 @@ def test_two_allocators_on_one_ledger_do_not_double_book(tmp_path: Path) -> None
 def test_a_loaded_sibling_is_not_counted_twice(tmp_path: Path) -> None:
     # The sibling booked 3000 MiB and has loaded: its memory is both booked and gone from "free".
     led = ledger(tmp_path)
-    allocate(allocator(FakeProbe([gpu(0)]), led, pid=1001), mb=3000, instance="a")
+    sibling = allocator(FakeProbe([gpu(0)]), led, pid=1001)
+    sibling.settle(allocate(sibling, mb=3000, instance="a"))
     after_load = FakeProbe([gpu(0, total_mib=8192, free_mib=8192 - 3000)])
 
     result = allocate(allocator(after_load, led, pid=1002), mb=4680, instance="b")
 
     assert result.placement == "gpu"
+
+
+def test_a_sibling_not_loaded_yet_is_subtracted_from_free_memory_held_by_others(tmp_path: Path) -> None:
+    # 24 GiB card, another process (not ours, not in the ledger) holds 20 GiB: 4 GiB free. A sibling booked 3 GiB and
+    # is still loading. min(free, total - booked) = min(4, 21) granted a second 3 GiB: 6 GiB promised out of 4.
+    led = ledger(tmp_path)
+    crowded = FakeProbe([gpu(0, total_mib=24576, free_mib=4096)])
+    first = allocate(allocator(crowded, led, pid=1001), mb=3072, instance="a")
+    second = allocate(allocator(crowded, led, pid=1002), mb=3072, instance="b")
+
+    assert (first.placement, second.placement) == ("gpu", "fallback")
+    assert "3072 MiB booked by instances not loaded yet" in second.reason
+    assert sum(r.bytes for r in led.reservations()) <= 4096 * MIB
+
+
+def test_a_settled_sibling_frees_its_promise_once_its_memory_shows_as_used(tmp_path: Path) -> None:
+    led = ledger(tmp_path)
+    sibling = allocator(FakeProbe([gpu(0, total_mib=24576, free_mib=8192)]), led, pid=1001)
+    booked = allocate(sibling, mb=3072, instance="a")
+    sibling.settle(booked)
+    assert [r.settled for r in led.reservations()] == [True]
+    after_load = FakeProbe([gpu(0, total_mib=24576, free_mib=8192 - 3072)])
+
+    assert allocate(allocator(after_load, led, pid=1002), mb=4000, instance="b").placement == "gpu"
+    assert allocate(allocator(after_load, led, pid=1003), mb=1000, instance="c").placement == "fallback"
 
 
 def test_memory_used_outside_the_ledger_still_counts(tmp_path: Path) -> None:

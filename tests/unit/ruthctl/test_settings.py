@@ -69,3 +69,47 @@ def test_hardware_detection(tmp_path: Path) -> None:
 def test_unknown_ruth_variables_are_reported() -> None:
     env = {"RUTH_STATE_DIR": "/s", "RUTH_STAT_DIR": "/typo", "HOME": "/root"}
     assert unknown_own_variables(env) == ["RUTH_STAT_DIR"]
+
+
+def test_seed_names_server_host_and_port_are_honoured_below_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RUTH_HOST", "RUTH_HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SERVER_HOST", "0.0.0.0")
+    monkeypatch.setenv("SERVER_PORT", "9100")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.ruth_host, settings.ruth_http_port) == ("0.0.0.0", 9100)
+    monkeypatch.setenv("RUTH_HTTP_PORT", "9200")
+    assert Settings(_env_file=None).ruth_http_port == 9200  # type: ignore[call-arg]
+    monkeypatch.setenv("SERVER_PORT", "eighty")
+    monkeypatch.delenv("RUTH_HTTP_PORT")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("name", "profile"), [("prod-cpu", Profile.CPU), (" Prod-GPU ", Profile.GPU), ("jetson", Profile.JETSON)]
+)
+def test_parse_profile_accepts_legacy_names_and_names_the_accepted_ones(name: str, profile: Profile) -> None:
+    from ruthctl.settings import parse_profile
+
+    assert parse_profile(name) is profile
+    with pytest.raises(ValueError, match="accepted: cpu, gpu, jetson, dev, edge-jetson, prod-cpu"):
+        parse_profile("production")
+
+
+def test_legacy_profile_names_reach_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ruthctl.cli import app
+
+    env = {"RUTH_STATE_DIR": str(tmp_path), "AI_RUNTIME_HARDWARE": "cpu", "RUTH_AI_PROFILE": "prod-gpu"}
+    result = CliRunner().invoke(app, ["serve"], env=env)
+    assert result.exit_code == 2  # read as gpu (not refused as unknown), then refused: no GPU here
+    assert "profile gpu needs a GPU" in " ".join(result.output.split())
+    unknown = CliRunner().invoke(app, ["--profile", "prod-tpu", "status"], env=env)
+    assert unknown.exit_code == 2 and "prod-tpu" in unknown.output
+
+
+def test_the_environment_name_reaches_the_model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUTH_AI_ENV", "staging")
+    assert Settings(_env_file=None).model_env()["RUTH_AI_ENV"] == "staging"  # type: ignore[call-arg]

@@ -1,0 +1,303 @@
+"""`ruthctl serve` in the foreground: start tritonserver, load the wanted models, watch it, escalate, drain.
+
+The main thread owns the tritonserver process; a poller thread looks at it every `poll_interval_s` (a fresh
+connection each time) and feeds `probe.Supervisor`, whose verdicts the probe endpoint serves. When the verdict is
+"wedged" (a model stuck UNLOADING, or no answer in bounded time) or the server exited on its own, the main thread
+restarts tritonserver and loads the wanted models again, at most `max_restarts` times an hour, each time with an
+event on stderr and `ruthctl_serve_restarts_total`; then it gives up with exit 1 so the orchestrator restarts the
+container (docs/operations.md).
+
+Signals only set a flag and signal the server (SIGTERM on the first, SIGKILL on the second): a handler never waits,
+because it may have interrupted the main thread inside `Popen.wait`, whose lock is not re-entrant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from ruthctl import probe
+from ruthctl.registry import Desired, IllegalTransition, Registry, RegistryError, State, default_actor
+from ruthctl.server import TritonServer, TritonStartError, order_for_loading, repository_models
+from ruthctl.settings import Settings
+
+__all__ = ["Supervised", "registry_server_name", "seed_registry"]
+
+log = logging.getLogger(__name__)
+
+RESTART_WINDOW_S = 3600.0
+
+Loader = Callable[[str, str, str | None, float], tuple[bool, str]]  # (http url, model, admin token, timeout)
+Say = Callable[[str, str], None]  # (level, message)
+
+
+def registry_server_name(settings: Settings) -> str:
+    """How the registry names this server: as its clients do. That is `RUTH_TRITON_URL` when it points at this
+    server's HTTP port (compose names it `triton:8000` for the watch container), else its HTTP address, on
+    loopback for a wildcard bind. One name per server, or a DISABLED recorded under one is missed under the other."""
+    from ruthctl.triton_client import Endpoint, Transport
+
+    try:
+        named = Endpoint.parse(settings.ruth_triton_url.split(",")[0])
+    except ValueError:
+        named = None
+    if named is not None and named.transport is Transport.HTTP and named.port == settings.ruth_http_port:
+        return str(named)
+    return str(Endpoint.parse(f"{probe.probe_host(settings.ruth_host)}:{settings.ruth_http_port}"))
+
+
+def seed_registry(registry: Registry, names: Sequence[str], versions: dict[str, int]) -> bool:
+    """A first `serve` with no registry records what it is about to load as the desired state (as `repair`'s adopt
+    would), so `verify` and `status` are meaningful from the start. Returns whether it seeded."""
+    if registry.exists():
+        return False
+    for name in names:
+        registry.set_desired(name, Desired.ACTIVE, version=versions.get(name), reason="serve: first start, no registry")
+    return True
+
+
+def record(registry: Registry, name: str, server: str, target: State, reason: str) -> None:
+    """Best effort: move `name` on this server to `target` (LOADING, READY or FAILED). This tritonserver was started
+    by us, so a LOADING/UNLOADING claim found here belongs to a process that is gone and is closed first."""
+    try:
+        entry = registry.get(name)
+        current = entry.on(server).state if entry is not None else State.UNLOADED
+        if target is State.LOADING and current is State.LOADING:
+            registry.transition(name, server, State.FAILED, reason="serve: claim of a server process that is gone")
+        elif target is State.LOADING and current is State.UNLOADING:
+            registry.transition(name, server, State.UNLOADED, reason="serve: server restarted during the unload")
+        registry.transition(name, server, target, reason=reason)
+    except (IllegalTransition, RegistryError, OSError, ValueError) as exc:
+        log.warning("registry: could not record %s %s on %s: %s", name, target.value, server, exc)
+
+
+@dataclasses.dataclass
+class Supervised:
+    """One `serve` run. `run()` returns the exit code."""
+
+    server: TritonServer
+    settings: Settings
+    models: list[str] | None  # serve --model: only these (None: the registry's wanted models, or every model)
+    loader: Loader
+    say: Say
+    load_timeout_s: float = 120.0
+    poll_interval_s: float = 2.0
+    poll_timeout_s: float = 5.0
+    on_ready: Callable[[list[str], int], None] | None = None
+    supervisor: probe.Supervisor = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = probe.Supervisor(
+            wedge_after_s=self.settings.ruth_wedge_after_seconds,
+            unresponsive_after_s=max(3 * self.poll_timeout_s, 15.0),
+            stale_after_s=max(10 * self.poll_interval_s, 60.0),
+        )
+        self.registry = Registry(self.settings.ruth_state_dir.resolve(), actor=default_actor("serve"))
+        self.server_name = registry_server_name(self.settings)
+        self.received: list[int] = []
+        self.restarts: list[float] = []
+        self.names: list[str] = []
+        self._stop_polling = threading.Event()
+
+    # -- what is wanted -------------------------------------------------------------------------------------------
+    def wanted(self) -> list[str]:
+        available = repository_models(self.settings.models_root)
+        try:
+            wanted = probe.wanted_models(self.registry, self.server_name, available, self.models)
+        except (RegistryError, OSError) as exc:
+            log.warning("registry unreadable for the probes: %s", exc)
+            wanted = None
+        return list(self.names) if wanted is None else wanted
+
+    # -- signals --------------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """No waiting here (see the module docstring): flag, then signal the server."""
+        first = not self.received
+        self.received.append(signum)
+        self.server.send_signal(signal.SIGTERM if first else signal.SIGKILL)
+
+    # -- the run ----------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        endpoint: probe.ProbeServer | None = None
+        poller: threading.Thread | None = None
+        try:
+            try:
+                endpoint = probe.ProbeServer(
+                    self.supervisor, self.settings.ruth_host, self.settings.ruth_probe_port
+                ).start()
+            except OSError as exc:
+                where = f"{self.settings.ruth_host}:{self.settings.ruth_probe_port}"
+                self.say("error", f"probe endpoint {where}: {exc} (choose another with RUTH_PROBE_PORT)")
+                return 1
+            poller = threading.Thread(target=self._poll_loop, name="ruth-supervisor", daemon=True)
+            poller.start()
+            if not self._start_and_load(first=True):
+                return 1
+            return self._serve()
+        finally:
+            self.supervisor.set_phase("stopping")
+            self._stop_polling.set()
+            if poller is not None:
+                poller.join(timeout=self.poll_timeout_s * 2 + 1)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.server.stop()
+            if endpoint is not None:
+                endpoint.close()
+
+    def _start_and_load(self, *, first: bool) -> bool:
+        self.supervisor.set_phase("starting")
+        self.server.start()
+        try:
+            self.server.wait_live()
+        except TritonStartError as exc:
+            self.say("error", str(exc))
+            self.server.stop(grace_s=5)
+            return False
+        self.supervisor.forget()
+        if first:
+            self.names = self._first_names()
+        self.supervisor.set_phase("loading")
+        names = self.names if first else order_for_loading(self.wanted())
+        failures = 0
+        for name in names:
+            if self.received:
+                break
+            record(self.registry, name, self.server_name, State.LOADING, "serve: start")
+            started = time.monotonic()
+            ok, reason = self.loader(self.server.http_url, name, self.server.flags.admin_token, self.load_timeout_s)
+            took = time.monotonic() - started
+            if ok:
+                record(self.registry, name, self.server_name, State.READY, "serve: loaded")
+                self.say("ready", f"{name} ({took:.1f}s)")
+            else:
+                failures += 1
+                record(self.registry, name, self.server_name, State.FAILED, f"serve: {reason}"[:2000])
+                self.say("failed", f"{name}: {reason}")
+        self.supervisor.set_phase("serving")
+        if not self.received and self.on_ready is not None:
+            self.on_ready(names, failures)
+        return True
+
+    def _first_names(self) -> list[str]:
+        """What the first start loads; with no registry yet, that is also recorded as the desired state."""
+        available = repository_models(self.settings.models_root)
+        if self.models:
+            names = list(self.models)
+        else:
+            wanted = probe.wanted_models(self.registry, self.server_name, available)
+            names = order_for_loading(available if wanted is None else wanted)
+        try:
+            seeded = seed_registry(self.registry, names, _spec_versions(self.settings))
+        except (RegistryError, OSError) as exc:
+            log.warning("could not seed the registry: %s", exc)
+            seeded = False
+        if seeded:
+            self.say("info", f"no registry yet: recorded {len(names)} models as desired ACTIVE")
+        return names
+
+    def _serve(self) -> int:
+        while not self.received:
+            process = self.server.process
+            rc = process.poll() if process is not None else None
+            if rc is not None and not self.received:
+                if not self._escalate(f"tritonserver exited on its own (rc={rc})"):
+                    return 1
+                continue
+            snap = self.supervisor.snapshot()
+            if snap.wedged and snap.phase == "serving":
+                if not self._escalate(snap.live.reason):
+                    return 1
+                continue
+            time.sleep(0.2)
+        rc = self.server.stop()
+        if len(self.received) > 1:
+            self.say("error", "second signal: tritonserver killed without waiting for the drain")
+            return 1
+        return 0 if rc == 0 else 1
+
+    def _escalate(self, reason: str) -> bool:
+        """Restart tritonserver, unless the hour's budget of restarts is spent (then False: serve exits 1)."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        limit = self.settings.ruth_max_restarts
+        if len(self.restarts) >= limit:
+            self.say(
+                "event",
+                json.dumps(
+                    {"event": "tritonserver_gave_up", "reason": reason, "restarts_last_hour": len(self.restarts)}
+                ),
+            )
+            self.say("error", f"{reason}; {len(self.restarts)} restarts in the last hour (limit {limit}): giving up")
+            return False
+        self.restarts.append(now)
+        self.supervisor.count_restart(reason)
+        attempt = len(self.restarts)
+        self.say(
+            "event",
+            json.dumps({"event": "tritonserver_restart", "reason": reason, "attempt": attempt, "limit": limit}),
+        )
+        self.supervisor.set_phase("restarting")
+        self.supervisor.forget()
+        self.server.stop()
+        if self.received:
+            return True
+        return self._start_and_load(first=False) or self._escalate("tritonserver did not start again")
+
+    # -- the poller -------------------------------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.wait(self.poll_interval_s):
+            if self.supervisor.snapshot().phase in ("starting", "restarting", "stopping"):
+                continue
+            try:
+                observation = probe.poll_triton(
+                    self.server.http_url, self.server.flags.admin_token, self.poll_timeout_s
+                )
+                self.supervisor.observe(observation, self.wanted())
+            except Exception as exc:  # noqa: BLE001 - the poller must outlive any one bad round
+                log.warning("supervisor round failed: %s", exc)
+
+
+def _spec_versions(settings: Settings) -> dict[str, int]:
+    from ruthctl.commands._common import config_root
+    from ruthctl.spec import load_specs
+
+    try:
+        specs, _ = load_specs(config_root(settings.models_root.resolve()) / "models")
+    except (OSError, ValueError):
+        return {}
+    return {name: spec.version for name, spec in specs.items()}
+
+
+def stderr_say(log_format: str, console: Any) -> Say:
+    """Progress and events of serve on stderr: rich text, or one JSON object a line with LOG_FORMAT=json."""
+
+    def say(level: str, message: str) -> None:
+        if log_format == "json":
+            doc: dict[str, Any] = {"ts": time.time(), "source": "ruthctl serve", "level": level}
+            if level == "event":
+                doc.update(json.loads(message))
+            else:
+                doc["msg"] = message
+            sys.stderr.write(json.dumps(doc) + "\n")
+            sys.stderr.flush()
+            return
+        style = {"ready": "[green]READY[/green] ", "failed": "[red]FAILED[/red] ", "error": "[red]error:[/red] "}
+        if level == "event":
+            event = json.loads(message)
+            console.print(
+                f"[yellow]event[/yellow] {event.pop('event')}: " + ", ".join(f"{k}={v}" for k, v in event.items())
+            )
+        else:
+            console.print(style.get(level, "") + message, highlight=False)
+
+    return say

@@ -1,0 +1,442 @@
+"""`ruthctl serve` as deployed: honest probes, a wedged tritonserver restarted, the second signal, newcomer traps.
+
+Every test runs `ruthctl serve` as a child process over a small deployment (config/, model_repository/, weights/,
+state/ in a temporary folder) of tiny plain-Python models (`bulky` takes 4 s to initialize, `rickety` and `fragile`
+raise in initialize, `slowpoke` just answers), or of the real tank model, whose stubs the wedge test kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import REPO_ROOT, jpeg, tank_frame
+
+pytestmark = pytest.mark.integration
+
+RUTHCTL = [sys.executable, "-m", "ruthctl"]
+TANK = "tank_overflow_monitoring"
+WEIGHTS = b"pretend network\n"
+
+MODEL_PY = """
+import json, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        if params.get("model.fail_init") == "true":
+            raise RuntimeError("probe: weights file missing")
+        time.sleep(float(params.get("model.init_sleep_s", "0")))
+        self.exec_sleep_s = float(params.get("model.exec_sleep_s", "0"))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            stream = pb_utils.get_input_tensor_by_name(request, "STREAM_ID").as_numpy().reshape(-1)
+            time.sleep(self.exec_sleep_s)
+            result = {"violation_detected": False, "violation_type": None, "severity": "low", "confidence": 1.0,
+                      "detections": [], "metadata": {"stream_id": stream[0].decode()}}
+            out = np.array([[json.dumps(result).encode()]] * len(stream), dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", out)]))
+        return responses
+"""
+
+
+def spec(name: str, **parameters: Any) -> str:
+    weight = hashlib.sha256(WEIGHTS).hexdigest()
+    return f"""
+name: {name}
+description: serve supervision test model
+version: 1
+contract: vision
+max_batch_size: 4
+dynamic_batching: {{max_queue_delay_us: 0, max_queue_size: 16}}
+weights:
+  - {{path: {name}/net.bin, sha256: {weight}, source: "tests/integration/test_serve_supervision.py writes it"}}
+profiles:
+  cpu: {{kind: KIND_CPU, count: 1}}
+parameters: {json.dumps(parameters)}
+"""
+
+
+def build(root: Path, models: dict[str, dict[str, Any]], tank: bool = False) -> Path:
+    """A deployment root with `models` (name -> parameters), and the real tank model when `tank`."""
+    (root / "config" / "models").mkdir(parents=True)
+    shutil.copytree(REPO_ROOT / "config" / "profiles", root / "config" / "profiles")
+    repository = root / "model_repository"
+    for name, parameters in models.items():
+        (root / "config" / "models" / f"{name}.yaml").write_text(spec(name, **parameters))
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "1" / "model.py").write_text(MODEL_PY)
+        (root / "weights" / name).mkdir(parents=True)
+        (root / "weights" / name / "net.bin").write_bytes(WEIGHTS)
+    if tank:
+        shutil.copy(REPO_ROOT / "config" / "models" / f"{TANK}.yaml", root / "config" / "models")
+        shutil.copytree(REPO_ROOT / "model_repository" / TANK / "1", repository / TANK / "1")
+    (root / "state").mkdir()
+    env = {**os.environ, "MODELS_ROOT": str(repository), "RUTH_AI_PROFILE": "cpu"}
+    done = subprocess.run([*RUTHCTL, "generate"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def port_block(n: int = 4) -> int:
+    """A base port with `n` consecutive free ports (serve's layout: HTTP p, gRPC p+1, metrics p+2)."""
+    for _ in range(200):
+        with contextlib.closing(socket.socket()) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + n > 65000:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    sock = stack.enter_context(contextlib.closing(socket.socket()))
+                    sock.bind(("127.0.0.1", port))
+            return int(base)
+        except OSError:
+            continue
+    raise AssertionError("no block of free ports")
+
+
+class Serve:
+    """`ruthctl serve` in a child process, its stderr collected, its ports known."""
+
+    def __init__(
+        self, root: Path, *args: str, env: dict[str, str] | None = None, seed_port_names: bool = False
+    ) -> None:
+        self.root = root
+        self.base = port_block(4)
+        self.http, self.grpc, self.metrics, self.probe = self.base, self.base + 1, self.base + 2, self.base + 3
+        self.env = {
+            **os.environ,
+            "MODELS_ROOT": str(root / "model_repository"),
+            "RUTH_STATE_DIR": str(root / "state"),
+            "RUTH_WEIGHTS_DIR": str(root / "weights"),
+            "RUTH_AI_PROFILE": "cpu",
+            "RUTH_PROBE_PORT": str(self.probe),
+            "RUTH_GRPC_PORT": str(self.grpc),
+            "RUTH_METRICS_PORT": str(self.metrics),
+            "RUTH_HTTP_PORT": str(self.http),
+            "RUTH_TRITON_URL": f"127.0.0.1:{self.http}",
+            "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "10",
+            **(env or {}),
+        }
+        if seed_port_names:  # the seed runtime's SERVER_PORT instead of RUTH_HTTP_PORT
+            self.env["SERVER_PORT"] = self.env.pop("RUTH_HTTP_PORT")
+        self.proc = subprocess.Popen(
+            [*RUTHCTL, "serve", "--log-file", str(root / "triton.log"), *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")))  # type: ignore[union-attr]
+        self._reader.daemon = True
+        self._reader.start()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def get(self, path: str, port: int | None = None) -> tuple[int | None, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.probe}{path}", timeout=5) as r:  # noqa: S310
+                return r.status, _json(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _json(exc.read())
+        except OSError:
+            return None, {}
+
+    def until(self, what: Callable[[], bool], timeout_s: float, message: str) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            assert self.proc.poll() is None, f"serve exited {self.proc.returncode}: {self.stderr}"
+            if what():
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise AssertionError(f"{message} not within {timeout_s}s; serve said:\n{self.stderr}")
+
+    def ruthctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*RUTHCTL, *args], env=self.env, capture_output=True, text=True, timeout=120)
+
+    def server_pid(self) -> int | None:
+        from ruthctl.host import ProcessTable
+
+        return ProcessTable().server_pid("127.0.0.1", self.http)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        self._reader.join(timeout=10)
+        return int(self.proc.returncode)
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"raw": raw.decode("utf-8", "replace")}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+@contextlib.contextmanager
+def serving(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Serve]:
+    serve = Serve(root, *args, env=env)
+    try:
+        yield serve
+    finally:
+        if serve.proc.poll() is None:
+            serve.stop()
+        pid = serve.server_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+
+def triton_ready(serve: Serve) -> int | None:
+    return serve.get("/v2/health/ready", serve.http)[0]
+
+
+# ------------------------------------------------------------------ readiness and liveness
+
+
+def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_deactivated_or_fixed(
+    tmp_path: Path,
+) -> None:
+    failing = {"fail_init": True}
+    root = build(tmp_path / "d", {"bulky": {"init_sleep_s": 4}, "rickety": failing, "fragile": failing})
+    with serving(root) as serve:
+        serve.until(lambda: serve.get("/live")[0] == 200, 60, "the probe endpoint")
+        code, body = serve.get("/ready")
+        assert code == 503, body  # tritonserver is up, nothing wanted is READY yet
+        ours: list[int | None] = []
+        serve.until(lambda: ours.append(serve.get("/ready")[0]) or "READY bulky" in serve.stderr, 90, "bulky loaded")
+        assert set(ours) == {503}, ours  # never ready while a wanted model loads
+        serve.until(lambda: "FAILED rickety" in serve.stderr and "FAILED fragile" in serve.stderr, 60, "failures")
+        time.sleep(3)  # a poll or two after the loads
+        code, body = serve.get("/ready")
+        assert code == 503 and "rickety" in body["reason"] and "fragile" in body["reason"], body
+        assert serve.get("/live")[0] == 200  # a failed model is no reason to restart the server
+        probe = serve.ruthctl("probe", "ready", "--port", str(serve.probe))
+        assert probe.returncode == 1 and "2/3 wanted models not READY" in probe.stdout, probe.stdout
+        assert triton_ready(serve) == 400  # Triton's strict readiness stays red for good (docs/operations.md)
+
+        done = serve.ruthctl("deactivate", "rickety")
+        assert done.returncode == 0, done.stdout + done.stderr
+        serve.until(lambda: "rickety" not in serve.get("/ready")[1].get("reason", "rickety"), 30, "rickety unwanted")
+        code, body = serve.get("/ready")
+        assert code == 503 and "1/2 wanted models not READY: fragile" in body["reason"], body
+
+        (root / "config" / "models" / "fragile.yaml").write_text(spec("fragile"))  # the fix: its spec corrected
+        for command in (("generate",), ("activate", "fragile")):
+            fixed = serve.ruthctl(*command)
+            assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        took = serve.until(lambda: serve.get("/ready")[0] == 200, 30, "ready once fragile is fixed")
+        assert took < 30
+        assert triton_ready(serve) == 400  # still red (rickety failed once): the reason the probes are ours
+        probe = serve.ruthctl("probe", "ready", "--port", str(serve.probe))
+        assert probe.returncode == 0 and "2/2 wanted models READY" in probe.stdout, probe.stdout
+        live = serve.ruthctl("probe", "live", "--port", str(serve.probe))
+        assert live.returncode == 0, live.stdout
+        _, metrics = serve.get("/metrics")
+        assert "ruthctl_serve_ready 1" in metrics["raw"]
+        assert serve.stop() == 0
+
+
+# ------------------------------------------------------------------ the wedge
+
+
+def tank_stubs(server_pid: int) -> list[int]:
+    from ruthctl.host import ProcessTable
+
+    return sorted(
+        p.pid
+        for p in ProcessTable().processes()
+        if len(p.argv) > 8 and p.argv[5] == str(server_pid) and p.argv[8].startswith(f"{TANK}_")
+    )
+
+
+def infer_tank(serve: Serve, n: int) -> list[str]:
+    from ruthctl.client import RuthClient
+
+    image = jpeg(tank_frame(40))
+    outcomes = []
+    for _ in range(n):
+        try:
+            with RuthClient(f"127.0.0.1:{serve.http}", "http", timeout_s=20) as client:
+                client.infer(TANK, image=image, stream_id=str(uuid.uuid4()))
+            outcomes.append("ok")
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    return outcomes
+
+
+def test_a_server_wedged_by_a_killed_stub_is_restarted_and_serves_again(tmp_path: Path) -> None:
+    root = build(tmp_path / "d", {}, tank=True)
+    with serving(root, env={"RUTH_WEDGE_AFTER_SECONDS": "8", "RUTH_MAX_RESTARTS": "2"}) as serve:
+        serve.until(lambda: serve.get("/ready")[0] == 200, 120, "tank ready")
+        old_pid = serve.server_pid()
+        assert old_pid is not None
+        stubs = tank_stubs(old_pid)
+        assert len(stubs) == 2, stubs
+        os.kill(stubs[0], signal.SIGKILL)
+        time.sleep(1)
+        outcomes: list[str] = []
+        while len(outcomes) < 20 and not any("not healthy" in o for o in outcomes):
+            outcomes += infer_tank(serve, 2)  # until one reaches the dead stub
+        assert any("not healthy" in o for o in outcomes), outcomes
+        token = (root / "state" / "admin-token").read_text().strip()
+        unload = urllib.request.Request(
+            f"http://127.0.0.1:{serve.http}/v2/repository/models/{TANK}/unload",
+            data=b"{}",
+            method="POST",
+            headers={"ruth-admin-token": token},
+        )
+        with urllib.request.urlopen(unload, timeout=10) as response:  # noqa: S310 - what `repair` would do
+            assert response.status == 200
+        started = time.monotonic()
+        seen: list[tuple[int | None, str]] = []
+
+        def restarted() -> bool:
+            code, body = serve.get("/live")
+            seen.append((code, str(body.get("reason", ""))))
+            pid = serve.server_pid()
+            return pid is not None and pid != old_pid
+
+        serve.until(restarted, 90, "tritonserver restarted")
+        serve.until(lambda: serve.get("/ready")[0] == 200, 120, "ready again after the restart")
+        took = time.monotonic() - started
+        assert took < 150
+        assert "tritonserver_restart" in serve.stderr and "UNLOADING" in serve.stderr, serve.stderr
+        assert any(code == 503 and "wedged" in reason for code, reason in seen) or "wedged" in serve.stderr
+        assert infer_tank(serve, 4) == ["ok"] * 4
+        _, metrics = serve.get("/metrics")
+        assert "ruthctl_serve_restarts_total 1" in metrics["raw"]
+        assert serve.get("/live")[0] == 200
+        assert serve.stop() == 0
+    print(f"wedge to serving again: {took:.1f}s (wedge_after 8s)")
+
+
+# ------------------------------------------------------------------ signals
+
+
+def test_a_second_sigterm_during_the_drain_kills_tritonserver_and_exits(tmp_path: Path) -> None:
+    root = build(tmp_path / "d", {"slowpoke": {}})
+    with serving(root, env={"GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "60"}) as serve:
+        serve.until(lambda: serve.get("/ready")[0] == 200, 90, "ready")
+        pid = serve.server_pid()
+        assert pid is not None
+        # an idle keep-alive connection holds the HTTP drain for the whole exit timeout (docs/deployment.md)
+        idle = http.client.HTTPConnection("127.0.0.1", serve.http, timeout=5)
+        idle.request("GET", "/v2/health/live")
+        idle.getresponse().read()
+        try:
+            serve.proc.send_signal(signal.SIGTERM)
+            time.sleep(2)
+            assert serve.proc.poll() is None, "still draining"
+            started = time.monotonic()
+            rc = serve.stop(signal.SIGTERM, timeout_s=30)
+            took = time.monotonic() - started
+        finally:
+            idle.close()
+        assert rc == 1, serve.stderr  # a forced stop is not a clean one
+        assert took < 15, took
+        assert "second signal" in serve.stderr
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+# ------------------------------------------------------------------ what a newcomer hits
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """A fresh serve started the way the README and the seed runtime's names suggest."""
+    root = build(tmp_path_factory.mktemp("newcomer") / "d", {"slowpoke": {}})
+    serve = Serve(
+        root,
+        env={"RUTH_AI_PROFILE": "prod-cpu", "RUTH_AI_ENV": "staging", "SERVER_HOST": "127.0.0.1"},
+        seed_port_names=True,
+    )
+    try:
+        serve.until(lambda: serve.get("/ready")[0] == 200, 90, "ready")
+        serve.until(lambda: "drains in-flight" in serve.stderr, 30, "endpoint table")
+        yield serve
+    finally:
+        serve.stop()
+
+
+def test_a_legacy_profile_name_is_accepted(newcomer: Serve) -> None:
+    assert "profile cpu" in newcomer.stderr
+    result = newcomer.ruthctl("--profile", "prod-cpu", "status")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_environment_is_reported_at_start(newcomer: Serve) -> None:
+    assert "environment staging" in newcomer.stderr
+
+
+def test_verify_and_status_are_meaningful_right_after_a_fresh_serve(newcomer: Serve) -> None:
+    verify = newcomer.ruthctl("verify", "--json")
+    kinds = [v["kind"] for v in json.loads(verify.stdout)["violations"]]
+    assert "registry_missing" not in kinds, verify.stdout
+    assert verify.returncode == 0, verify.stdout
+    status = newcomer.ruthctl("status", "--json")
+    assert status.returncode == 0, status.stderr
+    [row] = [r for r in json.loads(status.stdout)["models"] if r["model"] == "slowpoke"]
+    assert (row["desired"], row["state"], row["triton"]) == ("ACTIVE", "READY", "READY"), row
+
+
+def test_infer_over_grpc_uses_the_grpc_port(newcomer: Serve, tmp_path: Path) -> None:
+    image = tmp_path / "frame.jpg"
+    image.write_bytes(jpeg(tank_frame(50)))
+    result = newcomer.ruthctl("infer", "--protocol", "grpc", "slowpoke", str(image))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["metadata"]["stream_id"]
+
+
+def test_seed_names_server_host_and_port_are_honoured(newcomer: Serve) -> None:
+    assert "RUTH_HTTP_PORT" not in newcomer.env and newcomer.env["SERVER_PORT"] == str(newcomer.http)
+    assert newcomer.get("/v2/health/live", newcomer.http)[0] == 200
+    assert f"http://127.0.0.1:{newcomer.http}" in newcomer.stderr
+
+
+def test_a_gpu_profile_on_a_cpu_host_is_refused_up_front(tmp_path: Path) -> None:
+    env = {**os.environ, "RUTH_STATE_DIR": str(tmp_path), "AI_RUNTIME_HARDWARE": "cpu"}
+    result = subprocess.run(
+        [*RUTHCTL, "serve", "--profile", "gpu"], env=env, capture_output=True, text=True, timeout=60
+    )
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said
+    assert "profile gpu needs a GPU, but this host is cpu" in said and "Use --profile cpu" in said
+    assert not (tmp_path / "admin-token").exists(), "refused before anything started"
