@@ -7,6 +7,7 @@ plan through `lifecycle`. `verify` is gather + find; `repair` adds plan + execut
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,18 @@ from ruthctl.spec import ModelSpec, ProfileSpec, SpecError, load_profiles, load_
 from ruthctl.triton_client import Forbidden, TritonAdapter, TritonAPIError
 
 __all__ = ["Paths", "Reconciler"]
+
+#: actions that change one model: run under its command lock, like `activate`/`deactivate`
+_MODEL_ACTIONS = frozenset(
+    {
+        ActionKind.RESOLVE_STUCK,
+        ActionKind.RECORD,
+        ActionKind.UNLOAD,
+        ActionKind.LOAD,
+        ActionKind.DISABLE,
+        ActionKind.FORGET,
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Reconciler:
         self.load_timeout_s = load_timeout_s
         self.unload_timeout_s = unload_timeout_s
         self._profiles: Mapping[Profile, ProfileSpec] | None = None
+        self._seen: RegistryFile | None = None  # the registry the last gather judged (what the plan was made from)
 
     @property
     def profiles(self) -> Mapping[Profile, ProfileSpec]:
@@ -103,6 +117,7 @@ class Reconciler:
                 registry = self.registry.read()
             except RegistryError as exc:
                 registry_error = str(exc)
+        self._seen = registry
         drift: dict[str, list[str]] = {}
         for name, spec in specs.items():
             try:
@@ -206,11 +221,24 @@ class Reconciler:
         return list(self.check().violations)
 
     # -- execute ------------------------------------------------------------------------------------------------------
-    def execute(self, actions: Iterable[Action]) -> list[ActionResult]:
+    def execute(self, actions: Iterable[Action], *, count_recoveries: bool = False) -> list[ActionResult]:
+        """Carry the plan out. An action on a model runs under that model's command lock and only if the model's
+        registry entry is still what the plan was made from: a command that changed it meanwhile (an operator's
+        activate, say) wins, and the next round plans again. `count_recoveries` counts each LOAD as a recovery
+        attempt of its model (`watch`), once it is really going to run."""
         results: list[ActionResult] = []
         for action in actions:
             try:
-                detail = self._execute(action)
+                with contextlib.ExitStack() as stack:
+                    if action.model and action.kind in _MODEL_ACTIONS:
+                        stack.enter_context(self.registry.command_lock(action.model))
+                        changed = self._changed_since_plan(action)
+                        if changed:
+                            results.append(ActionResult(action, False, f"skipped: {changed}; planned again next round"))
+                            continue
+                        if count_recoveries and action.kind is ActionKind.LOAD and action.server:
+                            self.registry.count_recovery(action.model, action.server)
+                    detail = self._execute(action)
                 results.append(ActionResult(action, True, detail))
             except (
                 lifecycle.ActivationFailed,
@@ -225,11 +253,31 @@ class Reconciler:
                 results.append(ActionResult(action, False, str(exc)))
         return results
 
+    def _changed_since_plan(self, action: Action) -> str | None:
+        """Why the plan for `action.model` is stale (its registry entry changed since the gather), or None."""
+        if self._seen is None or action.model is None:
+            return None
+        try:
+            now = self.registry.read().models.get(action.model)
+        except RegistryError:
+            return None  # REBUILD_REGISTRY's business
+        before = self._seen.models.get(action.model)
+        if before is None or now is None:
+            return None if before is now else "its registry entry appeared or went away meanwhile"
+        if (before.desired, before.version, before.overrides) != (now.desired, now.version, now.overrides):
+            return "its desired state changed meanwhile"
+        if action.server and before.on(action.server).state is not now.on(action.server).state:
+            was, became = before.on(action.server).state.value, now.on(action.server).state.value
+            return f"its state changed meanwhile ({was} -> {became})"
+        return None
+
     def _execute(self, action: Action) -> str:  # noqa: PLR0911 - one branch per action kind
         kind, name = action.kind, action.model or ""
         if kind is ActionKind.REBUILD_REGISTRY:
             data = self.registry.rebuild_from_audit()
-            return f"rebuilt {len(data.models)} models from {self.registry.audit_path.name}"
+            skipped = self.registry.audit_skipped
+            note = f" ({len(skipped)} damaged line(s) skipped: {'; '.join(skipped[:3])})" if skipped else ""
+            return f"rebuilt {len(data.models)} models from {self.registry.audit_path.name}{note}"
         if kind is ActionKind.ADOPT:
             return self._adopt()
         if kind is ActionKind.REGENERATE:

@@ -51,10 +51,16 @@ class Deferred:
     why: str
 
 
+#: LOAD causes that mean Triton is serving the model, only not with the wanted config: a reload that fails leaves it
+#: serving, so exhausted attempts stop retrying instead of disabling (unloading) it
+RELOAD_CAUSES = frozenset({Kind.LIVE_DRIFT, Kind.VERSION_MISMATCH})
+
+
 def apply_policy(
     actions: Iterable[Action], registry: RegistryFile | None, now: dt.datetime, policy: RecoveryPolicy
 ) -> tuple[list[Action], list[Deferred]]:
-    """Turn LOADs into DISABLEs once attempts are exhausted, and hold back those still in their backoff (pure)."""
+    """Turn LOADs into DISABLEs once attempts are exhausted (except for a model that is serving, whose failed reloads
+    just stop), and hold back those still in their backoff (pure)."""
     kept: list[Action] = []
     deferred: list[Deferred] = []
     for action in actions:
@@ -62,6 +68,15 @@ def apply_policy(
             kept.append(action)
             continue
         entry = registry.models[action.model].on(action.server or "")
+        if entry.recoveries >= policy.max_attempts and set(action.causes) <= RELOAD_CAUSES:
+            # Triton still serves the model (a failed reload keeps the previous config running): giving up must
+            # not unload it. The violation stays reported until someone fixes the spec or activates again.
+            why = (
+                f"gave up after {entry.recoveries} failed reloads; the running config keeps serving "
+                "(fix the cause, then `ruthctl activate` it)"
+            )
+            deferred.append(Deferred(action, why))
+            continue
         if entry.recoveries >= policy.max_attempts:
             reason = f"{entry.recoveries} recoveries did not keep it healthy; last problem: {action.detail}"
             kept.append(dataclasses.replace(action, kind=ActionKind.DISABLE, detail=reason))
@@ -236,10 +251,7 @@ class Watcher:
             self._reset_stable(reconciler, check)
             planned = plan_repairs(check.violations)
             actions, deferred = apply_policy(planned, _read(reconciler.registry), self.wall(), self.policy)
-            for action in actions:
-                if action.kind is ActionKind.LOAD and action.model and action.server:
-                    reconciler.registry.count_recovery(action.model, action.server)
-            results = reconciler.execute(actions)
+            results = reconciler.execute(actions, count_recoveries=True)
         for result in results:
             level = logging.INFO if result.ok else logging.WARNING
             log.log(
