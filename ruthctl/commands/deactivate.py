@@ -69,7 +69,9 @@ def _deactivate_locked(
             done = unload_on(client, reg, name, timeout_s=timeout, reason="deactivate", want=want, progress=progress)
             results.append({"server": server, "state": done.state.value, "detail": "unloaded (drained)"})
         except IllegalTransition as exc:
-            results.append({"server": server, "state": exc.current.value, "detail": f"refused: being loaded ({exc}); try again"})
+            results.append(
+                {"server": server, "state": exc.current.value, "detail": f"refused: being loaded ({exc}); try again"}
+            )
             code = max(code, ExitCode.ERROR)
         except DrainTimeout as exc:
             results.append({"server": server, "state": "UNLOADING", "detail": str(exc)})
