@@ -3,13 +3,16 @@
 - a hang (fault injection at 50 %, the tank model's shipped breaker/watchdog settings) is reported by `verify` as
   `hung` even though the breaker opened, and `watch` restarts the model;
 - the breaker and health gauges follow the persisted state without traffic: after `ruthctl breaker reset` the
-  server's /metrics shows the breaker closed within seconds, no request sent.
+  server's /metrics shows the breaker closed within seconds, no request sent;
+- recovery tolerates damage: audit-log lines it can't replay are skipped and counted (repair works, and the
+  models `serve` would load are still known), and a breaker whose state file can't be written trips in memory.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import shutil
 import time
 from typing import Any
 
@@ -100,3 +103,34 @@ def test_breaker_and_health_gauges_follow_a_reset_without_traffic(clean: World, 
     assert clean.ruthctl("breaker", "reset", TANK).exit_code == 0
     took = wait_for(lambda: gauges(clean).breaker == 0 and gauges(clean).health == 1, 10, "gauges closed/healthy")
     print(f"gauges followed the reset in {took:.1f}s, no request sent")
+
+
+def test_unknown_and_malformed_audit_lines_are_skipped_and_counted(clean: World) -> None:
+    registry = clean.registry()
+    with registry.audit_path.open("a") as audit:
+        audit.write(
+            '{"ts": "2026-12-01T00:00:00Z", "model": "sleepy", "server": "x", "event": "transition", '
+            '"from_state": "READY", "to_state": "EXPLODED"}\n'
+        )
+        audit.write("{not json at all\n")
+    registry.path.write_text('{"schema_version": 1, "models": {"sleepy": ')  # damaged: repair replays the audit log
+    assert "sleepy" in (clean.registry().desired_active() or [])  # what `serve` loads at start
+    document = clean.repair_until_clean()
+    [rebuilt] = [r for r in document["results"] if r["kind"] == "rebuild_registry"]
+    assert rebuilt["ok"] and "2 damaged line(s) skipped" in rebuilt["result"], rebuilt
+    assert clean.state("sleepy") == "READY"
+
+
+def test_a_breaker_whose_state_file_cannot_be_written_still_trips(clean: World, faulty: Any) -> None:
+    state_file = clean.deployment.state / "breakers" / f"{TANK}-1.json"
+    state_file.mkdir(parents=True)  # a directory where the file goes: every write of it fails
+    try:
+        faulty("ruth.fault.fail_rate=1")
+        outcomes: list[str] = []
+        while "BreakerOpen" not in outcomes and len(outcomes) < 48:
+            outcomes += send(clean, 8)
+        assert "BreakerOpen" in outcomes, outcomes
+        log = clean.server.log_text()
+        assert "keeping its state in memory" in log and "in memory only" in log
+    finally:
+        shutil.rmtree(state_file)
