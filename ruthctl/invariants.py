@@ -59,6 +59,8 @@ class Kind(str, enum.Enum):
     LEDGER_STALE = "ledger_stale"
     STUCK = "stuck"
     STUB_DEAD = "stub_dead"
+    STUB_ORPHAN = "stub_orphan"  # more stub processes than instances: a leftover of an earlier episode
+    STUBS_UNSEEN = "stubs_unseen"  # a server on this host whose processes this ruthctl can't see
     HUNG = "hung"
 
 
@@ -142,6 +144,8 @@ class ServerFacts:
     index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
     live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
     stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
+    stub_matches: Mapping[str, host.StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
+    stubs_unseen: str | None = None  # why a server on this host has no stub facts (no shared process namespace)
     gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
 
 
@@ -211,6 +215,17 @@ def find_violations(
                 )
             )
             continue
+        if facts.stubs_unseen is not None:
+            found.append(
+                Violation(
+                    Kind.STUBS_UNSEEN,
+                    facts.stubs_unseen,
+                    server=facts.server,
+                    fixable=False,
+                    fix="run ruthctl in the server's process namespace: `shareProcessNamespace: true` in the pod, "
+                    '`pid: "service:<triton service>"` in compose (deploy/)',
+                )
+            )
         if local.registry_error is not None:
             continue  # what is wanted is unknown until the registry is rebuilt: judge no model meanwhile
         names = set(facts.index) | set(local.specs) | (set(registry.models) if registry else set())
@@ -357,8 +372,18 @@ def _model_violations(
             found.append(
                 violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config")
             )
-        if facts.stubs is not None and name in facts.stubs:
-            alive, expected = facts.stubs[name]
+        match = facts.stub_matches.get(name)
+        if match is not None and match.missing:
+            found.append(
+                violation(
+                    Kind.STUB_DEAD,
+                    f"{match.alive} of {len(match.expected)} stub processes alive, none for "
+                    f"{', '.join(match.missing)} (requests to them fail: 'Stub process ... is not healthy')",
+                    "reload it",
+                )
+            )
+        elif facts.stubs is not None and name in facts.stubs and not facts.stub_matches:
+            alive, expected = facts.stubs[name]  # facts without names (older callers): counted
             if alive < expected:
                 found.append(
                     violation(
@@ -368,6 +393,17 @@ def _model_violations(
                         "reload it",
                     )
                 )
+        if match is not None and match.duplicates:
+            found.append(
+                violation(
+                    Kind.STUB_ORPHAN,
+                    f"stub processes beyond the {len(match.expected)} instances: {', '.join(match.duplicates)}; an "
+                    "orphan can hide the death of the stub Triton really uses",
+                    "find the orphan (`ps` of the stub's instance name, the older process) and kill it, or restart "
+                    "the server",
+                    fixable=False,
+                )
+            )
         gauges = facts.gauges.get(name)
         zombie_limit = spec.watchdog.zombie_limit if spec is not None else None
         if gauges is not None and _hung(gauges, zombie_limit):

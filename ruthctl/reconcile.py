@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from ruthctl.invariants import (
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryError, RegistryFile, State, utc_now
 from ruthctl.render import (
     config_differences,
-    expected_instance_count,
     instance_names,
     parse_pbtxt,
     render_files,
@@ -172,7 +172,6 @@ class Reconciler:
         except TritonAPIError as exc:
             return ServerFacts(server=server, error=str(exc), forbidden=isinstance(exc, Forbidden))
         drift: dict[str, list[str]] = {}
-        expected: dict[str, int | None] = {}
         instances: dict[str, list[str]] = {}
         for name, entry in index.items():
             spec = local.specs.get(name)
@@ -189,27 +188,61 @@ class Reconciler:
                 differences = [str(exc)]
             if differences:
                 drift[name] = differences
-            expected[name] = expected_instance_count(live)
             names = instance_names(live)
             if names is not None:
                 instances[name] = names
+        matches, unseen = self._stubs(adapter, instances)
         return ServerFacts(
             server=server,
             index=index,
             live_drift=drift,
-            stubs=self._stubs(adapter, expected),
+            stubs=None if matches is None else {m: (s.alive, len(s.expected)) for m, s in matches.items()},
+            stub_matches=matches or {},
+            stubs_unseen=unseen,
             gauges=host.parse_health_gauges(adapter.metrics(), instances),
         )
 
-    def _stubs(self, adapter: TritonAdapter, expected: Mapping[str, int | None]) -> dict[str, tuple[int, int]] | None:
-        if not adapter.endpoint.is_local:
-            return None
+    def _stubs(
+        self, adapter: TritonAdapter, instances: Mapping[str, list[str]]
+    ) -> tuple[dict[str, host.StubMatch] | None, str | None]:
+        """Each READY model's stubs matched to its instance names; or None, and why when that hides something.
+
+        The server's process is found by its port among the processes this one can see: on this host, or in a
+        container whose process namespace we share (compose `pid: "service:..."`) and whose network namespace holds
+        the address the URL names. A server that listens in our network namespace but whose process we can't see
+        means we run beside it without its process namespace (a Kubernetes sidecar without
+        `shareProcessNamespace`): dead stubs would go unnoticed, so that is reported, not skipped. Other servers
+        are remote: their gauges are what is judged.
+        """
+        endpoint = adapter.endpoint
         processes = self.processes.processes()
-        pid = self.processes.server_pid(adapter.endpoint.host, adapter.endpoint.port, processes)
-        if pid is None:
+        if endpoint.is_local:
+            pid = self.processes.server_pid(endpoint.host, endpoint.port, processes)
+            if pid is None:
+                if not self.processes.listening(endpoint.port):
+                    return None, None  # nothing of ours listens there: not a server on this host after all
+                return None, (
+                    f"port {endpoint.port} listens here but no tritonserver process serving it is visible in "
+                    f"{self.processes.proc}: this process runs outside the server's process namespace, so dead "
+                    "stub processes go unnoticed"
+                )
+        else:
+            pid = self._visible_remote(endpoint.host, endpoint.port, processes)
+            if pid is None:
+                return None, None
+        running = self.processes.stubs(pid, processes)
+        return {name: host.match_stubs(name, names, running) for name, names in instances.items()}, None
+
+    def _visible_remote(self, hostname: str, port: int, processes: list[host.Process]) -> int | None:
+        """A tritonserver we can see (shared process namespace) that really is `hostname`:`port`."""
+        candidates = [pid for pid in self.processes.server_pids(port, processes)]
+        if not candidates:
             return None
-        instances = self.processes.stubs(pid, processes)
-        return {name: (host.stubs_of(name, instances), count) for name, count in expected.items() if count is not None}
+        try:
+            wanted = {info[4][0] for info in socket.getaddrinfo(hostname, port, proto=socket.IPPROTO_TCP)}
+        except OSError:
+            return None
+        return next((pid for pid in candidates if wanted & self.processes.addresses(pid)), None)
 
     def check(self) -> Check:
         local = self.gather_local()
