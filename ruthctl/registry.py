@@ -395,8 +395,8 @@ class Registry:
         is not the registry lock: reads and other models' changes go on meanwhile.
         """
         locks = self.state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(locks / f"{model}.lock"), timeout=timeout_s)
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(locks / f"{model}.lock"), timeout=timeout_s, mode=0o600)
         try:
             lock.acquire()
         except filelock.Timeout:
