@@ -431,13 +431,14 @@ def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
 
     A hang opens the breaker too (every hung call is a timeout, a failure), and with the shipped settings (5
     failures to trip, 4 zombies per instance, 2 instances) it usually opens before any one instance collects its
-    limit: measured, 3 or 4 zombies per instance at 50 % hangs. An open breaker stops new calls but not the hung
-    ones, so it must not hide them: a call still running past its deadline while nothing new is admitted is the
-    hang itself, and only a restart ends it (a breaker opened by plain errors has no zombies). The gauges are
-    refreshed by every instance on a timer (python_backends.base), so they are current without traffic. The model's
-    own verdict counts too (its limit may differ from the spec on disk): `ruth_model_health` -1 while its breaker
-    isn't open.
+    limit: measured at 50 % hangs, 1 to 4 zombies per instance (a hung batch is one zombie but several failures).
+    An open breaker stops new calls but not the hung ones, so it must not hide them: a call still running past its
+    deadline while nothing new is admitted is the hang itself, and only a restart ends it (a breaker opened by
+    plain errors has no zombies). The gauges are refreshed by every instance on a timer (python_backends.base), so
+    they are current without traffic. The model's own verdict counts too (its limit may differ from the spec on
+    disk): `ruth_model_health` -1 while its breaker isn't open.
     """
+
     if gauges.breaker is not None and gauges.breaker >= 2 and gauges.zombies >= 1:
         return True
     if zombie_limit is not None and gauges.zombies >= zombie_limit:
