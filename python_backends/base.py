@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -109,6 +110,8 @@ class GuardedModel:
 
     #: memory the model needs on its device, when the spec gives none
     default_memory_estimate_mb: ClassVar[int] = 256
+    #: how often the state gauges (breaker, health, zombies) are re-read from the persisted state without traffic
+    gauge_refresh_s: ClassVar[float] = 2.0
 
     name: str
     version: str
@@ -173,6 +176,7 @@ class GuardedModel:
             raise ModelLoadError(f"{self.name}: load failed: {type(exc).__name__}: {exc}") from exc
         self._allocator.settle(self.device)  # loaded: its memory is in use now, no longer only promised
         self._report_health()
+        self._start_gauge_refresher()
 
     def _make_allocator(self) -> DeviceAllocator:
         probe = default_probe() if self.env.enable_gpu else NoGpuProbe()
@@ -191,6 +195,7 @@ class GuardedModel:
     def finalize(self) -> None:
         """Drain with a deadline, release the device, close state. Safe to call twice."""
         try:
+            self._stop_gauge_refresher()
             watchdog = getattr(self, "watchdog", None)
             if watchdog is not None:
                 left = watchdog.shutdown(wait_s=min(self.params.inference_timeout_s, 5.0))
@@ -270,6 +275,36 @@ class GuardedModel:
                 self.faults.apply()
             except InjectedFault as exc:
                 item.error = Internal(f"injected fault: {exc}")
+
+    def _start_gauge_refresher(self) -> None:
+        """Keep the state gauges true without traffic: a trip made by a sibling, an operator's `ruthctl breaker
+        reset`, zombies that ended or piled up — all reach /metrics within `gauge_refresh_s`, not at the next
+        request (which an open breaker or an idle camera may never bring)."""
+        self._gauges_stop = threading.Event()
+        self._gauges_thread = threading.Thread(
+            target=self._refresh_gauges_loop, name=f"gauges-{self.instance}", daemon=True
+        )
+        self._gauges_thread.start()
+
+    def _stop_gauge_refresher(self) -> None:
+        stop: threading.Event | None = getattr(self, "_gauges_stop", None)
+        if stop is None:
+            return
+        stop.set()
+        self._gauges_thread.join(timeout=self.gauge_refresh_s + 1.0)
+
+    def _refresh_gauges_loop(self) -> None:
+        while not self._gauges_stop.wait(self.gauge_refresh_s):
+            try:
+                self.refresh_gauges()
+            except Exception:  # noqa: BLE001 - a metrics hiccup must not end the refresher (or the model)
+                log.exception("%s: refreshing the state gauges failed", self.instance)
+
+    def refresh_gauges(self) -> None:
+        """Set the breaker, zombie and health gauges from the persisted breaker state and the watchdog."""
+        self.metrics.breaker(self.breaker.state, tripped=False)
+        self.metrics.zombies(self.watchdog.zombies)
+        self._report_health()
 
     def _report_health(self) -> None:
         snapshot_state = self.breaker.state.value

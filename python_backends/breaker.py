@@ -304,8 +304,9 @@ class CircuitBreaker:
     only takes the storage transaction when something would change. That read is consistent (storage swaps whole
     snapshots), so acting on it is the same as having run just before a concurrent writer.
 
-    If storage can't be written (disk full, lock timeout), the breaker logs it and fails open: the request runs on the
-    decision taken from the last read, rather than failing because bookkeeping failed.
+    If storage can't be written (disk full, lock timeout, a damaged state path), the breaker logs it and keeps its
+    state in memory, for this process only: it still counts failures and trips, rather than failing requests
+    because bookkeeping failed or never tripping because it can't write. Each later change tries storage again.
     """
 
     def __init__(
@@ -323,6 +324,9 @@ class CircuitBreaker:
         self._listeners: list[BreakerListener] = list(listeners)
         self.storage_errors = 0
         self._storage_failing = False
+        #: the state while storage can't be written: kept (and acted on) in this process only, so a breaker whose
+        #: file is unwritable still trips; written back, and dropped, once a write succeeds
+        self._memory: BreakerSnapshot | None = None
 
     # public API ------------------------------------------------------------------------------------------------
 
@@ -362,6 +366,8 @@ class CircuitBreaker:
     # internals -------------------------------------------------------------------------------------------------
 
     def _load(self, now: float) -> BreakerSnapshot:
+        if self._memory is not None:
+            return self._memory
         try:
             snap = self._storage.load()
         except OSError as exc:
@@ -372,18 +378,17 @@ class CircuitBreaker:
     def _apply(
         self, step: Callable[[BreakerSnapshot], tuple[BreakerSnapshot, R]], now: float, *, fast: bool = True
     ) -> R:
-        fast_result: tuple[R] | None = None
         if fast:
             current = self._load(now)
             new, result = step(current)
             if new == current:
                 return result
-            fast_result = (result,)
 
         seen: list[tuple[BreakerSnapshot, BreakerSnapshot]] = []
 
         def transaction(stored: BreakerSnapshot | None) -> tuple[BreakerSnapshot, R]:
-            before = stored if stored is not None else BreakerSnapshot.initial(now)
+            # while the state lives in memory, memory is what this process decided on: it is what gets written
+            before = self._memory or (stored if stored is not None else BreakerSnapshot.initial(now))
             after, result = step(before)
             seen.append((before, after))
             return after, result
@@ -391,10 +396,19 @@ class CircuitBreaker:
         try:
             result = self._storage.transact(transaction)
         except OSError as exc:
-            if fast_result is None:
+            if not fast:
                 raise
             self._storage_failed(exc)
-            return fast_result[0]
+            before = self._load(now)
+            after, result = step(before)
+            self._memory = after
+            if before.state is not after.state:
+                self._log_transition(before, after, now)
+                self._notify(before.state, after)
+            return result
+        if self._memory is not None:
+            log.warning("breaker %s: state storage works again; the state is shared with the siblings again", self.name)
+            self._memory = None
         self._storage_failing = False
         before, after = seen[-1]
         if before.state is not after.state:
@@ -410,20 +424,26 @@ class CircuitBreaker:
                 log.exception("breaker %s: listener %r failed", self.name, listener)
 
     def _log_transition(self, before: BreakerSnapshot, after: BreakerSnapshot, now: float) -> None:
+        where = " (in memory only: its state file can't be written)" if self._memory is not None else ""
         if after.state is BreakerState.OPEN:
             log.warning(
-                "breaker %s: %s -> open after %d consecutive failure(s) (trip %d); retry in %.1fs",
+                "breaker %s: %s -> open after %d consecutive failure(s) (trip %d); retry in %.1fs%s",
                 self.name,
                 before.state.value,
                 after.consecutive_failures,
                 after.trips,
                 (after.retry_at or now) - now,
+                where,
             )
         else:
-            log.info("breaker %s: %s -> %s", self.name, before.state.value, after.state.value)
+            log.info("breaker %s: %s -> %s%s", self.name, before.state.value, after.state.value, where)
 
     def _storage_failed(self, exc: OSError) -> None:
         self.storage_errors += 1
         if not self._storage_failing:
-            log.error("breaker %s: state storage failed (%s); deciding from the last state read", self.name, exc)
+            log.error(
+                "breaker %s: state storage failed (%s); keeping its state in memory, for this process only",
+                self.name,
+                exc,
+            )
             self._storage_failing = True

@@ -23,9 +23,11 @@ __all__ = [
     "BreakerFile",
     "HealthGauges",
     "ProcessTable",
+    "StubMatch",
     "WeightProblem",
     "breaker_files",
     "check_weights",
+    "match_stubs",
     "parse_health_gauges",
     "stale_ledger_entries",
 ]
@@ -67,13 +69,52 @@ class ProcessTable:
 
     def server_pid(self, host: str, port: int, processes: Iterable[Process] | None = None) -> int | None:
         """The tritonserver listening on `port` (HTTP or gRPC), by its argv; None if it isn't on this host."""
+        return next(iter(self.server_pids(port, processes)), None)
+
+    def server_pids(self, port: int, processes: Iterable[Process] | None = None) -> list[int]:
+        """Every visible tritonserver whose argv names `port` (HTTP or gRPC)."""
         wanted = {f"--http-port={port}", f"--grpc-port={port}"}
+        found: list[int] = []
         for process in processes if processes is not None else self.processes():
             if Path(process.argv[0]).name != SERVER_BINARY:
                 continue
             if wanted & set(process.argv) or _split_flag_match(process.argv, port):
-                return process.pid
-        return None
+                found.append(process.pid)
+        return found
+
+    def listening(self, port: int) -> bool:
+        """Whether a TCP socket of this network namespace listens on `port` (`<proc>/net/tcp`, `tcp6`).
+
+        A server whose socket is here but whose process isn't in the table runs in the same network namespace and
+        another process namespace: a Kubernetes sidecar without `shareProcessNamespace`, typically.
+        """
+        wanted = f"{port:04X}"
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = (self.proc / "net" / table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A" and fields[1].rsplit(":", 1)[-1] == wanted:
+                    return True
+        return False
+
+    def addresses(self, pid: int) -> set[str]:
+        """The IPv4 addresses local to the network namespace of process `pid` (its `net/fib_trie`)."""
+        try:
+            lines = (self.proc / str(pid) / "net" / "fib_trie").read_text().splitlines()
+        except OSError:
+            return set()
+        found: set[str] = set()
+        last = ""
+        for line in lines:
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text[3:].strip().split("/")[0]
+            elif text.startswith("/32 host LOCAL") and last:
+                found.add(last)
+        return found
 
     def stubs(self, server_pid: int, processes: Iterable[Process] | None = None) -> list[str]:
         """Instance names (`<model>_<group>_<n>`) of the live stubs of one tritonserver."""
@@ -98,6 +139,37 @@ def _split_flag_match(argv: tuple[str, ...], port: int) -> bool:
 def stubs_of(model: str, instances: Iterable[str]) -> int:
     pattern = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
     return sum(1 for name in instances if pattern.match(name))
+
+
+@dataclasses.dataclass(frozen=True)
+class StubMatch:
+    """One model's stub processes matched to the instance names Triton should be running.
+
+    Matched by name, not counted: an orphaned stub left by an earlier episode (a stuck unload) would otherwise make
+    up for a dead one, and the model would look whole while the requests routed to the dead instance fail.
+    """
+
+    expected: tuple[str, ...]
+    missing: tuple[str, ...]  # expected instances without a stub process: dead
+    duplicates: tuple[str, ...]  # instances with more than one stub process: all but one are orphans
+
+    @property
+    def alive(self) -> int:
+        return len(self.expected) - len(self.missing)
+
+
+def match_stubs(model: str, expected: Iterable[str], running: Iterable[str]) -> StubMatch:
+    wanted = tuple(expected)
+    pattern = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
+    seen: dict[str, int] = {}
+    for name in running:
+        if pattern.match(name):
+            seen[name] = seen.get(name, 0) + 1
+    return StubMatch(
+        expected=wanted,
+        missing=tuple(n for n in wanted if n not in seen),
+        duplicates=tuple(f"{n} x{c}" for n, c in sorted(seen.items()) if c > 1 or n not in wanted),
+    )
 
 
 # -- weights -----------------------------------------------------------------------------------------------------------

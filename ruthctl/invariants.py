@@ -59,6 +59,8 @@ class Kind(str, enum.Enum):
     LEDGER_STALE = "ledger_stale"
     STUCK = "stuck"
     STUB_DEAD = "stub_dead"
+    STUB_ORPHAN = "stub_orphan"  # more stub processes than instances: a leftover of an earlier episode
+    STUBS_UNSEEN = "stubs_unseen"  # a server on this host whose processes this ruthctl can't see
     HUNG = "hung"
 
 
@@ -142,6 +144,8 @@ class ServerFacts:
     index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
     live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
     stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
+    stub_matches: Mapping[str, host.StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
+    stubs_unseen: str | None = None  # why a server on this host has no stub facts (no shared process namespace)
     gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
 
 
@@ -211,6 +215,17 @@ def find_violations(
                 )
             )
             continue
+        if facts.stubs_unseen is not None:
+            found.append(
+                Violation(
+                    Kind.STUBS_UNSEEN,
+                    facts.stubs_unseen,
+                    server=facts.server,
+                    fixable=False,
+                    fix="run ruthctl in the server's process namespace: `shareProcessNamespace: true` in the pod, "
+                    '`pid: "service:<triton service>"` in compose (deploy/)',
+                )
+            )
         if local.registry_error is not None:
             continue  # what is wanted is unknown until the registry is rebuilt: judge no model meanwhile
         names = set(facts.index) | set(local.specs) | (set(registry.models) if registry else set())
@@ -357,8 +372,18 @@ def _model_violations(
             found.append(
                 violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config")
             )
-        if facts.stubs is not None and name in facts.stubs:
-            alive, expected = facts.stubs[name]
+        match = facts.stub_matches.get(name)
+        if match is not None and match.missing:
+            found.append(
+                violation(
+                    Kind.STUB_DEAD,
+                    f"{match.alive} of {len(match.expected)} stub processes alive, none for "
+                    f"{', '.join(match.missing)} (requests to them fail: 'Stub process ... is not healthy')",
+                    "reload it",
+                )
+            )
+        elif facts.stubs is not None and name in facts.stubs and not facts.stub_matches:
+            alive, expected = facts.stubs[name]  # facts without names (older callers): counted
             if alive < expected:
                 found.append(
                     violation(
@@ -368,6 +393,17 @@ def _model_violations(
                         "reload it",
                     )
                 )
+        if match is not None and match.duplicates:
+            found.append(
+                violation(
+                    Kind.STUB_ORPHAN,
+                    f"stub processes beyond the {len(match.expected)} instances: {', '.join(match.duplicates)}; an "
+                    "orphan can hide the death of the stub Triton really uses",
+                    "find the orphan (`ps` of the stub's instance name, the older process) and kill it, or restart "
+                    "the server",
+                    fixable=False,
+                )
+            )
         gauges = facts.gauges.get(name)
         zombie_limit = spec.watchdog.zombie_limit if spec is not None else None
         if gauges is not None and _hung(gauges, zombie_limit):
@@ -391,12 +427,22 @@ def _model_violations(
 
 
 def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
-    """Zombies over the limit, as the model reports it: `ruth_model_health` -1 while its breaker isn't open.
+    """Zombies at the model's limit on a live instance, or any zombie behind an open breaker.
 
-    A health of -1 with the breaker open is the breaker doing its job, not a hang. `ruth_zombie_threads` alone is
-    not trusted: it is only refreshed after a request, so a restarted instance shows its predecessor's count.
-    `zombie_limit` is reported alongside for the operator.
+    A hang opens the breaker too (every hung call is a timeout, a failure), and with the shipped settings (5
+    failures to trip, 4 zombies per instance, 2 instances) it usually opens before any one instance collects its
+    limit: measured at 50 % hangs, 1 to 4 zombies per instance (a hung batch is one zombie but several failures).
+    An open breaker stops new calls but not the hung ones, so it must not hide them: a call still running past its
+    deadline while nothing new is admitted is the hang itself, and only a restart ends it (a breaker opened by
+    plain errors has no zombies). The gauges are refreshed by every instance on a timer (python_backends.base), so
+    they are current without traffic. The model's own verdict counts too (its limit may differ from the spec on
+    disk): `ruth_model_health` -1 while its breaker isn't open.
     """
+
+    if gauges.breaker is not None and gauges.breaker >= 2 and gauges.zombies >= 1:
+        return True
+    if zombie_limit is not None and gauges.zombies >= zombie_limit:
+        return True
     return gauges.health is not None and gauges.health <= -1 and (gauges.breaker is None or gauges.breaker < 2)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ruthctl.registry import Registry, ServerEntry, State
+from ruthctl.registry import Registry, ServerEntry, State, Want
 from ruthctl.render import render_config
 from ruthctl.spec import ModelSpec, ProfileSpec
 from ruthctl.triton_client import IndexEntry, LoadFailed, TritonAdapter, TritonAPIError, Unreachable
@@ -105,6 +105,8 @@ def load_on(
     timeout_s: float = 120.0,
     reason: str = "activate",
     restart: bool = False,
+    want: Want | None = None,
+    restore: Want | None = None,
     progress: Progress = _quiet,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -114,13 +116,17 @@ def load_on(
     Rollback: if the model was READY before and Triton still serves it (a failed reload leaves the previous
     version running), the registry goes back to READY and says so; otherwise the model is unloaded and FAILED.
 
+    `want` (an activation's new desired state) is written with the LOADING claim, and `restore` with the rollback,
+    each in one registry transaction: a refused claim writes nothing, and a failed load doesn't leave behind a
+    desired state that nothing runs (which `watch` would then "repair" by reloading what just failed).
+
     `restart` unloads first: Triton 2.51 treats a load with an unchanged config as done without touching the
     instances, so a model whose stub died or hung must be unloaded (its live instances drain) and loaded anew.
     """
     server = str(adapter.endpoint)
     before = registry.get(target.name)
     was_ready = before is not None and before.on(server).state is State.READY
-    registry.transition(target.name, server, State.LOADING, version=target.version, reason=reason)
+    registry.transition(target.name, server, State.LOADING, version=target.version, reason=reason, want=want)
     version = str(target.version)
     try:
         if restart:
@@ -150,17 +156,25 @@ def load_on(
         )
     except (TritonAPIError, TimeoutError) as exc:
         why = exc.reason if isinstance(exc, LoadFailed) else str(exc)
-        outcome = _roll_back(adapter, registry, target.name, server, why, was_ready)
+        outcome = _roll_back(adapter, registry, target.name, server, why, was_ready, restore)
         raise ActivationFailed(
             target.name, server, why, outcome, unreachable=isinstance(exc, (Unreachable, TimeoutError))
         ) from None
     except BaseException:  # Ctrl-C mid-load: don't leave a LOADING claim behind
-        _roll_back(adapter, registry, target.name, server, "interrupted", was_ready=False)
+        _roll_back(adapter, registry, target.name, server, "interrupted", False, restore)
         raise
     return registry.transition(target.name, server, State.READY, reason=reason, version=target.version)
 
 
-def _roll_back(adapter: TritonAdapter, registry: Registry, name: str, server: str, why: str, was_ready: bool) -> State:
+def _roll_back(
+    adapter: TritonAdapter,
+    registry: Registry,
+    name: str,
+    server: str,
+    why: str,
+    was_ready: bool,
+    restore: Want | None = None,
+) -> State:
     try:
         still = _entry(adapter, name)
     except TritonAPIError:
@@ -172,11 +186,12 @@ def _roll_back(adapter: TritonAdapter, registry: Registry, name: str, server: st
             State.READY,
             reason=f"reload failed, previous version kept serving: {why}",
             version=int(still.version) if still.version and still.version.isdigit() else None,
+            want=restore,
         )
         return State.READY
     with contextlib.suppress(TritonAPIError):  # unreachable or gone: FAILED below still records why the load failed
         adapter.unload(name)
-    registry.transition(name, server, State.FAILED, reason=why)
+    registry.transition(name, server, State.FAILED, reason=why, want=restore)
     return State.FAILED
 
 
@@ -187,17 +202,20 @@ def unload_on(
     *,
     timeout_s: float = 60.0,
     reason: str = "deactivate",
+    want: Want | None = None,
     progress: Progress = _quiet,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ServerEntry:
     """Unload and wait while Triton drains in-flight requests; UNLOADED when it's gone.
 
-    `DrainTimeout` leaves the registry at UNLOADING (Triton is still finishing requests); the next `repair` or
-    `watch` records UNLOADED once Triton has let go.
+    The UNLOADING claim is refused while another process is LOADING the model (`IllegalTransition`, nothing
+    written); `want` (a deactivation's INACTIVE) is written with the claim. `DrainTimeout` leaves the registry at
+    UNLOADING (Triton is still finishing requests); the next `repair` or `watch` records UNLOADED once Triton has
+    let go.
     """
     server = str(adapter.endpoint)
-    registry.transition(name, server, State.UNLOADING, reason=reason)
+    registry.transition(name, server, State.UNLOADING, reason=reason, unless=frozenset({State.LOADING}), want=want)
     try:
         adapter.unload(name)
         wait_for(

@@ -7,8 +7,10 @@ plan through `lifecycle`. `verify` is gather + find; `repair` adds plan + execut
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from ruthctl.invariants import (
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryError, RegistryFile, State, utc_now
 from ruthctl.render import (
     config_differences,
-    expected_instance_count,
     instance_names,
     parse_pbtxt,
     render_files,
@@ -42,6 +43,18 @@ from ruthctl.spec import ModelSpec, ProfileSpec, SpecError, load_profiles, load_
 from ruthctl.triton_client import Forbidden, TritonAdapter, TritonAPIError
 
 __all__ = ["Paths", "Reconciler"]
+
+#: actions that change one model: run under its command lock, like `activate`/`deactivate`
+_MODEL_ACTIONS = frozenset(
+    {
+        ActionKind.RESOLVE_STUCK,
+        ActionKind.RECORD,
+        ActionKind.UNLOAD,
+        ActionKind.LOAD,
+        ActionKind.DISABLE,
+        ActionKind.FORGET,
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Reconciler:
         self.load_timeout_s = load_timeout_s
         self.unload_timeout_s = unload_timeout_s
         self._profiles: Mapping[Profile, ProfileSpec] | None = None
+        self._seen: RegistryFile | None = None  # the registry the last gather judged (what the plan was made from)
 
     @property
     def profiles(self) -> Mapping[Profile, ProfileSpec]:
@@ -103,6 +117,7 @@ class Reconciler:
                 registry = self.registry.read()
             except RegistryError as exc:
                 registry_error = str(exc)
+        self._seen = registry
         drift: dict[str, list[str]] = {}
         for name, spec in specs.items():
             try:
@@ -157,7 +172,6 @@ class Reconciler:
         except TritonAPIError as exc:
             return ServerFacts(server=server, error=str(exc), forbidden=isinstance(exc, Forbidden))
         drift: dict[str, list[str]] = {}
-        expected: dict[str, int | None] = {}
         instances: dict[str, list[str]] = {}
         for name, entry in index.items():
             spec = local.specs.get(name)
@@ -174,27 +188,61 @@ class Reconciler:
                 differences = [str(exc)]
             if differences:
                 drift[name] = differences
-            expected[name] = expected_instance_count(live)
             names = instance_names(live)
             if names is not None:
                 instances[name] = names
+        matches, unseen = self._stubs(adapter, instances)
         return ServerFacts(
             server=server,
             index=index,
             live_drift=drift,
-            stubs=self._stubs(adapter, expected),
+            stubs=None if matches is None else {m: (s.alive, len(s.expected)) for m, s in matches.items()},
+            stub_matches=matches or {},
+            stubs_unseen=unseen,
             gauges=host.parse_health_gauges(adapter.metrics(), instances),
         )
 
-    def _stubs(self, adapter: TritonAdapter, expected: Mapping[str, int | None]) -> dict[str, tuple[int, int]] | None:
-        if not adapter.endpoint.is_local:
-            return None
+    def _stubs(
+        self, adapter: TritonAdapter, instances: Mapping[str, list[str]]
+    ) -> tuple[dict[str, host.StubMatch] | None, str | None]:
+        """Each READY model's stubs matched to its instance names; or None, and why when that hides something.
+
+        The server's process is found by its port among the processes this one can see: on this host, or in a
+        container whose process namespace we share (compose `pid: "service:..."`) and whose network namespace holds
+        the address the URL names. A server that listens in our network namespace but whose process we can't see
+        means we run beside it without its process namespace (a Kubernetes sidecar without
+        `shareProcessNamespace`): dead stubs would go unnoticed, so that is reported, not skipped. Other servers
+        are remote: their gauges are what is judged.
+        """
+        endpoint = adapter.endpoint
         processes = self.processes.processes()
-        pid = self.processes.server_pid(adapter.endpoint.host, adapter.endpoint.port, processes)
-        if pid is None:
+        if endpoint.is_local:
+            pid = self.processes.server_pid(endpoint.host, endpoint.port, processes)
+            if pid is None:
+                if not self.processes.listening(endpoint.port):
+                    return None, None  # nothing of ours listens there: not a server on this host after all
+                return None, (
+                    f"port {endpoint.port} listens here but no tritonserver process serving it is visible in "
+                    f"{self.processes.proc}: this process runs outside the server's process namespace, so dead "
+                    "stub processes go unnoticed"
+                )
+        else:
+            pid = self._visible_remote(endpoint.host, endpoint.port, processes)
+            if pid is None:
+                return None, None
+        running = self.processes.stubs(pid, processes)
+        return {name: host.match_stubs(name, names, running) for name, names in instances.items()}, None
+
+    def _visible_remote(self, hostname: str, port: int, processes: list[host.Process]) -> int | None:
+        """A tritonserver we can see (shared process namespace) that really is `hostname`:`port`."""
+        candidates = [pid for pid in self.processes.server_pids(port, processes)]
+        if not candidates:
             return None
-        instances = self.processes.stubs(pid, processes)
-        return {name: (host.stubs_of(name, instances), count) for name, count in expected.items() if count is not None}
+        try:
+            wanted = {info[4][0] for info in socket.getaddrinfo(hostname, port, proto=socket.IPPROTO_TCP)}
+        except OSError:
+            return None
+        return next((pid for pid in candidates if wanted & self.processes.addresses(pid)), None)
 
     def check(self) -> Check:
         local = self.gather_local()
@@ -206,11 +254,24 @@ class Reconciler:
         return list(self.check().violations)
 
     # -- execute ------------------------------------------------------------------------------------------------------
-    def execute(self, actions: Iterable[Action]) -> list[ActionResult]:
+    def execute(self, actions: Iterable[Action], *, count_recoveries: bool = False) -> list[ActionResult]:
+        """Carry the plan out. An action on a model runs under that model's command lock and only if the model's
+        registry entry is still what the plan was made from: a command that changed it meanwhile (an operator's
+        activate, say) wins, and the next round plans again. `count_recoveries` counts each LOAD as a recovery
+        attempt of its model (`watch`), once it is really going to run."""
         results: list[ActionResult] = []
         for action in actions:
             try:
-                detail = self._execute(action)
+                with contextlib.ExitStack() as stack:
+                    if action.model and action.kind in _MODEL_ACTIONS:
+                        stack.enter_context(self.registry.command_lock(action.model))
+                        changed = self._changed_since_plan(action)
+                        if changed:
+                            results.append(ActionResult(action, False, f"skipped: {changed}; planned again next round"))
+                            continue
+                        if count_recoveries and action.kind is ActionKind.LOAD and action.server:
+                            self.registry.count_recovery(action.model, action.server)
+                    detail = self._execute(action)
                 results.append(ActionResult(action, True, detail))
             except (
                 lifecycle.ActivationFailed,
@@ -225,11 +286,31 @@ class Reconciler:
                 results.append(ActionResult(action, False, str(exc)))
         return results
 
+    def _changed_since_plan(self, action: Action) -> str | None:
+        """Why the plan for `action.model` is stale (its registry entry changed since the gather), or None."""
+        if self._seen is None or action.model is None:
+            return None
+        try:
+            now = self.registry.read().models.get(action.model)
+        except RegistryError:
+            return None  # REBUILD_REGISTRY's business
+        before = self._seen.models.get(action.model)
+        if before is None or now is None:
+            return None if before is now else "its registry entry appeared or went away meanwhile"
+        if (before.desired, before.version, before.overrides) != (now.desired, now.version, now.overrides):
+            return "its desired state changed meanwhile"
+        if action.server and before.on(action.server).state is not now.on(action.server).state:
+            was, became = before.on(action.server).state.value, now.on(action.server).state.value
+            return f"its state changed meanwhile ({was} -> {became})"
+        return None
+
     def _execute(self, action: Action) -> str:  # noqa: PLR0911 - one branch per action kind
         kind, name = action.kind, action.model or ""
         if kind is ActionKind.REBUILD_REGISTRY:
             data = self.registry.rebuild_from_audit()
-            return f"rebuilt {len(data.models)} models from {self.registry.audit_path.name}"
+            skipped = self.registry.audit_skipped
+            note = f" ({len(skipped)} damaged line(s) skipped: {'; '.join(skipped[:3])})" if skipped else ""
+            return f"rebuilt {len(data.models)} models from {self.registry.audit_path.name}{note}"
         if kind is ActionKind.ADOPT:
             return self._adopt()
         if kind is ActionKind.REGENERATE:

@@ -14,6 +14,7 @@ unload every model on the next repair. `rebuild_from_audit` restores it from the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import getpass
@@ -34,6 +35,7 @@ __all__ = [
     "AuditEntry",
     "Desired",
     "IllegalTransition",
+    "ModelBusy",
     "ModelEntry",
     "Registry",
     "RegistryCorrupt",
@@ -41,6 +43,7 @@ __all__ = [
     "RegistryFile",
     "ServerEntry",
     "State",
+    "Want",
     "default_actor",
 ]
 
@@ -93,6 +96,10 @@ class IllegalTransition(RegistryError):
         self.server = server
         self.current = current
         self.target = target
+
+
+class ModelBusy(RegistryError):
+    """Another ruthctl command holds the model's command lock (it is changing that model right now)."""
 
 
 class RegistryCorrupt(RegistryError):
@@ -167,6 +174,23 @@ class AuditEntry(_Record):
     actor: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Want:
+    """A desired-state change: written in the same transaction as the lifecycle move it belongs to, so that what
+    the registry wants never runs ahead of what a command actually did (or is doing)."""
+
+    desired: Desired
+    version: int | None = None
+    overrides: Mapping[str, str] | None = None
+
+    @classmethod
+    def of(cls, entry: ModelEntry | None) -> Want:
+        """The desired state `entry` holds now (a model never seen is INACTIVE): what a failed change restores."""
+        if entry is None:
+            return cls(Desired.INACTIVE)
+        return cls(entry.desired, entry.version, dict(entry.overrides))
+
+
 class Registry:
     """The registry in `<state_dir>/registry.json` with its audit log `<state_dir>/registry-audit.jsonl`."""
 
@@ -184,6 +208,8 @@ class Registry:
         self.actor = actor or default_actor("")
         self.clock = clock
         self._lock = filelock.FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        #: what the last `audit()` skipped ("line N: why"), for reports
+        self.audit_skipped: list[str] = []
 
     # -- reading ------------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -278,14 +304,26 @@ class Registry:
         reason: str = "",
         version: int | None = None,
         expect: State | None = None,
+        unless: frozenset[State] = frozenset(),
+        want: Want | None = None,
     ) -> ServerEntry:
-        """Move `model` on `server` to `target`, if `ALLOWED` (and, with `expect`, only from that state)."""
+        """Move `model` on `server` to `target`, if `ALLOWED` (and, with `expect`, only from that state; never from a
+        state in `unless`). With `want`, the desired state changes in the same transaction: a refused move changes
+        nothing, so a command that loses a race leaves no desired state behind."""
 
         def apply(data: RegistryFile) -> tuple[RegistryFile, list[AuditEntry]]:
             entry = data.models.get(model) or ModelEntry(version=version or 1)
             current = entry.on(server)
-            if target not in ALLOWED[current.state] or (expect is not None and current.state is not expect):
+            if (
+                target not in ALLOWED[current.state]
+                or (expect is not None and current.state is not expect)
+                or current.state in unless
+            ):
                 raise IllegalTransition(model, server, current.state, target, current)
+            events: list[AuditEntry] = []
+            if want is not None:
+                data, events = self._apply_want(data, model, want, reason)
+                entry = data.models[model]
             now = _stamp(self.clock())
             moved = current.model_copy(
                 update={
@@ -306,7 +344,10 @@ class Registry:
                 to_state=target.value,
                 reason=reason,
             )
-            return _with_model(data, model, entry.model_copy(update={"servers": servers, "updated": now})), [event]
+            return _with_model(data, model, entry.model_copy(update={"servers": servers, "updated": now})), [
+                *events,
+                event,
+            ]
 
         return self.update(apply).models[model].on(server)
 
@@ -319,28 +360,51 @@ class Registry:
         overrides: Mapping[str, str] | None = None,
         reason: str = "",
     ) -> ModelEntry:
-        def apply(data: RegistryFile) -> tuple[RegistryFile, list[AuditEntry]]:
-            entry = data.models.get(model) or ModelEntry()
-            changes: dict[str, Any] = {"desired": desired}
-            if version is not None:
-                changes["version"] = version
-            if overrides is not None:
-                changes["overrides"] = dict(overrides)
-            updated = entry.model_copy(update=changes)
-            if updated == entry and model in data.models:
-                return data, []
-            updated = updated.model_copy(update={"updated": _stamp(self.clock())})
-            event = self._event(
-                model,
-                "desired",
-                version=updated.version,
-                desired=desired.value,
-                overrides=dict(updated.overrides),
-                reason=reason,
-            )
-            return _with_model(data, model, updated), [event]
+        want = Want(desired, version, overrides)
+        return self.update(lambda data: self._apply_want(data, model, want, reason)).models[model]
 
-        return self.update(apply).models[model]
+    def _apply_want(
+        self, data: RegistryFile, model: str, want: Want, reason: str
+    ) -> tuple[RegistryFile, list[AuditEntry]]:
+        entry = data.models.get(model) or ModelEntry()
+        changes: dict[str, Any] = {"desired": want.desired}
+        if want.version is not None:
+            changes["version"] = want.version
+        if want.overrides is not None:
+            changes["overrides"] = dict(want.overrides)
+        updated = entry.model_copy(update=changes)
+        if updated == entry and model in data.models:
+            return data, []
+        updated = updated.model_copy(update={"updated": _stamp(self.clock())})
+        event = self._event(
+            model,
+            "desired",
+            version=updated.version,
+            desired=want.desired.value,
+            overrides=dict(updated.overrides),
+            reason=reason,
+        )
+        return _with_model(data, model, updated), [event]
+
+    @contextlib.contextmanager
+    def command_lock(self, model: str, timeout_s: float = 0.0) -> Iterator[None]:
+        """Serialise the commands that change one model (activate, deactivate, and each repair of it).
+
+        Held for a whole command, so a second command on the same model waits (up to `timeout_s`) and then decides
+        on what the first one left, instead of interleaving with it; `ModelBusy` when it isn't free in time. This
+        is not the registry lock: reads and other models' changes go on meanwhile.
+        """
+        locks = self.state_dir / "locks"
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(locks / f"{model}.lock"), timeout=timeout_s, mode=0o600)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise ModelBusy(f"{model}: another ruthctl command is changing it (lock {lock.lock_file})") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def observe(self, model: str, server: str, observed: str | None, reason: str = "") -> None:
         """Record what Triton's index said (not a lifecycle move: no audit line, no transition rules)."""
@@ -390,19 +454,35 @@ class Registry:
 
     # -- audit --------------------------------------------------------------------------------------------------------
     def audit(self, model: str | None = None, limit: int | None = None) -> list[AuditEntry]:
-        """Audit entries, oldest first (a torn last line from a crash is skipped)."""
+        """Audit entries, oldest first. A line that isn't an entry (a torn last line from a crash, a hand edit, a
+        newer writer) is skipped with a warning and counted in `audit_skipped`, never fatal: the audit log is what
+        recovery rebuilds from."""
         entries: list[AuditEntry] = []
+        self.audit_skipped = []
         try:
-            lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+            lines = self.audit_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return entries
-        for line in lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 entry = AuditEntry.model_validate_json(line)
-            except ValidationError:
+            except ValidationError as exc:
+                self.audit_skipped.append(f"line {number}: {exc.errors(include_url=False)[0]['msg']}")
+                continue
+            if _known(entry) is not None:
+                self.audit_skipped.append(f"line {number}: {_known(entry)}")
                 continue
             if model is None or entry.model == model:
                 entries.append(entry)
+        if self.audit_skipped:
+            log.warning(
+                "%s: skipped %d damaged or unknown line(s) (%s)",
+                self.audit_path,
+                len(self.audit_skipped),
+                "; ".join(self.audit_skipped[:3]) + (" ..." if len(self.audit_skipped) > 3 else ""),
+            )
         return entries[-limit:] if limit else entries
 
     def rebuild_from_audit(self) -> RegistryFile:
@@ -412,15 +492,27 @@ class Registry:
             if self.path.exists():
                 with contextlib.suppress(OSError):
                     os.replace(self.path, self.path.with_name(self.path.name + ".bad"))
-            event = self._event("*", "rebuild", reason=f"rebuilt {len(data.models)} models from the audit log")
+            skipped = f", {len(self.audit_skipped)} damaged line(s) skipped" if self.audit_skipped else ""
+            event = self._event("*", "rebuild", reason=f"rebuilt {len(data.models)} models from the audit log{skipped}")
             self._commit(data, [event])
             return data
+
+
+def _known(entry: AuditEntry) -> str | None:
+    """Why this reader can't replay `entry` (a state or desired value it doesn't know), or None."""
+    if entry.to_state is not None and entry.to_state not in State.__members__:
+        return f"unknown state {entry.to_state!r}"
+    if entry.desired is not None and entry.desired not in Desired.__members__:
+        return f"unknown desired state {entry.desired!r}"
+    return None
 
 
 def replay(events: list[AuditEntry]) -> dict[str, ModelEntry]:
     """The registry as the audit log tells it: desired state, version, overrides and each server's last state."""
     models: dict[str, ModelEntry] = {}
     for event in events:
+        if _known(event) is not None:
+            continue  # `Registry.audit` already skipped and counted it; a caller's own list gets the same rule
         if event.event == "forget":
             models.pop(event.model, None)
             continue

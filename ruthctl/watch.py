@@ -51,10 +51,16 @@ class Deferred:
     why: str
 
 
+#: LOAD causes that mean Triton is serving the model, only not with the wanted config: a reload that fails leaves it
+#: serving, so exhausted attempts stop retrying instead of disabling (unloading) it
+RELOAD_CAUSES = frozenset({Kind.LIVE_DRIFT, Kind.VERSION_MISMATCH})
+
+
 def apply_policy(
     actions: Iterable[Action], registry: RegistryFile | None, now: dt.datetime, policy: RecoveryPolicy
 ) -> tuple[list[Action], list[Deferred]]:
-    """Turn LOADs into DISABLEs once attempts are exhausted, and hold back those still in their backoff (pure)."""
+    """Turn LOADs into DISABLEs once attempts are exhausted (except for a model that is serving, whose failed reloads
+    just stop), and hold back those still in their backoff (pure)."""
     kept: list[Action] = []
     deferred: list[Deferred] = []
     for action in actions:
@@ -62,6 +68,15 @@ def apply_policy(
             kept.append(action)
             continue
         entry = registry.models[action.model].on(action.server or "")
+        if entry.recoveries >= policy.max_attempts and set(action.causes) <= RELOAD_CAUSES:
+            # Triton still serves the model (a failed reload keeps the previous config running): giving up must
+            # not unload it. The violation stays reported until someone fixes the spec or activates again.
+            why = (
+                f"gave up after {entry.recoveries} failed reloads; the running config keeps serving "
+                "(fix the cause, then `ruthctl activate` it)"
+            )
+            deferred.append(Deferred(action, why))
+            continue
         if entry.recoveries >= policy.max_attempts:
             reason = f"{entry.recoveries} recoveries did not keep it healthy; last problem: {action.detail}"
             kept.append(dataclasses.replace(action, kind=ActionKind.DISABLE, detail=reason))
@@ -174,6 +189,11 @@ class _SnapshotCollector:
         )
         violations = GaugeMetricFamily("ruthctl_violations", "Current violations by kind", labels=["kind"])
         up = GaugeMetricFamily("ruthctl_server_up", "1 when the server answered the last round", labels=["server"])
+        stubs_seen = GaugeMetricFamily(
+            "ruthctl_stub_check",
+            "1 when the stub processes of a server on this host are checked, 0 when they can't be seen",
+            labels=["server"],
+        )
         if cycle is not None:
             registry = cycle.check.local.registry
             for name, entry in sorted((registry.models if registry else {}).items()):
@@ -190,6 +210,10 @@ class _SnapshotCollector:
                     per_model[key] = per_model.get(key, 0) + 1
             for facts in cycle.check.servers:
                 up.add_metric([facts.server], 0.0 if facts.error else 1.0)
+                if facts.stubs_unseen is not None:
+                    stubs_seen.add_metric([facts.server], 0.0)
+                elif facts.stubs is not None:
+                    stubs_seen.add_metric([facts.server], 1.0)
                 for name, index_entry in sorted(facts.index.items()):
                     actual.add_metric([facts.server, name], 1.0 if index_entry.ready else 0.0)
                     per_model.setdefault((facts.server, name), 0)
@@ -197,7 +221,7 @@ class _SnapshotCollector:
                 drift.add_metric([server, name], float(count))
             for kind, count in sorted(by_kind.items()):
                 violations.add_metric([kind], float(count))
-        yield from (desired, state, actual, drift, violations, up)
+        yield from (desired, state, actual, drift, violations, up, stubs_seen)
 
 
 class Watcher:
@@ -226,6 +250,7 @@ class Watcher:
         self.on_cycle = on_cycle
         self.wait = wait
         self.failures = 0
+        self._unseen: dict[str, str] = {}  # servers whose stubs this process can't see, as last logged
 
     def cycle(self) -> Cycle:
         """One round, on fresh connections (`connect` closes them: an idle keep-alive holds up Triton's shutdown)."""
@@ -236,10 +261,8 @@ class Watcher:
             self._reset_stable(reconciler, check)
             planned = plan_repairs(check.violations)
             actions, deferred = apply_policy(planned, _read(reconciler.registry), self.wall(), self.policy)
-            for action in actions:
-                if action.kind is ActionKind.LOAD and action.model and action.server:
-                    reconciler.registry.count_recovery(action.model, action.server)
-            results = reconciler.execute(actions)
+            results = reconciler.execute(actions, count_recoveries=True)
+        self._say_unseen(check)
         for result in results:
             level = logging.INFO if result.ok else logging.WARNING
             log.log(
@@ -251,6 +274,18 @@ class Watcher:
                 result.detail,
             )
         return Cycle(check, results, deferred, self.clock() - started)
+
+    def _say_unseen(self, check: Check) -> None:
+        """Log (once per change, at ERROR) a local server whose stub processes can't be checked: the dead-stub
+        recovery is off there, and that must not be silent (also `ruthctl_stub_check` 0 and a STUBS_UNSEEN
+        violation, which `verify` exits 1 for)."""
+        unseen = {f.server: f.stubs_unseen for f in check.servers if f.stubs_unseen is not None}
+        for server, why in unseen.items():
+            if self._unseen.get(server) != why:
+                log.error("%s: dead stub processes can't be detected: %s", server, why)
+        for server in set(self._unseen) - set(unseen):
+            log.warning("%s: stub processes are visible again; dead stubs are detected", server)
+        self._unseen = unseen
 
     def _observe(self, reconciler: Reconciler, check: Check) -> None:
         """Record what each server's index said, as the registry's `observed` state."""

@@ -127,53 +127,67 @@ def prepare(env: Env, name: str, version: int | None, overrides: dict[str, str])
 def run_activation(
     env: Env, reg: Any, target: Any, timeout_s: float, json_out: bool
 ) -> tuple[list[dict[str, str]], int]:
+    """Activate under the model's command lock (a concurrent activate/deactivate of it waits, then decides on what
+    this one left). The new desired state is written with each LOADING claim and taken back with the rollback while
+    no server runs the new config, so it never names a change that didn't happen."""
+    from ruthctl.registry import ModelBusy
+
+    with adapters(env, load_timeout_s=timeout_s) as clients, progress_display(not json_out) as progress:
+        preflight(clients)
+        try:
+            with reg.command_lock(target.name, timeout_s=timeout_s):
+                return _activate_locked(clients, reg, target, timeout_s, progress)
+        except ModelBusy as exc:
+            fail(f"refused: {exc}")
+
+
+def _activate_locked(
+    clients: list[Any], reg: Any, target: Any, timeout_s: float, progress: Any
+) -> tuple[list[dict[str, str]], int]:
     from ruthctl.lifecycle import ActivationFailed, load_on
-    from ruthctl.registry import Desired, IllegalTransition, RegistryError
+    from ruthctl.registry import Desired, IllegalTransition, RegistryError, Want
     from ruthctl.triton_client import TritonAPIError, Unreachable
 
     results: list[dict[str, str]] = []
     code = ExitCode.OK
-    refused = False
-    with adapters(env, load_timeout_s=timeout_s) as clients, progress_display(not json_out) as progress:
-        preflight(clients)
-        previous = reg.get(target.name)
-        reg.set_desired(
-            target.name, Desired.ACTIVE, version=target.version, overrides=target.overrides, reason="activate"
-        )
-        for client in clients:
-            server = str(client.endpoint)
-            try:
-                if already_active(client, reg, target):
-                    results.append({"server": server, "state": "READY", "detail": "already active with this config"})
-                    continue
-                entry = load_on(client, reg, target, timeout_s=timeout_s, reason="activate", progress=progress)
-                results.append({"server": server, "state": entry.state.value, "detail": f"READY at v{entry.version}"})
-            except ActivationFailed as exc:
-                results.append({"server": server, "state": exc.outcome.value, "detail": f"rolled back: {exc.reason}"})
-                code = max(code, ExitCode.UNREACHABLE if exc.unreachable else ExitCode.ERROR)
-            except IllegalTransition as exc:
-                results.append({"server": server, "state": exc.current.value, "detail": f"refused: {exc}"})
-                code = max(code, ExitCode.ERROR)
-                refused = True
-            except (Unreachable, TimeoutError) as exc:
-                results.append({"server": server, "state": "UNKNOWN", "detail": str(exc)})
-                code = max(code, ExitCode.UNREACHABLE)
-            except (TritonAPIError, RegistryError) as exc:
-                results.append({"server": server, "state": "UNKNOWN", "detail": str(exc)})
-                code = max(code, ExitCode.ERROR)
-    if code != ExitCode.OK and not refused and not any(r["state"] == "READY" for r in results):
-        # Nothing came up: the desired state goes back to what it was, so `watch` doesn't keep retrying it.
-        # (Not when another activation owns the model: its outcome decides.)
-        if previous is None:
-            reg.set_desired(target.name, Desired.INACTIVE, reason="activate failed everywhere")
-        else:
-            reg.set_desired(
-                target.name,
-                previous.desired,
-                version=previous.version,
-                overrides=previous.overrides,
-                reason="activate failed everywhere: desired state restored",
+    want = Want(Desired.ACTIVE, target.version, dict(target.overrides))
+    restore = Want.of(reg.get(target.name))
+    done = False  # some server runs the new config: from then on the new desired state stays
+    for client in clients:
+        server = str(client.endpoint)
+        try:
+            if already_active(client, reg, target):
+                reg.set_desired(
+                    target.name, want.desired, version=want.version, overrides=want.overrides, reason="activate"
+                )
+                done = True
+                results.append({"server": server, "state": "READY", "detail": "already active with this config"})
+                continue
+            entry = load_on(
+                client,
+                reg,
+                target,
+                timeout_s=timeout_s,
+                reason="activate",
+                want=want,
+                restore=None if done else restore,
+                progress=progress,
             )
+            done = True
+            results.append({"server": server, "state": entry.state.value, "detail": f"READY at v{entry.version}"})
+        except ActivationFailed as exc:
+            kept = "" if done else "; desired state unchanged"
+            results.append({"server": server, "state": exc.outcome.value, "detail": f"rolled back: {exc.reason}{kept}"})
+            code = max(code, ExitCode.UNREACHABLE if exc.unreachable else ExitCode.ERROR)
+        except IllegalTransition as exc:
+            results.append({"server": server, "state": exc.current.value, "detail": f"refused: {exc}"})
+            code = max(code, ExitCode.ERROR)
+        except (Unreachable, TimeoutError) as exc:
+            results.append({"server": server, "state": "UNKNOWN", "detail": str(exc)})
+            code = max(code, ExitCode.UNREACHABLE)
+        except (TritonAPIError, RegistryError) as exc:
+            results.append({"server": server, "state": "UNKNOWN", "detail": str(exc)})
+            code = max(code, ExitCode.ERROR)
     return results, int(code)
 
 

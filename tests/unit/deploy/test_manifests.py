@@ -90,8 +90,15 @@ def test_manifest_validates_against_kubernetes_schemas(doc: dict[str, Any], gap:
 
 def test_core_resources_are_all_validated_not_skipped() -> None:
     validated = {doc["kind"] for _, doc in manifests() if schema_gap(doc) is None}
-    assert {"Namespace", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler", "ConfigMap"} <= validated
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+    } <= validated
     assert {doc["kind"] for _, doc in manifests() if schema_gap(doc)} == {"ServiceMonitor", "PrometheusRule"}
 
 
@@ -236,8 +243,10 @@ def test_adapter_query_is_valid_promql_over_real_triton_metrics(tmp_path: Path) 
     if promtool is None:
         pytest.fail("promtool is missing: install it with `apt-get install -y prometheus` (CI's .ci/run does)")
     rule = adapter_rule()
-    query = rule["metricsQuery"].replace("<<.GroupBy>>", "namespace, pod").replace(
-        "<<.LabelMatchers>>", 'namespace="ruth-ai",pod=~"ruth-triton-.*"'
+    query = (
+        rule["metricsQuery"]
+        .replace("<<.GroupBy>>", "namespace, pod")
+        .replace("<<.LabelMatchers>>", 'namespace="ruth-ai",pod=~"ruth-triton-.*"')
     )
     assert monitoring.metric_names(query) <= monitoring.TRITON_CPU_FAMILIES
     assert monitoring.metric_names(rule["seriesQuery"]) <= monitoring.TRITON_CPU_FAMILIES
@@ -310,6 +319,18 @@ def test_gpu_overlay_yields_a_valid_gpu_deployment() -> None:
     assert triton["startupProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}  # base probes kept
 
 
+def test_the_watch_sidecar_shares_the_pods_process_namespace() -> None:
+    """`ruthctl watch` finds dead Python-backend stubs in /proc: without a shared process namespace it can't see
+    Triton's (and says so: the `stubs_unseen` violation)."""
+    for deployment in (
+        by_kind("Deployment"),
+        strategic_merge(by_kind("Deployment"), yaml.safe_load((K8S / "gpu" / "deployment-patch.yaml").read_text())),
+    ):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["shareProcessNamespace"] is True
+        assert env_of(container(deployment, "watch"))["RUTH_TRITON_URL"].startswith("127.0.0.1:")
+
+
 # ------------------------------------------------------------------ compose
 
 
@@ -354,6 +375,7 @@ def test_compose_watch_shares_the_state_and_matches_the_scrape_target(compose: d
         # started, not healthy: a model that fails to load keeps the server unready, and watch is what repairs it
         assert watch["depends_on"][runtime]["condition"] == "service_started"
         assert watch["environment"]["RUTH_TRITON_URL"] == "triton:8000"
+        assert watch["pid"] == f"service:{runtime}"  # sees Triton's stub processes (dead ones are reloaded)
         support.cli_accepts(watch["command"])
 
 

@@ -5,6 +5,7 @@ directly. The same behaviour through the real server is in tests/integration/tes
 from __future__ import annotations
 
 import json
+import time
 import types
 import uuid
 from collections.abc import Iterator
@@ -303,3 +304,29 @@ def test_swap_resources_waits_for_in_flight_inference_and_blocks_new_ones() -> N
     runner.join(5)
     swapper.join(5)
     assert order == ["infer", "swap"]
+
+
+def test_state_gauges_follow_the_persisted_breaker_without_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reset (or a sibling's trip) reaches the gauges by the refresher, not by the next request."""
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker
+    from python_backends.breaker_storage import FileBreakerStorage
+    from python_backends.metrics import RecordingMetrics
+
+    monkeypatch.setattr(Brightness, "gauge_refresh_s", 0.05)
+    model = make_model()
+    try:
+        model.metrics = recording = RecordingMetrics()
+        sibling = CircuitBreaker("brightness:1", BreakerPolicy(failure_threshold=1), model.breaker._storage)
+        assert isinstance(model.breaker._storage, FileBreakerStorage)
+        sibling.record_failure(sibling.admit())  # another instance trips the shared breaker
+        deadline = time.monotonic() + 5
+        while recording.gauges.get("breaker") != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (recording.gauges["breaker"], recording.gauges["health"], recording.gauges["zombies"]) == (2, -1, 0)
+        sibling.reset()
+        while recording.gauges.get("breaker") != 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (recording.gauges["breaker"], recording.gauges["health"]) == (0, 1)
+    finally:
+        model.finalize()
+    assert not model._gauges_thread.is_alive()

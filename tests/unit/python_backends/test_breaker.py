@@ -429,21 +429,48 @@ def test_threads_hammering_admit_and_record_neither_deadlock_nor_corrupt(storage
     assert snap.trials_in_flight <= policy.half_open_max_trials
 
 
-def test_a_storage_that_cannot_write_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_storage_that_cannot_write_still_trips_in_memory_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     class ReadOnlyStorage(MemoryBreakerStorage):
         def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
             raise OSError(28, "No space left on device")
 
     breaker = CircuitBreaker("m/1", POLICY, ReadOnlyStorage(), clock=FakeClock())
 
-    with caplog.at_level(logging.ERROR, logger="python_backends.breaker"):
-        for _ in range(5):
+    with caplog.at_level(logging.INFO, logger="python_backends.breaker"):
+        for _ in range(POLICY.failure_threshold):
             breaker.record_failure(breaker.admit())
+        with pytest.raises(BreakerOpen):
+            breaker.admit()
 
-    assert breaker.storage_errors == 5
-    assert caplog.text.count("state storage failed") == 1
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.storage_errors == POLICY.failure_threshold
+    assert caplog.text.count("state storage failed") == 1 and "in memory" in caplog.text
+    assert "-> open" in caplog.text and "in memory only" in caplog.text
     with pytest.raises(OSError):
         breaker.reset()  # an operator action must not pretend to have worked
+
+
+def test_the_state_kept_in_memory_is_written_once_storage_works_again() -> None:
+    class FlakyStorage(MemoryBreakerStorage):
+        broken = True
+
+        def transact(self, fn: Callable[[BreakerSnapshot | None], tuple[BreakerSnapshot, R]]) -> R:
+            if self.broken:
+                raise OSError(5, "I/O error")
+            return super().transact(fn)
+
+    storage, clock = FlakyStorage(), FakeClock()
+    breaker = CircuitBreaker("m/1", POLICY, storage, clock=clock)
+    for _ in range(POLICY.failure_threshold):
+        breaker.record_failure(breaker.admit())
+    assert storage.load() is None and breaker.state is OPEN
+    storage.broken = False
+    clock.advance(POLICY.cooldown_s)
+    trial = breaker.admit()  # OPEN (in memory) -> HALF_OPEN, written through
+    stored = storage.load()
+    assert trial.trial and stored is not None and stored.state is HALF_OPEN and stored.total_trips == 1
+    breaker.record_success(trial)
+    assert storage.load().state is CLOSED  # type: ignore[union-attr]
 
 
 # --- the file storage: shared by instances, survives restarts -------------------------------------------------------

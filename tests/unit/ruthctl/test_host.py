@@ -13,6 +13,7 @@ from ruthctl.host import (
     ProcessTable,
     breaker_files,
     check_weights,
+    match_stubs,
     parse_health_gauges,
     reap_ledger,
     remove_breaker,
@@ -85,6 +86,36 @@ def test_stubs_are_counted_per_server_and_per_model_without_prefix_confusion(tab
     assert stubs_of("fall_detection", instances) == 2
     assert stubs_of("fall", instances) == 1
     assert stubs_of("fall_detection", table.stubs(200)) == 1
+
+
+def test_stubs_are_matched_to_instance_names_so_an_orphan_cant_stand_in_for_a_dead_one() -> None:
+    whole = match_stubs("fall", ["fall_0_0", "fall_0_1"], ["fall_0_0", "fall_0_1", "fall_detection_0_0"])
+    assert (whole.alive, whole.missing, whole.duplicates) == (2, (), ())
+    hidden = match_stubs("fall", ["fall_0_0", "fall_0_1"], ["fall_0_0", "fall_0_0"])  # counted: 2 of 2
+    assert (hidden.alive, hidden.missing, hidden.duplicates) == (1, ("fall_0_1",), ("fall_0_0 x2",))
+    stranger = match_stubs("fall", ["fall_0_0"], ["fall_0_0", "fall_0_1"])
+    assert (stranger.alive, stranger.duplicates) == (1, ("fall_0_1 x1",))
+
+
+def test_listening_sockets_and_a_namespaces_addresses_come_from_proc(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", {100: ["tritonserver", "--http-port=8000"]})
+    (proc / "net").mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    (proc / "net" / "tcp").write_text(
+        header
+        + "   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+        + "   1: 0100007F:2329 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n"
+    )
+    table = ProcessTable(proc)
+    assert table.listening(8000)  # 0x1F40, state 0A (LISTEN)
+    assert not table.listening(9001)  # 0x2329 is an established connection, not a listener
+    (proc / "100" / "net").mkdir()
+    (proc / "100" / "net" / "fib_trie").write_text(
+        "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 172.18.0.5\n        /32 host LOCAL\n"
+        "     |-- 172.18.255.255\n        /32 link BROADCAST\n"
+    )
+    assert table.addresses(100) == {"172.18.0.5"}
+    assert table.addresses(999) == set()
 
 
 def test_the_real_proc_table_lists_this_process() -> None:

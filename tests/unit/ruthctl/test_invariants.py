@@ -124,14 +124,20 @@ def test_live_config_drift_dead_stubs_and_zombies_are_reported_for_ready_models(
     ]
 
 
-def test_a_zombie_count_alone_is_not_trusted_it_may_be_a_dead_instances_last_word() -> None:
+@pytest.mark.parametrize(
+    ("zombies", "breaker", "hung"),
+    [(1, 0, False), (2, 0, True), (9, 0, True), (1, 2, True), (0, 2, False), (1, 1, False)],
+)
+def test_zombies_at_the_limit_or_behind_an_open_breaker_are_a_hang(zombies: int, breaker: int, hung: bool) -> None:
+    """The zombie gauge is refreshed on a timer by every live instance (and only live instances are read), so it
+    is trusted: at the spec's limit (2 here), or any zombie while the breaker is open (it hides the hang)."""
     reg = registry_of(tank=(Desired.ACTIVE, State.READY), pose=(Desired.INACTIVE, State.UNLOADED))
     facts = ServerFacts(
         server=S,
         index={"tank": IndexEntry("tank", "1", "READY")},
-        gauges={"tank": HealthGauges(health=1, zombies=9, breaker=0)},
+        gauges={"tank": HealthGauges(health=(1, 0, -1)[breaker], zombies=zombies, breaker=breaker)},
     )
-    assert kinds(local(reg), facts) == []
+    assert kinds(local(reg), facts) == ([(Kind.HUNG, "tank")] if hung else [])
 
 
 def test_an_open_breaker_is_not_a_hang() -> None:

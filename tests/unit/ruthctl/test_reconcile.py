@@ -166,3 +166,31 @@ def test_repair_is_idempotent(reconciler: Reconciler) -> None:
     repair(reconciler)
     assert reconciler.verify() == []
     assert repair(reconciler) == []
+
+
+def test_a_server_in_another_container_whose_processes_we_share_is_stub_checked(
+    deployment: Any, fake_triton: Any, tmp_path: Path
+) -> None:
+    """compose: watch reaches Triton as `triton:8000` (another network namespace) and shares its process namespace
+    (`pid: service:...`): the server's process is the tritonserver on that port whose namespace holds the address."""
+    proc = tmp_path / "proc"
+    for pid, argv in {100: ["tritonserver", "--http-port=8000"], 101: ["tritonserver", "--http-port=8000"]}.items():
+        (proc / str(pid) / "net").mkdir(parents=True)
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv))
+        (proc / str(pid) / "net" / "fib_trie").write_text(
+            f"Main:\n     |-- 127.0.0.{pid - 90}\n        /32 host LOCAL\n"
+        )
+    stub = ["triton_python_backend_stub", "m.py", "shm", "1", "1", "101", "/b", "1", "alpha_0_0"]
+    (proc / "102").mkdir()
+    (proc / "102" / "cmdline").write_bytes(b"\0".join(a.encode() for a in stub))
+    remote = fake_triton("127.0.0.11:8000")  # not a loopback name ruthctl knows: resolved, matched to pid 101
+    rec = Reconciler(
+        deployment.paths(), Profile.CPU, Registry(deployment.state), [remote], processes=ProcessTable(proc)
+    )
+    matches, unseen = rec._stubs(remote, {"alpha": ["alpha_0_0", "alpha_0_1"]})
+    assert unseen is None and matches is not None
+    assert matches["alpha"].missing == ("alpha_0_1",)
+    elsewhere = fake_triton("127.0.0.99:8000")  # no visible process holds that address: remote, not judged
+    assert Reconciler(
+        deployment.paths(), Profile.CPU, Registry(deployment.state), [elsewhere], processes=ProcessTable(proc)
+    )._stubs(elsewhere, {"alpha": ["alpha_0_0"]}) == (None, None)

@@ -252,3 +252,46 @@ def test_a_model_disabled_everywhere_is_not_loaded_by_serve(registry: Registry) 
     registry.transition("b", "s1", State.DISABLED, reason="3 recoveries failed")
     registry.transition("b", "s2", State.LOADING)
     assert registry.desired_active() == ["b"]
+
+
+def test_a_desired_change_moves_with_its_claim_and_a_refused_claim_writes_nothing(registry: Registry) -> None:
+    from ruthctl.registry import Want
+
+    registry.transition("m", "s", State.LOADING, want=Want(Desired.ACTIVE, 2, {"ruth.fault.fail_rate": "0.1"}))
+    entry = registry.get("m")
+    assert entry is not None and (entry.desired, entry.version, entry.overrides) == (
+        Desired.ACTIVE,
+        2,
+        {"ruth.fault.fail_rate": "0.1"},
+    )
+    events = [a.event for a in registry.audit("m")]
+    with pytest.raises(IllegalTransition):  # deactivate finds it LOADING: refused, desired untouched
+        registry.transition("m", "s", State.UNLOADING, unless=frozenset({State.LOADING}), want=Want(Desired.INACTIVE))
+    assert registry.get("m").desired is Desired.ACTIVE  # type: ignore[union-attr]
+    assert [a.event for a in registry.audit("m")] == events
+    registry.transition("m", "s", State.FAILED, want=Want.of(None))  # rollback restores, in the same transaction
+    assert registry.get("m").desired is Desired.INACTIVE  # type: ignore[union-attr]
+
+
+def test_one_command_per_model_at_a_time(registry: Registry) -> None:
+    from ruthctl.registry import ModelBusy
+
+    with registry.command_lock("m"):
+        with pytest.raises(ModelBusy, match="another ruthctl command"):
+            with Registry(registry.state_dir).command_lock("m", timeout_s=0.1):
+                pass
+        with Registry(registry.state_dir).command_lock("other"):
+            pass  # other models are not held up
+    with Registry(registry.state_dir).command_lock("m"):
+        pass
+
+
+def test_audit_lines_it_cannot_replay_are_skipped_and_counted(registry: Registry) -> None:
+    registry.set_desired("m", Desired.ACTIVE)
+    with registry.audit_path.open("a") as audit:
+        audit.write('{"ts": "x", "model": "m", "server": "s", "event": "transition", "to_state": "EXPLODED"}\n')
+        audit.write('{"ts": "x", "model": "m", "event": "desired", "desired": "MAYBE"}\n{torn\n')
+    registry.path.write_text("{")
+    rebuilt = registry.rebuild_from_audit()
+    assert rebuilt.models["m"].desired is Desired.ACTIVE
+    assert len(registry.audit_skipped) == 3 and "unknown state 'EXPLODED'" in registry.audit_skipped[0]

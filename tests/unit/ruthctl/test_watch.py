@@ -59,6 +59,18 @@ def test_after_max_attempts_the_model_is_disabled_instead() -> None:
     assert disable.kind is ActionKind.DISABLE and disable.model == "m" and "3 recoveries" in disable.detail
 
 
+@pytest.mark.parametrize(
+    "causes", [(Kind.LIVE_DRIFT,), (Kind.VERSION_MISMATCH,), (Kind.LIVE_DRIFT, Kind.VERSION_MISMATCH)]
+)
+def test_a_serving_model_whose_reloads_keep_failing_is_left_serving_not_disabled(causes: tuple[Kind, ...]) -> None:
+    reload = Action(ActionKind.LOAD, "m", S, "parameters differ", causes)
+    kept, deferred = apply_policy([reload], registry_with(3, T0), T0 + dt.timedelta(hours=1), RecoveryPolicy())
+    assert kept == [] and "gave up after 3 failed reloads" in deferred[0].why
+    hung_too = Action(ActionKind.LOAD, "m", S, "zombies", (*causes, Kind.HUNG))  # sick, not just drifted
+    kept, _ = apply_policy([hung_too], registry_with(3, T0), T0 + dt.timedelta(hours=1), RecoveryPolicy())
+    assert [a.kind for a in kept] == [ActionKind.DISABLE]
+
+
 def test_other_actions_pass_through_the_policy() -> None:
     unload = Action(ActionKind.UNLOAD, "x", S)
     assert apply_policy([unload], registry_with(9, T0), T0, RecoveryPolicy()) == ([unload], [])
