@@ -93,7 +93,7 @@ def config_root(repository: Path) -> Path:
 
 def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     """`token=False` for commands that never reach the repository API (no token file gets created for them)."""
-    from ruthctl.access import admin_token
+    from ruthctl.access import WeakToken, admin_token
 
     root = ctx.obj
     try:
@@ -108,12 +108,14 @@ def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     env_token = os.environ.get("RUTH_ADMIN_TOKEN") or (
         settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token else None
     )
-    admin: str | None = env_token
-    if token and not admin:
+    admin: str | None = None
+    if token:
         try:
             admin = admin_token(state_dir, env_token)
+        except WeakToken as exc:
+            fail(f"admin key: {exc}", ExitCode.USAGE)
         except OSError as exc:
-            err.print(f"[yellow]warning:[/yellow] no admin token ({exc}); the repository API will refuse us")
+            err.print(f"[yellow]warning:[/yellow] no admin token ({exc}); the keyed APIs will refuse us")
     return Env(
         urls=expand_urls(list(getattr(root, "urls", None) or [settings.ruth_triton_url])),
         state_dir=state_dir,
