@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ruth_vision import MAX_COORD_PX
 from ruth_vision.pose import PoseResult, keypoints_json
 from ruth_vision.tracking import DEFAULT_TRACKER, Observation, TrackerConfig, history_until, update_tracks
 
@@ -39,6 +40,8 @@ class Zone(BaseModel):
         for x, y in points:
             if not (np.isfinite(x) and np.isfinite(y)) or x < 0 or y < 0:
                 raise ValueError(f"zone points must be finite and non-negative, got [{x}, {y}]")
+            if x > MAX_COORD_PX or y > MAX_COORD_PX:
+                raise ValueError(f"zone points must be at most {MAX_COORD_PX:.0f} px, got [{x}, {y}]")
         return points
 
 

@@ -70,7 +70,10 @@ def read_token_file(path: Path) -> str:
         if info.st_uid != os.geteuid():
             raise WeakToken(f"{path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
         if info.st_mode & 0o077:
-            raise WeakToken(f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; others can read it (chmod 600 {path})")
+            raise WeakToken(
+                f"{path} has mode {stat.S_IMODE(info.st_mode):04o}: others could read it, so it may have leaked; "
+                f"delete it (a new key is generated) or chmod 600 {path}"
+            )
         raw = handle.read(MAX_TOKEN_CHARS + 2)
     text = raw.decode("ascii", "replace")
     return check_token(text[:-1] if text.endswith("\n") else text, str(path))
@@ -129,12 +132,15 @@ def secure_state_dir(state_dir: Path) -> Path:
 def _owned_entries(root: Path) -> Iterable[tuple[str, int]]:
     yield str(root), os.stat(root).st_mode
     uid = os.geteuid()
+    key_file = str(root / TOKEN_FILE)
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in (*dirs, *files):
             path = os.path.join(folder, name)
             try:
                 info = os.lstat(path)
             except OSError:
+                continue
+            if path == key_file:  # judged by read_token_file: a key others could read is refused, not tightened
                 continue
             if not stat.S_ISLNK(info.st_mode) and info.st_uid == uid:
                 yield path, info.st_mode

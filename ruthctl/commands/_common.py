@@ -105,9 +105,9 @@ def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     state_dir = settings.ruth_state_dir.resolve()
     repository = settings.models_root.resolve()
     config = config_root(repository)
-    env_token = os.environ.get("RUTH_ADMIN_TOKEN") or (
-        settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token else None
-    )
+    env_token = os.environ.get("RUTH_ADMIN_TOKEN")
+    if env_token is None and settings.ruth_admin_token is not None:
+        env_token = settings.ruth_admin_token.get_secret_value()
     admin: str | None = None
     if token:
         try:
