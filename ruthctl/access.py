@@ -24,8 +24,9 @@ HEADER = "ruth-admin-token"
 TOKEN_FILE = "admin-token"
 MIN_TOKEN_CHARS = 32
 MAX_TOKEN_CHARS = 256
-#: URL-safe characters only: the key travels in an HTTP header, gRPC metadata and Triton's `<apis>:<k>=<v>` flag.
-_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]+")
+#: base64 and URL-safe characters: the key travels in an HTTP header, gRPC metadata and Triton's `<apis>:<k>=<v>`
+#: flag (a ':', space or quote would break one of them; `openssl rand -base64 32` and token_urlsafe both fit).
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 #: Keyed on every deployment: each of these can run code, crash the server or flood its log (docs/security.md).
 ALWAYS_KEYED = ("model-repository", "shared-memory", "logging", "trace")
@@ -45,7 +46,7 @@ def check_token(token: str, source: str) -> str:
     if "\n" in token or "\r" in token:
         raise WeakToken(f"{source} holds more than one line")
     if not _TOKEN_RE.fullmatch(token):
-        raise WeakToken(f"{source} has characters outside A-Z a-z 0-9 . _ ~ - (spaces, quotes, ':' or '=' break it)")
+        raise WeakToken(f"{source} has characters outside A-Z a-z 0-9 . _ ~ + / = - (spaces, quotes or ':' break it)")
     if len(token) < MIN_TOKEN_CHARS:
         raise WeakToken(f"{source} is {len(token)} characters; at least {MIN_TOKEN_CHARS} are required")
     if len(token) > MAX_TOKEN_CHARS:
@@ -81,7 +82,7 @@ def read_token_file(path: Path) -> str:
 
 def admin_token(state_dir: Path, env_token: str | None = None) -> str:
     """The key from RUTH_ADMIN_TOKEN, else the state dir's file, created on first use. WeakToken when unsafe."""
-    if env_token is not None:
+    if env_token:  # set and empty (compose's `${RUTH_ADMIN_TOKEN:-}`) means "not chosen": the file's key is used
         return check_token(env_token, "RUTH_ADMIN_TOKEN")
     path = state_dir / TOKEN_FILE
     try:

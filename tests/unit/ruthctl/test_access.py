@@ -30,7 +30,8 @@ STRONG = "Zx9-Qw8_Ev7.Rt6~Yu5Io4Pa3Sd2Fg1Hj0Kl"
         ("short-but-varied-123", "at least 32"),
         (STRONG + "\n" + STRONG, "more than one line"),
         (STRONG + " x", "characters outside"),
-        (STRONG + ":x=y", "characters outside"),
+        (STRONG + ":x", "characters outside"),
+        (STRONG + '"', "characters outside"),
         ("k" * 300, "at most 256"),
     ],
 )
@@ -78,10 +79,17 @@ def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_environment_key_is_checked_too(tmp_path: Path) -> None:
-    with pytest.raises(WeakToken, match="RUTH_ADMIN_TOKEN is empty"):
-        admin_token(tmp_path, "")
-    assert admin_token(tmp_path, STRONG) == STRONG
+    with pytest.raises(WeakToken, match="RUTH_ADMIN_TOKEN"):
+        admin_token(tmp_path, "  ")
+    base64_key = "q3Jx+8Hk/2mZ0vN9aB7cD1eF4gH5iJ6kL8mN0oP2qR4="  # `openssl rand -base64 32`
+    assert admin_token(tmp_path, base64_key) == base64_key
     assert not (tmp_path / "admin-token").exists()
+
+
+def test_an_empty_environment_key_means_the_generated_one_never_no_key(tmp_path: Path) -> None:
+    generated = admin_token(tmp_path, "")
+    assert check_token(generated, "generated") == generated
+    assert (tmp_path / "admin-token").exists()
 
 
 def test_a_loose_state_dir_is_tightened_and_symlinks_are_left_alone(tmp_path: Path) -> None:
