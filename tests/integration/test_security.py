@@ -48,13 +48,14 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
             continue
         found[part] += 1
         for token in re.split(r"[\x00\s=:,]+", text):
-            if 20 <= len(token) <= 256:
+            if 20 <= len(token) <= 256 and re.fullmatch(r"[\x21-\x7e]+", token):
                 found["candidates"].add(token)
 for folder, dirs, files in os.walk(state):
     for name in files:
         path = os.path.join(folder, name)
         try:
-            found["candidates"].update(open(path, "rb").read(4096).decode("utf-8", "replace").split())
+            words = open(path, "rb").read(4096).decode("ascii", "replace").split()
+            found["candidates"].update(w for w in words if re.fullmatch(r"[\x21-\x7e]+", w))
             found["state"].append(path)
         except OSError:
             pass
