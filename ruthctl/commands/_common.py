@@ -108,10 +108,10 @@ def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     env_token = os.environ.get("RUTH_ADMIN_TOKEN")
     if env_token is None and settings.ruth_admin_token is not None:
         env_token = settings.ruth_admin_token.get_secret_value()
-    admin: str | None = None
-    if token:
+    admin: str | None = env_token or None  # sent as given: `serve` is what refuses a weak key
+    if token and not admin:
         try:
-            admin = admin_token(state_dir, env_token)
+            admin = admin_token(state_dir)
         except WeakToken as exc:
             fail(f"admin key: {exc}", ExitCode.USAGE)
         except OSError as exc:
