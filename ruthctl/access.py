@@ -106,7 +106,10 @@ def admin_token(state_dir: Path, env_token: str | None = None) -> str:
 
 
 def secure_state_dir(state_dir: Path) -> Path:
-    """Create the state dir 0700, or tighten ours to 0700 and our files in it to 0600 (dirs 0700); refuse others'.
+    """Create the state dir 0700, or tighten ours to 0700 and our files in it to 0600 (dirs 0700).
+
+    A state dir that isn't ours (a Kubernetes emptyDir with fsGroup is root's) is used with a warning; only our own
+    entries in it are tightened, and the key file must be ours (`read_token_file`).
 
     Symlinks inside (the backends folder links into the Triton wheel) are left alone and never followed.
     """
@@ -114,8 +117,14 @@ def secure_state_dir(state_dir: Path) -> Path:
     info = os.lstat(state_dir)
     if stat.S_ISLNK(info.st_mode):
         info = os.stat(state_dir)
-    if info.st_uid != os.geteuid():
-        raise WeakToken(f"state dir {state_dir} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
+    if info.st_uid != os.geteuid():  # e.g. a Kubernetes emptyDir with fsGroup: root's, group-writable, per pod
+        log.warning(
+            "state dir %s belongs to uid %d (mode %04o), not to this user: what we create in it is still owner-only; "
+            "keep it on a volume no other user mounts (docs/security.md)",
+            state_dir,
+            info.st_uid,
+            stat.S_IMODE(info.st_mode),
+        )
     loose: list[str] = []
     for path, mode in _owned_entries(state_dir):
         wanted = 0o700 if stat.S_ISDIR(mode) else stat.S_IMODE(mode) & 0o700

@@ -93,7 +93,7 @@ def config_root(repository: Path) -> Path:
 
 def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     """`token=False` for commands that never reach the repository API (no token file gets created for them)."""
-    from ruthctl.access import WeakToken, admin_token
+    from ruthctl.access import WeakToken, admin_token, secure_state_dir
 
     root = ctx.obj
     try:
@@ -109,6 +109,9 @@ def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     if env_token is None and settings.ruth_admin_token is not None:
         env_token = settings.ruth_admin_token.get_secret_value()
     admin: str | None = env_token or None  # sent as given: `serve` is what refuses a weak key
+    if token:  # what an earlier run left readable (registry, audit log) becomes owner-only
+        with contextlib.suppress(OSError):
+            secure_state_dir(state_dir)
     if token and not admin:
         try:
             admin = admin_token(state_dir)
