@@ -539,3 +539,15 @@ def test_request_ids_are_bounded_printable_ascii() -> None:
     for bad in ("x" * 129, "has space", "tab\there", "é"):
         with pytest.raises(InvalidInput, match=r"^id: "):
             validate_request_id(bad)
+
+
+def test_geo_zones_validate_strictly_through_the_legacy_before_validator() -> None:
+    from ruth_vision.zones import GeoConfig
+
+    cfg = validate_config({"zones": [{"id": "dock", "points": [[1, 2], [3, 4], [5, 6]]}]}, GeoConfig)
+    assert isinstance(cfg, GeoConfig) and cfg.zones[0].points == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
+    legacy = validate_config({"geofence_points": [[1, 2], [3, 4], [5, 6]]}, GeoConfig)
+    assert isinstance(legacy, GeoConfig) and legacy.zones[0].id == "zone_1"
+    for bad in ({"zones": [{"id": "d", "points": [["1", 2], [3, 4], [5, 6]]}]}, {"min_dwell_s": "2"}):
+        with pytest.raises(InvalidInput, match="CONFIG"):
+            validate_config(bad, GeoConfig)
