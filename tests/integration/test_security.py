@@ -372,3 +372,39 @@ def test_serve_refuses_an_unsafe_key_file_with_exit_2(tmp_path: Path, problem: s
     done = _serve(tmp_path, {})
     assert done.returncode == 2, done.stderr
     assert "refusing to start" in done.stderr
+
+
+# --- a deployment that keys more: our clients keep working ---------------------------------------------------------
+
+
+def test_keying_statistics_model_config_and_metadata_keeps_ruthctl_and_the_sdk_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ruthctl.cli import app
+    from ruthctl.client import RuthClient, RuthClientError
+
+    monkeypatch.setenv("RUTH_KEYED_APIS", "statistics,model-config,metadata")
+    handle = start_triton(tmp_path, [TANK])
+    try:
+        base = f"http://{handle.http_url}/v2/models/{TANK}"
+        for path in ("/stats", "/config", ""):
+            assert http_status(base + path) == 403 and http_status(base + path, headers=handle.headers) == 200
+        env = {
+            "MODELS_ROOT": str(handle.repository),
+            "RUTH_STATE_DIR": str(handle.state_dir),
+            "RUTH_TRITON_URL": handle.http_url,
+            "RUTH_AI_PROFILE": "cpu",
+        }
+        status = CliRunner().invoke(app, ["status", "--json"], env=env, catch_exceptions=False)
+        assert status.exit_code == 0, status.output
+        assert "restricted" not in status.output
+        frame = tank_frame(50.0)
+        with RuthClient(handle.http_url, admin_key=handle.token) as sdk:
+            assert "level_percent" in sdk.infer(TANK, frame=frame, stream_id=str(uuid.uuid4()))
+        with RuthClient(handle.http_url) as sdk, pytest.raises(RuthClientError) as refused:
+            sdk.infer(TANK, frame=frame, stream_id=str(uuid.uuid4()))
+        assert "restricted" in str(refused.value)  # model-config is keyed here: the SDK needs admin_key
+    finally:
+        handle.server.stop(grace_s=30)
