@@ -89,7 +89,7 @@ def admin_token(state_dir: Path, env_token: str | None = None) -> str:
         return read_token_file(path)
     except FileNotFoundError:
         pass
-    secure_state_dir(state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     tmp = path.with_name(f".{TOKEN_FILE}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

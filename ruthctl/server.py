@@ -92,7 +92,8 @@ def prepare_backends_dir(install: TritonInstall, state_dir: Path) -> Path:
         return install.python_backend.parent  # an image's own server: already complete
     backends = state_dir / "backends"
     python_dir = backends / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (backends, python_dir):  # owner-only, like everything in the state dir
+        folder.mkdir(mode=0o700, exist_ok=True)
     links = {
         "libtriton_python.so": install.python_backend / "libtriton_python.so",
         "triton_python_backend_utils.py": install.python_backend / "triton_python_backend_utils.py",
