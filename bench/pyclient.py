@@ -150,22 +150,24 @@ def triton_worker(
 
 
 def triton_shm_worker(
-    url: str, model: str, raw_frames: Sequence[np.ndarray], *, parse_json: bool = True
+    url: str, model: str, raw_frames: Sequence[np.ndarray], *, parse_json: bool = True, admin_key: str = ""
 ) -> WorkerFactory:
     """Raw FRAME through Triton system shared memory (gRPC for the request): the client writes each new frame into
-    its own registered region, as a capture process would, and the request carries only the region's name."""
+    its own registered region, as a capture process would, and the request carries only the region's name.
+    Registering a region is keyed (docs/security.md): `admin_key` goes along as gRPC metadata."""
     import tritonclient.grpc as module
     import tritonclient.utils.shared_memory as shm
     from tritonclient.utils import InferenceServerException
 
     shape = [1, *raw_frames[0].shape]
     nbytes = int(raw_frames[0].nbytes)
+    keyed = {"triton-grpc-protocol-ruth-admin-token": admin_key} if admin_key else {}
 
     def factory(index: int) -> tuple[Call, Close]:
         client = module.InferenceServerClient(url)
         region = f"ruthbench{os.getpid()}_{index}"
         handle = shm.create_shared_memory_region(region, f"/{region}", nbytes)
-        client.register_system_shared_memory(region, f"/{region}", nbytes)
+        client.register_system_shared_memory(region, f"/{region}", nbytes, headers=keyed)
         stream = str(uuid.uuid4())
         outputs = [module.InferRequestedOutput("RESULT")]
         counter = [index]
@@ -187,7 +189,7 @@ def triton_shm_worker(
             try:
                 for _ in range(50):
                     try:
-                        client.unregister_system_shared_memory(region)
+                        client.unregister_system_shared_memory(region, headers=keyed)
                         break
                     except InferenceServerException:
                         time.sleep(0.02)

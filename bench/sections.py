@@ -146,7 +146,7 @@ def inference_count(handle: TritonHandle, model: str) -> int:
 
     client = httpclient.InferenceServerClient(handle.http_url)
     try:
-        stats = client.get_inference_statistics(model)
+        stats = client.get_inference_statistics(model, headers=handle.headers)  # keyed where the deployment says
     finally:
         client.close()
     return sum(int(m["inference_stats"]["success"]["count"]) for m in stats.get("model_stats", []))
@@ -320,7 +320,9 @@ def transport(bench: Bench, model: str) -> dict[str, Any]:
             "frame_grpc": triton_worker(
                 bench.url("grpc"), name, bench.images, protocol="grpc", raw_frames=bench.raw, parse_json=parse
             ),
-            "frame_shm": triton_shm_worker(bench.url("grpc"), name, bench.raw, parse_json=parse),
+            "frame_shm": triton_shm_worker(
+                bench.url("grpc"), name, bench.raw, parse_json=parse, admin_key=bench.handle.token
+            ),
             "jpeg_http": triton_worker(bench.url("http"), name, bench.images, protocol="http", parse_json=parse),
             "jpeg_grpc": triton_worker(bench.url("grpc"), name, bench.images, protocol="grpc", parse_json=parse),
         }

@@ -54,6 +54,16 @@ log = logging.getLogger("ruth.model")
 R = TypeVar("R")
 
 
+def client_value_errors() -> tuple[type[BaseException], ...]:
+    """Exception types an algorithm raises when handed values it can't work with (OpenCV's own included)."""
+    kinds: tuple[type[BaseException], ...] = (ValueError, TypeError, ArithmeticError, IndexError, KeyError)
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - cv2 is a dependency of every vision model
+        return kinds
+    return (*kinds, cv2.error)
+
+
 @dataclasses.dataclass
 class InferContext:
     """What a model's `infer` knows about the request besides the pixels."""
@@ -69,6 +79,8 @@ class InferContext:
         dataclasses.field(default=None, repr=False)
     )
     _config_key: str = dataclasses.field(default="", repr=False)
+    #: the request carried its own CONFIG values (a value-type failure with them is the client's, not the model's)
+    client_config: bool = False
 
     def update_state(self, fn: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
         """Atomic read-modify-write of this stream's state, shared by every instance of the model."""
@@ -254,11 +266,10 @@ class GuardedModel:
             self.metrics.watchdog_timeout()
             for item in running:
                 item.error = exc
-        except Exception as exc:  # the model's own failure: every item of this run shares it
-            wrapped = exc if isinstance(exc, RuthError) else Internal(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failure of the whole run: every item shares it, judged by its own CONFIG
             for item in running:
                 if item.error is None:
-                    item.error = wrapped
+                    item.error = self._failure_of(item, exc)
         elapsed = time.perf_counter() - started
         for item, admission in admitted:
             self.metrics.inference_latency(elapsed)
@@ -322,16 +333,34 @@ class GuardedModel:
         message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
         return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
 
-    @staticmethod
-    def _settle(items: list[WorkItem], results: Sequence[Any], hook: str) -> None:
+    def _settle(self, items: list[WorkItem], results: Sequence[Any], hook: str) -> None:
         """Give each item its own result or error from a batch hook's list (one entry per item, in order)."""
         if len(results) != len(items):
             raise Internal(f"{hook} returned {len(results)} results for {len(items)} inputs")
         for item, result in zip(items, results, strict=True):
             if isinstance(result, BaseException):
-                item.error = result if isinstance(result, RuthError) else Internal(f"{type(result).__name__}: {result}")
+                item.error = self._failure_of(item, result)
             else:
                 item.result = result
+
+    def _failure_of(self, item: WorkItem, exc: BaseException) -> BaseException:
+        """An exception that escaped the algorithm, as the error this item's client gets (docs/security.md).
+
+        A value-type exception (ValueError, OverflowError, IndexError, cv2.error...) raised while running a request
+        that carried its own CONFIG is blamed on those values: INVALID_ARG naming CONFIG, never counted by the
+        breaker that guards every client. With the deployment's defaults only, or any other exception, it is the
+        model's failure: INTERNAL, counted.
+        """
+        if isinstance(exc, RuthError):
+            return exc
+        if item.ctx.client_config and isinstance(exc, client_value_errors()):
+            log.warning("%s: stream %s: CONFIG made the algorithm fail: %r", self.name, item.ctx.stream_id, exc)
+            text = str(exc)
+            text = text if len(text) <= 200 else text[:200] + "..."
+            return InvalidInput(
+                "CONFIG", f"this request's values made the algorithm fail ({type(exc).__name__}: {text})"
+            )
+        return Internal(f"{type(exc).__name__}: {exc}")
 
     def _answer_unanswered(self, responses: list[Any], exc: BaseException) -> None:
         """Last resort of `execute()`: every request still without a response gets its own INTERNAL error."""

@@ -21,18 +21,22 @@ from typing import Any
 
 import filelock
 
-__all__ = ["JsonFileStore", "atomic_write_bytes"]
+__all__ = ["STATE_FILE_MODE", "JsonFileStore", "atomic_write_bytes"]
 
 log = logging.getLogger(__name__)
 
 #: files are written 0644: operators (ruthctl) may read state that the server's user wrote
 _FILE_MODE = 0o644
+#: Files in the state dir (breakers, ledger, registry, audit log) are readable by their owner only (docs/security.md).
+STATE_FILE_MODE = 0o600
 #: how often a waiting process re-tries the OS lock; filelock polls, and its 50 ms default is a long stall per request
 _POLL_INTERVAL_S = 0.002
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
     """Replace `path` with `data` so that a crash at any point leaves either the old file or the new one.
+
+    `mode`: 0644 suits repository files (generated configs); state files pass STATE_FILE_MODE (owner-only).
 
     The temp file lives in the same directory (a rename is only atomic within one filesystem); the file is fsynced
     before the rename (else the rename can reach the disk before the data) and the directory after it (else the
@@ -44,7 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
-            os.fchmod(tmp.fileno(), _FILE_MODE)
+            os.fchmod(tmp.fileno(), mode)
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
     except BaseException:
@@ -123,7 +127,9 @@ class JsonFileStore:
             self._thread_lock.release()
 
     def _write(self, data: dict[str, Any]) -> None:
-        atomic_write_bytes(self.path, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+        atomic_write_bytes(
+            self.path, json.dumps(data, sort_keys=True, separators=(",", ":")).encode(), mode=STATE_FILE_MODE
+        )
 
     def _read(self) -> tuple[dict[str, Any], bool]:
         """(data, healthy): healthy is False when the file exists but is damaged."""

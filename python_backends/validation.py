@@ -357,12 +357,18 @@ def validate_config(config: dict[str, Any], schema: type[BaseModel] | None) -> B
 
     The first error is reported with its path (`CONFIG: zones.0.points: at least 3 points`) so a client
     can find the offending value in a large config.
+
+    Validation is strict, in JSON mode: a number must be a JSON number and a flag a JSON boolean ("1000", "yes"
+    and 1 for a bool are refused, never coerced); schemas bound every size and coordinate, and geometry is checked
+    against the frame by `check_config_against_frame`.
     """
     if schema is None:
         return config
     try:
-        return schema.model_validate(config)
-    except ValidationError as exc:
+        return schema.model_validate_json(json.dumps(config, allow_nan=False), strict=True)
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):  # NaN/Infinity can't come from parse_json_field; be safe anyway
+            raise InvalidInput(CONFIG, f"not valid JSON: {exc}") from None
         errors = exc.errors(include_url=False)
         first = errors[0]
         loc = ".".join(str(part) for part in first.get("loc", ()))
@@ -371,6 +377,33 @@ def validate_config(config: dict[str, Any], schema: type[BaseModel] | None) -> B
         if len(errors) > 1:
             text += f" (and {len(errors) - 1} more)"
         raise InvalidInput(CONFIG, text) from None
+
+
+def check_config_against_frame(config: Any, width: int, height: int) -> None:
+    """A schema's `check_frame(width, height)` (geometry inside the frame), its ValueError as INVALID_ARG CONFIG."""
+    check = getattr(config, "check_frame", None)
+    if check is None:
+        return
+    try:
+        check(width, height)
+    except ValueError as exc:
+        raise InvalidInput(CONFIG, str(exc)) from None
+
+
+#: A client-set request id is echoed into RESULT and logs: bounded, printable ASCII without spaces.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
+
+
+def validate_request_id(raw: str) -> str:
+    """The request's `id` (HTTP JSON `id`, gRPC `id`): 1..128 printable ASCII characters."""
+    if not _REQUEST_ID_RE.fullmatch(raw):
+        raise InvalidInput(
+            "id",
+            f"the request id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces, "
+            f"got {len(raw)} characters: {_preview(raw)}",
+        )
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------- entry point

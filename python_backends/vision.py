@@ -28,7 +28,13 @@ from python_backends.errors import (
 )
 from python_backends.params import config_defaults
 from python_backends.streams import StreamStateStore
-from python_backends.validation import ValidatedRequest, validate_config, validate_request
+from python_backends.validation import (
+    ValidatedRequest,
+    check_config_against_frame,
+    validate_config,
+    validate_request,
+    validate_request_id,
+)
 
 log = logging.getLogger("ruth.model")
 
@@ -48,7 +54,7 @@ class RuthModel(GuardedModel):
         self.config_defaults: BaseModel | None = None
         if self.config_schema is not None:
             self.config_defaults = config_defaults(self.config_schema, self.params.model)
-            self._defaults_dump = self.config_defaults.model_dump()
+            self._defaults_dump = self.config_defaults.model_dump(mode="json")
         if self.stateful:
             self.streams = StreamStateStore(
                 self.env.state_dir / "streams" / f"{self.name}-{self.version}.sqlite",
@@ -138,7 +144,8 @@ class RuthModel(GuardedModel):
         stream, stamp = tensor(contract.STREAM_ID), tensor(contract.TIMESTAMP)
         config, metadata = tensor(contract.CONFIG), tensor(contract.METADATA)
         batch = _batch_size(image, frame, stream)
-        request_id = request.request_id() or uuid.uuid4().hex
+        client_id = request.request_id()
+        request_id = validate_request_id(client_id) if client_id else uuid.uuid4().hex
         now = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
         items = []
         for row in range(batch):
@@ -153,7 +160,9 @@ class RuthModel(GuardedModel):
                 now=now,
                 config_schema=self.config_schema,
             )
-            items.append(WorkItem(index, validated.frame, self._context(validated, request_id), time.perf_counter()))
+            ctx = self._context(validated, request_id)
+            check_config_against_frame(ctx.config, int(validated.frame.shape[1]), int(validated.frame.shape[0]))
+            items.append(WorkItem(index, validated.frame, ctx, time.perf_counter()))
         return items
 
     def _effective_config(self, requested: Any) -> Any:
@@ -162,7 +171,8 @@ class RuthModel(GuardedModel):
             return requested
         if not requested.model_fields_set:
             return self.config_defaults
-        return validate_config({**self._defaults_dump, **requested.model_dump(exclude_unset=True)}, self.config_schema)
+        merged = {**self._defaults_dump, **requested.model_dump(mode="json", exclude_unset=True)}
+        return validate_config(merged, self.config_schema)
 
     def _context(self, validated: ValidatedRequest, request_id: str) -> InferContext:
         config = self._effective_config(validated.config)
@@ -182,6 +192,9 @@ class RuthModel(GuardedModel):
             request_id=request_id,
             _update_state=updater,
             _config_key=config_key,
+            client_config=bool(
+                validated.config.model_fields_set if isinstance(validated.config, BaseModel) else validated.config
+            ),
         )
 
     def _update_stream(

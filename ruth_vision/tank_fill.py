@@ -26,6 +26,7 @@ Differences from the original runtime, on purpose:
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ruth_vision import MAX_COORD_PX
 from ruth_vision.tank_level import RoiOutsideFrame
 
 __all__ = [
@@ -65,9 +67,9 @@ class RoiCircle(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    cx: float = Field(ge=0)
-    cy: float = Field(ge=0)
-    r: float = Field(gt=0)
+    cx: float = Field(ge=0, le=MAX_COORD_PX)
+    cy: float = Field(ge=0, le=MAX_COORD_PX)
+    r: float = Field(gt=0, le=MAX_COORD_PX)
 
 
 class ChaneConfig(BaseModel):
@@ -92,6 +94,17 @@ class ChaneConfig(BaseModel):
     )
     fill_warning_percent: float = Field(default=90.0, ge=0, le=100)
     fill_critical_percent: float = Field(default=95.0, ge=0, le=100)
+
+    def check_frame(self, width: int, height: int) -> None:
+        """The circle's centre inside the frame and its radius at most the frame's diagonal (ValueError otherwise)."""
+        c = self.roi_circle
+        if c is None:
+            return
+        if c.cx > width or c.cy > height:
+            raise ValueError(f"roi_circle: centre ({c.cx:g}, {c.cy:g}) is outside the {width}x{height} frame")
+        diagonal = math.hypot(width, height)
+        if c.r > diagonal:
+            raise ValueError(f"roi_circle: r {c.r:g} exceeds the {width}x{height} frame's diagonal ({diagonal:.0f} px)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ChaneConfig:

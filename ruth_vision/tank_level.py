@@ -24,11 +24,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ruth_vision import MAX_COORD_PX
+
+#: One corner coordinate in frame pixels (outside the frame is clamped; bounded so nothing overflows).
+Coordinate = Annotated[float, Field(ge=-MAX_COORD_PX, le=MAX_COORD_PX)]
 
 __all__ = [
     "DEFAULT_ROI_MARGIN",
@@ -97,13 +102,13 @@ class TankConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    tank_corners: tuple[tuple[float, float], ...] | None = Field(
+    tank_corners: tuple[tuple[Coordinate, Coordinate], ...] | None = Field(
         default=None,
         min_length=4,
         max_length=4,
         description="Four [x, y] frame-pixel corners of the tank interior; their bounding box is the ROI.",
     )
-    capacity_liters: float = Field(default=1000.0, gt=0)
+    capacity_liters: float = Field(default=1000.0, gt=0, le=1e9)
     alert_threshold: float = Field(default=90.0, ge=0, le=100, description="Level that raises the overflow warning.")
     critical_high: float = Field(default=95.0, ge=0, le=100)
     high: float = Field(

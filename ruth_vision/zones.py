@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ruth_vision import MAX_COORD_PX
 from ruth_vision.pose import PoseResult, keypoints_json
 from ruth_vision.tracking import DEFAULT_TRACKER, Observation, TrackerConfig, history_until, update_tracks
 
@@ -39,7 +40,16 @@ class Zone(BaseModel):
         for x, y in points:
             if not (np.isfinite(x) and np.isfinite(y)) or x < 0 or y < 0:
                 raise ValueError(f"zone points must be finite and non-negative, got [{x}, {y}]")
+            if x > MAX_COORD_PX or y > MAX_COORD_PX:
+                raise ValueError(f"zone points must be at most {MAX_COORD_PX:.0f} px, got [{x}, {y}]")
         return points
+
+
+def _points_as_tuples(zone: Any) -> Any:
+    if not isinstance(zone, Mapping) or not isinstance(zone.get("points"), list):
+        return zone
+    points = [tuple(p) if isinstance(p, list) else p for p in zone["points"]]
+    return {**zone, "points": points}
 
 
 class GeoConfig(BaseModel):
@@ -59,14 +69,20 @@ class GeoConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _legacy_points(cls, data: Any) -> Any:
+        """Legacy point lists become zone `zone_1`; each [x, y] becomes a tuple.
+
+        A before-validator hands the rest of validation Python objects even for JSON input, and strict mode (how
+        request CONFIGs are validated, python_backends.validation) accepts only a tuple for a tuple field.
+        """
         if not isinstance(data, Mapping):
             return data
         legacy = [k for k in LEGACY_ZONE_KEYS if k in data]
-        if not legacy:
-            return data
         converted = {k: v for k, v in data.items() if k not in LEGACY_ZONE_KEYS}
-        if not converted.get("zones"):
+        if legacy and not converted.get("zones"):
             converted["zones"] = [{"id": "zone_1", "name": "zone_1", "points": data[legacy[0]]}]
+        zones = converted.get("zones")
+        if isinstance(zones, list):
+            converted["zones"] = [_points_as_tuples(zone) for zone in zones]
         return converted
 
     @field_validator("zones")

@@ -114,7 +114,10 @@ def _text(value: str | Mapping[str, Any]) -> bytes:
 class RuthClient:
     """One client per server URL (`host:port`, or any URL with `protocol="grpc"`); close it, or use `with`."""
 
-    def __init__(self, url: str, protocol: str = "http", *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, protocol: str = "http", *, timeout_s: float = 30.0, admin_key: str | None = None
+    ) -> None:
+        """`admin_key` is needed only where the deployment keys model-config (RUTH_KEYED_APIS, docs/security.md)."""
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
         self.url = url.split("://", 1)[-1]
@@ -122,6 +125,10 @@ class RuthClient:
         self.timeout_s = timeout_s
         self._client: Any = None
         self._batched: dict[str, bool] = {}
+        self._key_headers: dict[str, str] = {}
+        if admin_key:
+            header = "ruth-admin-token" if protocol == "http" else "triton-grpc-protocol-ruth-admin-token"
+            self._key_headers = {header: admin_key}
 
     @property
     def _module(self) -> Any:
@@ -159,7 +166,8 @@ class RuthClient:
     def _is_batched(self, model: str) -> bool:
         """Whether the model takes a leading batch dimension (max_batch_size > 0); asked once per model."""
         if model not in self._batched:
-            config = self._call("get_model_config", model, **({"as_json": True} if self.protocol == "grpc" else {}))
+            extra = {"as_json": True} if self.protocol == "grpc" else {}
+            config = self._call("get_model_config", model, headers=self._key_headers, **extra)
             config = config.get("config", config)
             self._batched[model] = int(config.get("max_batch_size", 0)) > 0
         return self._batched[model]

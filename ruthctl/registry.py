@@ -28,7 +28,7 @@ from typing import Any
 import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from python_backends.storage import atomic_write_bytes
+from python_backends.storage import STATE_FILE_MODE, atomic_write_bytes
 
 __all__ = [
     "ALLOWED",
@@ -269,14 +269,14 @@ class Registry:
             raise RegistryError(f"registry lock {self._lock.lock_file} held for over {self._lock.timeout}s") from exc
 
     def _commit(self, data: RegistryFile, events: list[AuditEntry]) -> None:
-        atomic_write_bytes(self.path, data.model_dump_json(indent=1).encode())
+        atomic_write_bytes(self.path, data.model_dump_json(indent=1).encode(), mode=STATE_FILE_MODE)
         self._append_audit(events)
 
     def _append_audit(self, events: list[AuditEntry]) -> None:
         if not events:
             return
         payload = "".join(event.model_dump_json(exclude_none=True) + "\n" for event in events).encode()
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, STATE_FILE_MODE)
         try:
             os.write(fd, payload)
             os.fsync(fd)

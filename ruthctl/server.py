@@ -5,6 +5,9 @@ Python version. Running it needs what `triton-2.51-behaviour.md` §1 found: a ba
 *this* Python, this virtual environment first on PATH (the stub finds its prefix through `python3` on PATH and
 ignores PYTHONPATH), and LD_LIBRARY_PATH pointing at the base interpreter's libpython so the C interpreter
 matches the stdlib it loads. Flags are a typed object rendered to argv, never a shell string.
+
+The admin key never enters argv (world-readable in /proc): argv carries a placeholder, the key travels through a
+pipe, and the preloaded key shim (keyshim.c) swaps it in before tritonserver's main() (docs/security.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import IO
 
 from python_backends.gpu_ledger import pid_alive
+from ruthctl.access import DEFAULT_KEYED, HEADER
+from ruthctl.keyshim import FD_VARIABLE, PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,8 @@ def prepare_backends_dir(install: TritonInstall, state_dir: Path) -> Path:
         return install.python_backend.parent  # an image's own server: already complete
     backends = state_dir / "backends"
     python_dir = backends / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (backends, python_dir):  # owner-only, like everything in the state dir
+        folder.mkdir(mode=0o700, exist_ok=True)
     links = {
         "libtriton_python.so": install.python_backend / "libtriton_python.so",
         "triton_python_backend_utils.py": install.python_backend / "triton_python_backend_utils.py",
@@ -126,6 +132,7 @@ def server_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dic
         current = env.get("LD_LIBRARY_PATH", "")
         env["LD_LIBRARY_PATH"] = str(libdir) + (os.pathsep + current if current else "")
     env.pop("PYTHONPATH", None)  # ignored by the stub's isolated interpreter; misleading if left
+    env.pop("RUTH_ADMIN_TOKEN", None)  # the server gets the key through the shim's pipe; model code never needs it
     env.update(extra)
     return env
 
@@ -147,7 +154,8 @@ class TritonFlags:
     log_level: str = "INFO"
     strict_readiness: bool = True
     metrics_enabled: bool = True
-    admin_token: str | None = None
+    admin_token: str | None = None  # travels through the key shim's pipe; argv carries only PLACEHOLDER
+    keyed_apis: tuple[str, ...] = DEFAULT_KEYED
     #: MAX_CONCURRENT_INFERENCES: Triton's rate limiter hands out this many `ruth_inference` tokens; every vision
     #: model instance needs one per execution (rendered into its instance_group). None: no limit.
     max_concurrent_executions: int | None = None
@@ -191,9 +199,10 @@ class TritonFlags:
         if self.model_config_name:
             argv.append(f"--model-config-name={self.model_config_name}")
         if self.admin_token:
+            apis = ",".join(self.keyed_apis)
             argv += [
-                f"--http-restricted-api=model-repository:ruth-admin-token={self.admin_token}",
-                f"--grpc-restricted-protocol=model-repository:ruth-admin-token={self.admin_token}",
+                f"--http-restricted-api={apis}:{HEADER}={PLACEHOLDER}",
+                f"--grpc-restricted-protocol={apis}:{HEADER}={PLACEHOLDER}",
             ]
         argv += [f"--load-model={name}" for name in self.load_models]
         argv += list(self.extra)
@@ -230,7 +239,11 @@ def _owner_pid(name: str, prefix: str) -> int | None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """PR_SET_PDEATHSIG: the server gets SIGTERM if ruthctl dies, so no orphan keeps the ports."""
+    """PR_SET_PDEATHSIG: the server gets SIGTERM if ruthctl dies, so no orphan keeps the ports.
+
+    umask 077: whatever the server and its stubs create (breaker and stream state, shm regions) is owner-only.
+    """
+    os.umask(0o077)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)
@@ -250,7 +263,9 @@ class TritonServer:
         *,
         log_file: Path | None = None,
         log_format: str = "text",
+        key_shim: Path | None = None,
     ) -> None:
+        self.key_shim = key_shim
         self.flags = flags
         self.install = install
         self.env = dict(env)
@@ -294,12 +309,53 @@ class TritonServer:
             stdout = subprocess.PIPE
         else:
             stdout = None
-        self.process = subprocess.Popen(
-            argv, env=self.env, stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-        )
+        env, key_fd = self._key_handover()
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                pass_fds=() if key_fd is None else (key_fd,),
+            )
+        finally:
+            if key_fd is not None:
+                os.close(key_fd)
         if stdout is subprocess.PIPE:
             self._pump = threading.Thread(target=self._pump_json, name="triton-log", daemon=True)
             self._pump.start()
+
+    def _key_handover(self) -> tuple[dict[str, str], int | None]:
+        """The server's environment plus, with a key, the pipe's read end holding it and the shim preloaded."""
+        if not self.flags.admin_token:
+            return self.env, None
+        if self.key_shim is None:
+            raise TritonStartError("an admin key needs the key shim (ruthctl.keyshim.shim_library); none was given")
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, self.flags.admin_token.encode("ascii"))
+        finally:
+            os.close(write_fd)
+        preload = " ".join(p for p in (str(self.key_shim), self.env.get("LD_PRELOAD", "")) if p)
+        return {**self.env, FD_VARIABLE: str(read_fd), "LD_PRELOAD": preload}, read_fd
+
+    def check_key(self) -> None:
+        """Prove the keyed APIs refuse the placeholder and no key, and take the real key (else the shim failed)."""
+        token = self.flags.admin_token
+        if not token:
+            return
+        url = f"http://{self.http_url}/v2/logging"
+        seen = (
+            http_status(url),
+            http_status(url, headers={HEADER: PLACEHOLDER}),
+            http_status(url, headers={HEADER: token}),
+        )
+        if seen[0] != 403 or seen[1] != 403 or seen[2] != 200:
+            raise TritonStartError(
+                f"the admin key did not reach tritonserver (GET /v2/logging: no key {seen[0]}, placeholder {seen[1]}, "
+                f"key {seen[2]}; expected 403, 403, 200): is the key shim loaded?"
+            )
 
     def _pump_json(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -317,6 +373,7 @@ class TritonServer:
                 rc = None if self.process is None else self.process.returncode
                 raise TritonStartError(f"tritonserver exited during start (rc={rc}); see its log")
             if http_status(f"http://{self.http_url}/v2/health/live") == 200:
+                self.check_key()
                 return
             time.sleep(0.1)
         raise TritonStartError(f"tritonserver not live after {timeout_s:.0f}s")
@@ -377,9 +434,13 @@ class TritonServer:
         self.stop()
 
 
-def http_status(url: str, data: bytes | None = None, timeout_s: float = 2.0) -> int | None:
+def http_status(
+    url: str, data: bytes | None = None, timeout_s: float = 2.0, headers: Mapping[str, str] | None = None
+) -> int | None:
     """Status code of a GET (or POST with data), None when nothing answers."""
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    request = urllib.request.Request(
+        url, data=data, method="POST" if data is not None else "GET", headers=dict(headers or {})
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return int(response.status)

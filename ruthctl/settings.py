@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     ruth_grpc_port: int = Field(8001, ge=0, le=65535)
     ruth_metrics_port: int = Field(8002, ge=0, le=65535)
     ruth_admin_token: SecretStr | None = None
+    #: categories keyed on top of the fixed set (statistics, model-config, metadata); docs/security.md
+    ruth_keyed_apis: str = ""
+    #: a prebuilt key shim (images build it in their build stage); else it is compiled into the state dir
+    ruth_key_shim: Path | None = None
     ruth_triton_url: str = "127.0.0.1:8000"
     ruth_tritonserver: Path | None = None
     ruth_backend_directory: Path | None = None

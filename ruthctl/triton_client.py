@@ -263,20 +263,20 @@ class TritonClient:
         self._call("unload_model", name, headers=self._admin())
 
     def model_config(self, name: str) -> pb.ModelConfig:
-        if self._grpc:
-            response = self._call("get_model_config", name)
+        if self._grpc:  # the key goes along: a deployment may key model-config (RUTH_KEYED_APIS)
+            response = self._call("get_model_config", name, headers=self._admin())
             config = pb.ModelConfig()
             config.CopyFrom(response.config)
             return config
-        return config_from_json(self._call("get_model_config", name))
+        return config_from_json(self._call("get_model_config", name, headers=self._admin()))
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return bool(self._call("is_model_ready", name, version))
 
     def statistics(self, name: str = "") -> dict[str, Any]:
         if self._grpc:
-            return dict(self._call("get_inference_statistics", name, as_json=True))
-        return dict(self._call("get_inference_statistics", name))
+            return dict(self._call("get_inference_statistics", name, headers=self._admin(), as_json=True))
+        return dict(self._call("get_inference_statistics", name, headers=self._admin()))
 
     def metrics(self) -> str | None:
         """The Prometheus text of the metrics port, None when it doesn't answer (metrics off or elsewhere)."""

@@ -103,7 +103,7 @@ def config_root(repository: Path) -> Path:
 
 def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     """`token=False` for commands that never reach the repository API (no token file gets created for them)."""
-    from ruthctl.access import admin_token
+    from ruthctl.access import WeakToken, admin_token, secure_state_dir
 
     root = ctx.obj
     try:
@@ -115,15 +115,20 @@ def resolve(ctx: typer.Context, *, token: bool = True) -> Env:
     state_dir = settings.ruth_state_dir.resolve()
     repository = settings.models_root.resolve()
     config = config_root(repository)
-    env_token = os.environ.get("RUTH_ADMIN_TOKEN") or (
-        settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token else None
-    )
-    admin: str | None = env_token
+    env_token = os.environ.get("RUTH_ADMIN_TOKEN")
+    if env_token is None and settings.ruth_admin_token is not None:
+        env_token = settings.ruth_admin_token.get_secret_value()
+    admin: str | None = env_token or None  # sent as given: `serve` is what refuses a weak key
+    if token:  # what an earlier run left readable (registry, audit log) becomes owner-only
+        with contextlib.suppress(OSError):
+            secure_state_dir(state_dir)
     if token and not admin:
         try:
-            admin = admin_token(state_dir, env_token)
+            admin = admin_token(state_dir)
+        except WeakToken as exc:
+            fail(f"admin key: {exc}", ExitCode.USAGE)
         except OSError as exc:
-            err.print(f"[yellow]warning:[/yellow] no admin token ({exc}); the repository API will refuse us")
+            err.print(f"[yellow]warning:[/yellow] no admin token ({exc}); the keyed APIs will refuse us")
     return Env(
         urls=expand_urls(list(getattr(root, "urls", None) or [settings.ruth_triton_url])),
         state_dir=state_dir,

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from ruthctl.access import admin_token, auth_headers
+from ruthctl.access import WeakToken, admin_token, auth_headers, keyed_apis, secure_state_dir
 from ruthctl.commands._common import profile_option
 from ruthctl.exit_codes import ExitCode
+from ruthctl.keyshim import KeyShimUnavailable, shim_library
 from ruthctl.server import (
     TritonFlags,
     TritonInstall,
@@ -92,9 +93,12 @@ def serve(
     )
     try:
         server = build_server(settings, log_file=log_file)
-    except TritonNotInstalled as exc:
+    except (TritonNotInstalled, KeyShimUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(ExitCode.ERROR) from exc
+    except (WeakToken, ValueError) as exc:  # an unsafe key, key file or state dir, or a bad RUTH_KEYED_APIS
+        err.print(f"[red]error:[/red] refusing to start: {exc}")
+        raise typer.Exit(ExitCode.USAGE) from exc
     raise typer.Exit(run_foreground(server, settings, models=model, load_timeout_s=load_timeout))
 
 
@@ -113,10 +117,12 @@ def hardware_problem(settings: Settings) -> str | None:
 def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:
     """Everything `serve` needs, from settings: flags, backends folder, environment. Used by the test fixture too."""
     install = TritonInstall.locate(settings.ruth_tritonserver, settings.ruth_backend_directory)
-    state_dir = settings.ruth_state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = secure_state_dir(settings.ruth_state_dir.resolve())
     backends = prepare_backends_dir(install, state_dir)
-    token = admin_token(state_dir, settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token else None)
+    env_token = settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token is not None else None
+    token = admin_token(state_dir, env_token)  # empty: the state dir's generated key; never "no key"
+    apis = keyed_apis(settings.ruth_keyed_apis.split(","))
+    shim = shim_library(state_dir, settings.ruth_key_shim)
     flags = TritonFlags(
         model_repository=settings.models_root.resolve(),
         backend_directory=backends,
@@ -131,10 +137,11 @@ def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonS
         strict_readiness=settings.ruth_strict_readiness,
         metrics_enabled=settings.metrics_enabled,
         admin_token=token,
+        keyed_apis=apis,
         max_concurrent_executions=settings.max_concurrent_inferences,
     )
     env = server_environment(dict(__import__("os").environ), settings.model_env())
-    return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format)
+    return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format, key_shim=shim)
 
 
 def load_model(http_url: str, name: str, token: str | None, timeout_s: float) -> tuple[bool, str]:
@@ -188,7 +195,8 @@ def print_endpoints(server: TritonServer, settings: Settings, names: list[str], 
         table.add_row("metrics", server.metrics_url)
     table.add_row("models", f"{len(names) - failures}/{len(names)} ready: {', '.join(names)}")
     table.add_row("state dir", str(settings.ruth_state_dir.resolve()))
-    table.add_row("admin token", str(settings.ruth_state_dir.resolve() / "admin-token") + " (header ruth-admin-token)")
+    where = "RUTH_ADMIN_TOKEN" if settings.ruth_admin_token else str(settings.ruth_state_dir.resolve() / "admin-token")
+    table.add_row("admin key", f"{where} (header ruth-admin-token; keyed: {', '.join(server.flags.keyed_apis)})")
     err.print(table)
     err.print("Ctrl-C or SIGTERM drains in-flight requests and stops.")
     sys.stderr.flush()

@@ -95,6 +95,8 @@ class Brightness(RuthModel):
     def infer(self, frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
         if ctx.metadata.get("explode"):
             raise RuntimeError("boom")
+        if ctx.metadata.get("overflow"):
+            raise OverflowError("Python int too large to convert to C int")
         if ctx.metadata.get("break_contract"):
             return {"violation_detected": True}  # no severity, no type: breaks the RESULT schema
         if ctx.metadata.get("reject"):
@@ -330,3 +332,32 @@ def test_state_gauges_follow_the_persisted_breaker_without_traffic(monkeypatch: 
     finally:
         model.finalize()
     assert not model._gauges_thread.is_alive()
+
+
+def with_config(req: FakeRequest, config: dict[str, Any]) -> FakeRequest:
+    req.tensors["CONFIG"] = FakeTensor("CONFIG", strings(json.dumps(config)))
+    return req
+
+
+def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_the_breaker() -> None:
+    model = make_model()  # failure_threshold 2
+    for _ in range(5):
+        (response,) = model.execute([with_config(request(overflow=True), {"radius": 1e10})])
+        assert response.error.code == "INVALID_ARG"
+        assert response.error.message().startswith("CONFIG") and "OverflowError" in response.error.message()
+    assert model.breaker.state.value == "closed"
+    assert result(model.execute([request(level=3)])[0])["brightness"] == pytest.approx(3)
+
+
+def test_the_same_error_with_the_deployments_defaults_is_the_models_failure_and_counts() -> None:
+    model = make_model()
+    for _ in range(2):
+        assert model.execute([request(overflow=True)])[0].error.code == "INTERNAL"
+    assert model.breaker.state.value == "open"
+
+
+def test_a_non_value_error_counts_even_with_a_client_config() -> None:
+    model = make_model()
+    for _ in range(2):
+        assert model.execute([with_config(request(explode=True), {"x": 1})])[0].error.code == "INTERNAL"
+    assert model.breaker.state.value == "open"

@@ -184,3 +184,9 @@ def test_threads_of_one_process_incrementing_lose_no_update(tmp_path: Path) -> N
 def _increment_store(store: JsonFileStore, times: int) -> None:
     for _ in range(times):
         store.update(lambda data: {"n": data.get("n", 0) + 1})
+
+
+def test_state_files_are_owner_only(tmp_path: Path) -> None:
+    store = JsonFileStore(tmp_path / "breaker.json")
+    store.update(lambda current: {**current, "state": "closed"})
+    assert stat.S_IMODE((tmp_path / "breaker.json").stat().st_mode) == 0o600

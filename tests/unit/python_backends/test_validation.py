@@ -491,3 +491,63 @@ def test_request_applies_the_timestamp_drift_of_its_limits() -> None:
 def test_request_applies_frame_limits_to_frames() -> None:
     with pytest.raises(InvalidInput, match=r"^FRAME: width 64 px is outside the allowed 320..7680 px"):
         _request(image=None, frame=np.zeros((240, 64, 3), np.uint8), limits=Limits.for_model(min_width=320))
+
+
+# ---- strict CONFIG, frame geometry, request ids (docs/security.md) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"capacity_liters": "1000"},
+        {"capacity_liters": True},
+        {"smoothing_window": 5.0},
+        {"tank_corners": [[0, 0], [1e300, 0], [1e300, 1e300], [0, 1e300]]},
+    ],
+)
+def test_config_types_are_strict_and_coordinates_bounded(config: dict[str, object]) -> None:
+    from ruth_vision.tank_level import TankConfig
+
+    with pytest.raises(InvalidInput, match="CONFIG"):
+        validate_config(config, TankConfig)
+
+
+def test_json_numbers_lists_and_booleans_still_validate() -> None:
+    from ruth_vision.tank_fill import ChaneConfig
+
+    cfg = validate_config({"roi_circle": {"cx": 10, "cy": 2.5, "r": 40}, "auto_calibrate": True}, ChaneConfig)
+    assert isinstance(cfg, ChaneConfig) and cfg.auto_calibrate is True and cfg.roi_circle is not None
+    with pytest.raises(InvalidInput, match="auto_calibrate"):
+        validate_config({"auto_calibrate": "yes"}, ChaneConfig)
+
+
+def test_roi_circle_is_checked_against_the_frame() -> None:
+    from python_backends.validation import check_config_against_frame
+    from ruth_vision.tank_fill import ChaneConfig
+
+    inside = validate_config({"roi_circle": {"cx": 320, "cy": 240, "r": 800}}, ChaneConfig)
+    check_config_against_frame(inside, 640, 480)
+    for circle in ({"cx": 320, "cy": 240, "r": 801}, {"cx": 641, "cy": 240, "r": 40}):
+        with pytest.raises(InvalidInput, match="roi_circle"):
+            check_config_against_frame(validate_config({"roi_circle": circle}, ChaneConfig), 640, 480)
+
+
+def test_request_ids_are_bounded_printable_ascii() -> None:
+    from python_backends.validation import validate_request_id
+
+    assert validate_request_id("cam-7/frame-42") == "cam-7/frame-42"
+    for bad in ("x" * 129, "has space", "tab\there", "é"):
+        with pytest.raises(InvalidInput, match=r"^id: "):
+            validate_request_id(bad)
+
+
+def test_geo_zones_validate_strictly_through_the_legacy_before_validator() -> None:
+    from ruth_vision.zones import GeoConfig
+
+    cfg = validate_config({"zones": [{"id": "dock", "points": [[1, 2], [3, 4], [5, 6]]}]}, GeoConfig)
+    assert isinstance(cfg, GeoConfig) and cfg.zones[0].points == [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
+    legacy = validate_config({"geofence_points": [[1, 2], [3, 4], [5, 6]]}, GeoConfig)
+    assert isinstance(legacy, GeoConfig) and legacy.zones[0].id == "zone_1"
+    for bad in ({"zones": [{"id": "d", "points": [["1", 2], [3, 4], [5, 6]]}]}, {"min_dwell_s": "2"}):
+        with pytest.raises(InvalidInput, match="CONFIG"):
+            validate_config(bad, GeoConfig)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ruthctl.keyshim import shim_library
 from ruthctl.server import (
     TritonFlags,
     TritonInstall,
@@ -41,10 +42,12 @@ def test_argv_has_the_settings_the_behaviour_notes_require() -> None:
         assert expected in argv
 
 
-def test_the_admin_token_restricts_the_repository_api_on_both_protocols() -> None:
+def test_the_admin_key_restricts_every_admin_api_on_both_protocols_with_a_placeholder_in_argv() -> None:
     argv = flags(admin_token="s3cret").to_argv(Path("/bin/tritonserver"))
-    assert "--http-restricted-api=model-repository:ruth-admin-token=s3cret" in argv
-    assert "--grpc-restricted-protocol=model-repository:ruth-admin-token=s3cret" in argv
+    apis = "model-repository,shared-memory,logging,trace"
+    assert f"--http-restricted-api={apis}:ruth-admin-token=@RUTH-ADMIN-KEY@" in argv
+    assert f"--grpc-restricted-protocol={apis}:ruth-admin-token=@RUTH-ADMIN-KEY@" in argv
+    assert not any("s3cret" in arg for arg in argv)  # argv is world-readable in /proc/<pid>/cmdline
 
 
 def test_metrics_can_be_switched_off() -> None:
@@ -113,9 +116,49 @@ def test_the_admin_token_never_reaches_the_log(tmp_path: Path, caplog: pytest.Lo
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     install = TritonInstall(binary=fake, python_backend=tmp_path, stub=tmp_path / "stub")
-    server = TritonServer(flags(admin_token="s3cret-token"), install, {"PATH": str(Path(sys.executable).parent)})
+    shim = shim_library(tmp_path / "state")
+    env = {"PATH": str(Path(sys.executable).parent)}
+    server = TritonServer(flags(admin_token="s3cret-token"), install, env, key_shim=shim)
     with caplog.at_level(logging.INFO, logger="ruthctl.server"):
         server.start()
         server.wait(timeout_s=10)
     assert "--http-restricted-api" in caplog.text
     assert "s3cret-token" not in caplog.text
+
+
+def test_the_key_shim_hands_the_key_to_main_while_proc_cmdline_keeps_the_placeholder(tmp_path: Path) -> None:
+    """A stand-in server (python) reports its argv as main() sees it and as /proc shows it to everyone."""
+    import json
+    import sys
+
+    from ruthctl.server import TritonServer
+
+    fake = tmp_path / "tritonserver"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "cmdline = open(f'/proc/{os.getpid()}/cmdline', 'rb').read().decode()\n"
+        "print(json.dumps({'argv': sys.argv, 'cmdline': cmdline, 'fd': os.environ.get('RUTH_KEY_FD')}))\n"
+    )
+    fake.chmod(0o755)
+    install = TritonInstall(binary=fake, python_backend=tmp_path, stub=tmp_path / "stub")
+    out = tmp_path / "out.log"
+    key = "k" * 20 + "0123456789abcdef"
+    server = TritonServer(
+        flags(admin_token=key), install, {"PATH": "/usr/bin:/bin"}, log_file=out, key_shim=shim_library(tmp_path)
+    )
+    server.start()
+    assert server.wait(timeout_s=30) == 0
+    seen = json.loads(out.read_text().strip().splitlines()[-1])
+    assert (
+        f"--http-restricted-api=model-repository,shared-memory,logging,trace:ruth-admin-token={key}" in (seen["argv"])
+    )
+    assert key not in seen["cmdline"] and "@RUTH-ADMIN-KEY@" in seen["cmdline"]
+    assert seen["fd"] is None  # the shim unsets RUTH_KEY_FD; children never learn where the key came from
+
+
+def test_without_the_shim_a_keyed_server_refuses_to_start(tmp_path: Path) -> None:
+    from ruthctl.server import TritonServer, TritonStartError
+
+    install = TritonInstall(binary=Path("/bin/true"), python_backend=tmp_path, stub=tmp_path / "stub")
+    with pytest.raises(TritonStartError, match="key shim"):
+        TritonServer(flags(admin_token="x" * 40), install, {}).start()
