@@ -14,8 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from python_backends.streams import StreamStoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,11 @@ OWN_PREFIXES = ("RUTH_",)
 class Settings(BaseSettings):
     """Runtime settings from the environment (and `.env`). Validated at start; a bad value stops the start."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a credential (a redis URL with a password, a token in the wrong
+    # variable); the error names the setting and the rule, never echoes the value into logs
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True, hide_input_in_errors=True
+    )
 
     ruth_ai_env: Literal["development", "test", "staging", "production"] = "production"
     ruth_ai_profile: Profile = Profile.CPU
@@ -79,6 +85,10 @@ class Settings(BaseSettings):
     ruth_tritonserver: Path | None = None
     ruth_backend_directory: Path | None = None
     ruth_strict_readiness: bool = True
+    #: where per-stream state lives: `sqlite` (one server) or `redis://host:port/db` (a fleet); see deployment.md
+    ruth_stream_store: str = "sqlite"
+    #: the Redis password, in a file (a mounted secret), never in the URL or the environment
+    ruth_stream_store_password_file: Path | None = None
 
     @field_validator("ruth_ai_profile", mode="before")
     @classmethod
@@ -86,6 +96,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.lower() in LEGACY_PROFILES:
             return LEGACY_PROFILES[value.lower()]
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _stream_store(self) -> Settings:
+        try:
+            StreamStoreSpec.parse(self.ruth_stream_store, self.ruth_stream_store_password_file)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -113,6 +131,10 @@ class Settings(BaseSettings):
             "METRICS_ENABLED": "1" if self.metrics_enabled else "0",
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
+            "RUTH_STREAM_STORE": self.ruth_stream_store,
+            "RUTH_STREAM_STORE_PASSWORD_FILE": (
+                str(self.ruth_stream_store_password_file.resolve()) if self.ruth_stream_store_password_file else ""
+            ),
         }
 
 

@@ -69,3 +69,32 @@ def test_hardware_detection(tmp_path: Path) -> None:
 def test_unknown_ruth_variables_are_reported() -> None:
     env = {"RUTH_STATE_DIR": "/s", "RUTH_STAT_DIR": "/typo", "HOME": "/root"}
     assert unknown_own_variables(env) == ["RUTH_STAT_DIR"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUTH_STREAM_STORE": "redis://:hunter2@redis:6379/0"}, "must not carry a password"),
+        ({"RUTH_STREAM_STORE": "memcached://cache"}, "must be 'sqlite' or a redis"),
+        ({"RUTH_STREAM_STORE": "redis://redis", "RUTH_STREAM_STORE_PASSWORD_FILE": "/nonexistent"}, "readable file"),
+    ],
+)
+def test_a_bad_stream_store_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message) as raised:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "hunter2" not in str(raised.value)
+
+
+def test_model_processes_get_the_stream_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text("pw")
+    monkeypatch.setenv("RUTH_STREAM_STORE", "redis://redis:6379/0")
+    monkeypatch.setenv("RUTH_STREAM_STORE_PASSWORD_FILE", str(secret))
+    env = Settings(_env_file=None).model_env()  # type: ignore[call-arg]
+    assert env["RUTH_STREAM_STORE"] == "redis://redis:6379/0"
+    assert env["RUTH_STREAM_STORE_PASSWORD_FILE"] == str(secret)
+    assert "pw" not in env.values()
