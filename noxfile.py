@@ -33,3 +33,9 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks into docs/benchmarks.md (`nox -s bench -- --smoke` for the one-minute version)."""
     session.run(PY, "-m", "bench", *(session.posargs or ["--full"]), external=True)
+
+
+@nox.session
+def bench_streamstore(session: nox.Session) -> None:
+    """Redis vs SQLite stream state per frame into docs/benchmarks.md (`-- --smoke` for the quick version)."""
+    session.run(PY, "-m", "bench.streamstore", *session.posargs, external=True)

@@ -139,6 +139,7 @@ def test_a_stream_split_across_two_servers_answers_as_one_server_only_with_redis
                 assert [r["violation_type"] for r in one_server][-2:] == ["fall_detected"] * 2
             if model == CHANE:
                 assert [r["frames_seen"] for r in one_server] == list(range(1, len(frames) + 1))
+        print(f"{backend}: frames answered differently from one server: {differing}")
         if backend == "redis":
             assert differing == {TANK: [], CHANE: [], FALL: []}
         else:  # each server sees half the stream: every model answers differently somewhere
@@ -161,7 +162,7 @@ def expect_store_unavailable(call: Callable[[], Any], redis_server: RedisServer)
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as raised:
         call()
-    assert raised.value.status() in ("503", "StatusCode.UNAVAILABLE", "UNAVAILABLE") or "503" in str(raised.value)
+    assert raised.value.status() == "503", raised.value  # UNAVAILABLE over HTTP: retry later
     assert f"stream store redis://127.0.0.1:{redis_server.port}/0 unavailable" in str(raised.value)
     return time.monotonic() - started
 
