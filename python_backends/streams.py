@@ -89,9 +89,7 @@ class StreamStoreSpec:
         """ValueError with the fix for anything but `sqlite` or a well-formed, password-free redis URL."""
         text = (value or "sqlite").strip()
         if text.lower() == "sqlite":
-            if password_file:
-                raise ValueError("RUTH_STREAM_STORE_PASSWORD_FILE is set but RUTH_STREAM_STORE is sqlite")
-            return cls(kind="sqlite")
+            return cls(kind="sqlite")  # a password file set for later use is harmless
         parts = urlsplit(text)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(

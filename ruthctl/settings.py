@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from python_backends.streams import StreamStoreSpec
@@ -97,13 +97,18 @@ class Settings(BaseSettings):
             return LEGACY_PROFILES[value.lower()]
         return value.lower() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _stream_store(self) -> Settings:
-        try:
-            StreamStoreSpec.parse(self.ruth_stream_store, self.ruth_stream_store_password_file)
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+    @field_validator("ruth_stream_store")
+    @classmethod
+    def _stream_store(cls, value: str) -> str:
+        StreamStoreSpec.parse(value)  # ValueError with the fix; never echoes a password
+        return value
+
+    @field_validator("ruth_stream_store_password_file")
+    @classmethod
+    def _stream_store_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import typer
 from pydantic import ValidationError
@@ -81,7 +84,7 @@ def serve(
     except ValidationError as exc:
         for problem in exc.errors():
             name = str(problem["loc"][0]).upper() if problem["loc"] else "?"
-            err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {problem.get('input')!r})")
+            err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {shown_input(name, problem)})")
         raise typer.Exit(ExitCode.USAGE) from exc
     try:
         server = build_server(settings, log_file=log_file)
@@ -89,6 +92,18 @@ def serve(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(ExitCode.ERROR) from exc
     raise typer.Exit(run_foreground(server, settings, models=model, load_timeout_s=load_timeout))
+
+
+def shown_input(name: str, problem: Mapping[str, Any]) -> str:
+    """The refused value for the error line, unless it may be a credential (a token, a URL with a password)."""
+    value = problem.get("input")
+    if re.search(r"TOKEN|SECRET|PASSW", name) or not problem.get("loc"):
+        return "<hidden>"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password is not None:
+            return repr(value.replace(f":{parts.password}@", ":***@", 1))
+    return repr(value)
 
 
 def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:

@@ -98,3 +98,16 @@ def test_model_processes_get_the_stream_store(monkeypatch: pytest.MonkeyPatch, t
     assert env["RUTH_STREAM_STORE"] == "redis://redis:6379/0"
     assert env["RUTH_STREAM_STORE_PASSWORD_FILE"] == str(secret)
     assert "pw" not in env.values()
+
+
+def test_serve_refuses_a_password_in_the_store_url_without_printing_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ruthctl.cli import app
+
+    env = {"RUTH_STREAM_STORE": "redis://:hunter2@redis:6379/0", "RUTH_STATE_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["serve"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2, result.output  # usage: nothing was started
+    assert "RUTH_STREAM_STORE" in result.output and "RUTH_STREAM_STORE_PASSWORD_FILE" in result.output
+    assert "hunter2" not in result.output
+    assert ":***@redis" in result.output
