@@ -179,7 +179,7 @@ class RedisStreamStore:
 
     def reset(self, stream_id: str) -> bool:
         def both() -> Any:
-            pipe = self._client.pipeline(transaction=True)
+            pipe = self._client.pipeline(transaction=False)  # one round trip; no MULTI permission needed
             pipe.delete(self._prefix + stream_id)
             pipe.zrem(self._seen, stream_id)
             return pipe.execute()

@@ -313,3 +313,43 @@ def test_a_hung_redis_answers_unavailable_within_the_socket_timeout(tmp_path: Pa
             server.resume()
         assert store.update("s", "cfg", bump) == {"n": 2}  # the timed-out frame wrote nothing
         store.close()
+
+
+def test_a_hung_redis_at_load_does_not_hang_the_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with running_redis(tmp_path / "r") as server:
+        server.pause()  # the kernel still accepts connections; nothing answers
+        try:
+            spec = StreamStoreSpec.parse(server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3")
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING):
+                store = open_stream_store(spec, state_dir=tmp_path, namespace="m", max_streams=10, idle_ttl_s=60)
+            assert time.monotonic() - started < 3.0
+            assert "not reachable at load" in caplog.text
+            with pytest.raises(StreamStoreUnavailable):
+                store.update("s", "cfg", bump)
+        finally:
+            server.resume()
+        assert store.update("s", "cfg", bump) == {"n": 1}
+        store.close()
+
+
+#: the ACL docs/deployment.md gives for a dedicated Redis user
+DOCUMENTED_ACL = ["on", "~ruth:*", "+@read", "+@write", "+@scripting", "+ping", "+time", "+client|setname"]
+
+
+def test_a_least_privilege_acl_user_is_enough(redis_server: RedisServer, tmp_path: Path) -> None:
+    import redis
+
+    admin = redis.Redis(port=redis_server.port, password=redis_server.password)
+    admin.acl_setuser("ruth", reset=True, passwords=["+ruth-pw"], enabled=True)
+    admin.execute_command("ACL", "SETUSER", "ruth", *DOCUMENTED_ACL)
+    admin.close()
+    secret = tmp_path / "ruth-pw"
+    secret.write_text("ruth-pw")
+    secret.chmod(0o600)
+    spec = StreamStoreSpec.parse(f"redis://ruth@127.0.0.1:{redis_server.port}/0", secret)
+    store = open_stream_store(spec, state_dir=tmp_path, namespace="acl-1", max_streams=2, idle_ttl_s=60)
+    for name in ("a", "b", "c"):  # the third pushes out the first: the whole script runs
+        store.update(name, "cfg", bump)
+    assert (store.count(), store.get("a"), store.reset("c"), store.evict_idle()) == (2, None, True, 0)
+    store.close()
