@@ -45,6 +45,19 @@ log = logging.getLogger("python_backends.streams")
 #: between our read and our write; more than a handful only happens when many servers hammer one stream)
 MAX_ATTEMPTS = 16
 
+#: Redis errors that mean "not now" rather than a bug: answered UNAVAILABLE like an unreachable Redis (a password
+#: changed under a running model, a Redis still loading or busy, out of memory without eviction, a failover)
+_TRANSIENT = frozenset({"NOAUTH", "WRONGPASS", "LOADING", "BUSY", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN"})
+#: the same, where redis-py turns them into exception types (and drops the prefix from the message)
+_TRANSIENT_TYPES = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
 # KEYS: state hash, seen zset. ARGV: expected version ("" = absent), config key, state JSON, ttl ms, max streams,
 # stream id, key prefix. Returns the new version, or -1 when the version moved on (the caller retries).
 _CAS = """
@@ -221,7 +234,7 @@ class RedisStreamStore:
             except redis.TimeoutError as exc:
                 raise self._unavailable(exc) from exc
             except redis.ResponseError as exc:
-                if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "LOADING" in str(exc) or "BUSY" in str(exc):
+                if isinstance(exc, _TRANSIENT_TYPES) or str(exc).split(" ", 1)[0] in _TRANSIENT:
                     raise self._unavailable(exc) from exc
                 raise
         raise AssertionError("unreachable")

@@ -353,3 +353,24 @@ def test_a_least_privilege_acl_user_is_enough(redis_server: RedisServer, tmp_pat
         store.update(name, "cfg", bump)
     assert (store.count(), store.get("a"), store.reset("c"), store.evict_idle()) == (2, None, True, 0)
     store.close()
+
+
+def test_a_full_redis_without_eviction_answers_unavailable(tmp_path: Path) -> None:
+    import redis
+
+    with running_redis(tmp_path / "r") as server:
+        store = open_stream_store(
+            StreamStoreSpec.parse(server.url), state_dir=tmp_path, namespace="m", max_streams=10, idle_ttl_s=60
+        )
+        store.update("s", "cfg", bump)
+        admin = redis.Redis(port=server.port)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")  # below what is used: every write is refused with OOM
+        try:
+            with pytest.raises(StreamStoreUnavailable, match="OutOfMemoryError"):
+                store.update("s", "cfg", bump)
+        finally:
+            admin.config_set("maxmemory", "64mb")
+            admin.close()
+        assert store.update("s", "cfg", bump) == {"n": 2}
+        store.close()
