@@ -244,3 +244,41 @@ def test_a_damaged_stream_database_is_moved_aside_and_the_model_serves(tmp_path:
         assert "is damaged" in handle.log_text() and "moved aside" in handle.log_text()
     finally:
         handle.server.stop(grace_s=30)
+
+
+def test_concurrent_frames_of_one_stream_on_two_servers_lose_no_update(tmp_path: Path) -> None:
+    """Frames of one stream hit both servers (two instances each) at the same time: every frame's sample must end up
+    in the shared smoothing window. A lost read-modify-write would drop one, and the mean would show it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, window = 40, 64
+    config = {"smoothing_window": window}
+    with running_redis(tmp_path / "redis", password=uuid.uuid4().hex) as redis_server:
+        env = {
+            "RUTH_STREAM_STORE": redis_server.url,
+            "RUTH_STREAM_STORE_PASSWORD_FILE": str(redis_server.password_file),
+        }
+        handles = [start_triton(tmp_path / f"server{i}", [TANK], env=env) for i in range(2)]
+        try:
+            stream, base = str(uuid.uuid4()), _base()
+
+            def send(i: int) -> float:
+                stamp = (base + timedelta(seconds=i)).isoformat()
+                # far from the mean either way: a dropped sample moves the mean by ~0.8 points
+                frame = tank_frame(15.0 + 0.1 * i if i % 2 else 85.0 - 0.1 * i, seed=i)
+                inputs = vision_inputs(httpclient, frame=frame, stream_id=stream, timestamp=stamp, config=config)
+                with contextlib.closing(httpclient.InferenceServerClient(handles[i % 2].http_url)) as client:
+                    return float(result_of(client.infer(TANK, inputs))["level_percent_raw"])
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                raws = list(pool.map(send, range(n)))
+            last = send(n)  # in order, after all of them: its window holds every frame
+            stamp = (base + timedelta(seconds=n + 1)).isoformat()
+            inputs = vision_inputs(httpclient, frame=tank_frame(50.0), stream_id=stream, timestamp=stamp, config=config)
+            with contextlib.closing(httpclient.InferenceServerClient(handles[0].http_url)) as client:
+                final = result_of(client.infer(TANK, inputs))
+            samples = [*raws, last, float(final["level_percent_raw"])]
+            assert final["level_percent"] == pytest.approx(sum(samples) / len(samples), abs=0.02)
+        finally:
+            for handle in handles:
+                handle.server.stop(grace_s=30)
