@@ -53,7 +53,7 @@ class StorePlan:
 
 PLANS = {
     "smoke": StorePlan("smoke", rounds=1, point_s=1.0, warmup_s=0.3, updates=100),
-    "full": StorePlan("full", rounds=3, point_s=8.0, warmup_s=1.0, updates=1500),
+    "full": StorePlan("full", rounds=5, point_s=8.0, warmup_s=1.0, updates=1500),
 }
 
 Log = Callable[[str], None]
