@@ -63,3 +63,9 @@ def bench_profile(session: nox.Session) -> None:
     """Where a served request's CPU goes (stubs and tritonserver, by library, with perf) into docs/bench/profile.md:
     the measured explanation of the served vs in-process gap. Needs Debian's linux-perf (`perf`)."""
     session.run(PY, "-m", "bench.profile", *session.posargs, external=True)
+
+
+@nox.session
+def bench_streamstore(session: nox.Session) -> None:
+    """Redis vs SQLite stream state per frame into docs/benchmarks.md (`-- --smoke` for the quick version)."""
+    session.run(PY, "-m", "bench.streamstore", *session.posargs, external=True)

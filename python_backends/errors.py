@@ -76,6 +76,13 @@ class InferenceTimeout(Unavailable):
         self.timeout_s = timeout_s
 
 
+class StreamStoreUnavailable(Unavailable):
+    """The shared per-stream state store (Redis) can't be reached in time. Not the model's fault: it doesn't count
+    against the breaker, and the next frame tries again (docs/deployment.md, fleet section)."""
+
+    outcome = "store_unavailable"
+
+
 class Internal(RuthError):
     """The model failed while running a valid request. Counts against the circuit breaker."""
 
@@ -107,6 +114,6 @@ def outcome_for(error: BaseException | None) -> str:
 
 def counts_as_failure(error: BaseException) -> bool:
     """Whether `error` is the model's fault (breaker food) rather than the client's or the breaker's own."""
-    if isinstance(error, (InvalidInput, BreakerOpen)):
+    if isinstance(error, (InvalidInput, BreakerOpen, StreamStoreUnavailable)):
         return False
     return True

@@ -14,13 +14,16 @@ from typing import Any, Protocol
 from python_backends import triton
 from python_backends.breaker import BREAKER_GAUGE, BreakerSnapshot, BreakerState
 
-OUTCOMES = ("ok", "invalid_arg", "breaker_open", "timeout", "unavailable", "internal")
+OUTCOMES = ("ok", "invalid_arg", "breaker_open", "timeout", "unavailable", "store_unavailable", "internal")
 REJECTION_FIELDS = ("IMAGE", "FRAME", "STREAM_ID", "TIMESTAMP", "CONFIG", "METADATA")
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 FAMILIES: dict[str, tuple[str, str]] = {
     # name: (kind, description)
-    "ruth_requests_total": ("COUNTER", "Requests by outcome (ok, invalid_arg, breaker_open, timeout, internal)"),
+    "ruth_requests_total": (
+        "COUNTER",
+        "Requests by outcome (ok, invalid_arg, breaker_open, timeout, unavailable, store_unavailable, internal)",
+    ),
     "ruth_validation_rejections_total": ("COUNTER", "INVALID_ARG rejections by input tensor"),
     "ruth_inference_latency_seconds": ("HISTOGRAM", "Time inside the model's algorithm per request"),
     "ruth_request_latency_seconds": ("HISTOGRAM", "Whole request inside the model process"),

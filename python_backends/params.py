@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from python_backends.breaker import BreakerPolicy
 from python_backends.errors import ModelLoadError
 from python_backends.faults import FaultPlan
+from python_backends.streams import StreamStoreSpec
 from python_backends.validation import Limits
 
 T = TypeVar("T")
@@ -112,6 +113,7 @@ class RuntimeEnv:
     fallback_to_cpu: bool
     reserve_mb: int
     metrics_enabled: bool
+    stream_store: StreamStoreSpec = dataclasses.field(default_factory=lambda: StreamStoreSpec(kind="sqlite"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeEnv:
@@ -124,6 +126,7 @@ class RuntimeEnv:
                 fallback_to_cpu=_bool(env.get("GPU_FALLBACK_TO_CPU", "1")),
                 reserve_mb=int(env.get("GPU_MEMORY_RESERVE_MB", "512")),
                 metrics_enabled=_bool(env.get("METRICS_ENABLED", "1")),
+                stream_store=StreamStoreSpec.from_env(env),
             )
         except ValueError as exc:
             raise ModelLoadError(f"invalid runtime environment: {exc}") from exc

@@ -1,30 +1,183 @@
-"""Per-stream state (smoothing, tracks, ...) shared by every instance process of a model.
+"""Per-stream state (smoothing, tracks, ...) shared by every instance process of a model, or by a whole fleet.
 
 Triton may send consecutive frames of one stream to different instances, and each instance is a process, so the
 state can't live in the model object (the runtime we replace kept one smoother for all streams in a module global).
-SQLite in WAL mode gives cross-process transactions with readers that don't block: each `update` is one
-`BEGIN IMMEDIATE` read-modify-write, so two instances updating one stream serialise instead of losing a frame.
+Behind a load balancer, consecutive frames may even land on different servers. `StreamStore` is the one interface
+models use (through `ctx.advance`); `RUTH_STREAM_STORE` picks its backend:
 
-The store is bounded: streams idle for `idle_ttl_s` are evicted, and beyond `max_streams` the least recently seen
-go first, so clients that invent a stream id per request can't grow it without limit.
+- `sqlite` (default): one SQLite file per model in the server's state dir. WAL mode gives cross-process
+  transactions with readers that don't block: each `update` is one `BEGIN IMMEDIATE` read-modify-write, so two
+  instances updating one stream serialise instead of losing a frame. Enough for one server.
+- `redis://host:port/db` (or `rediss://` for TLS): one Redis shared by every server of a fleet; see
+  `python_backends/streams_redis.py` (optimistic read-modify-write, TTL-native idle expiry).
+
+Both are bounded the same way: streams idle for `idle_ttl_s` are evicted, and beyond `max_streams` the least recently
+seen go first, so clients that invent a stream id per request can't grow the store without limit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 from filelock import FileLock
 
-__all__ = ["StreamStateStore"]
+from python_backends.errors import ModelLoadError
+
+__all__ = [
+    "SqliteStreamStore",
+    "StreamStore",
+    "StreamStoreSpec",
+    "open_stream_store",
+]
 
 log = logging.getLogger(__name__)
+
+StepFn = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+#: connection options a redis:// URL may carry (everything else is refused, so a typo isn't silently ignored)
+REDIS_URL_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
+
+
+class StreamStore(Protocol):
+    """What a stateful model needs. `update` is the whole hot path; the rest serves metrics, tests and tooling.
+
+    `update(stream_id, config_key, fn)` reads the stream's state, calls `fn(state)` (None for a new stream, or when
+    `config_key` differs from the stored one) and stores what it returns, atomically with respect to every other
+    instance sharing the store. `fn` may be called more than once for one update (Redis retries when another server
+    wrote the stream in between), so it must be a pure function of its argument, and quick.
+    """
+
+    def update(self, stream_id: str, config_key: str, fn: StepFn) -> dict[str, Any]: ...
+
+    def get(self, stream_id: str) -> dict[str, Any] | None: ...
+
+    def reset(self, stream_id: str) -> bool: ...
+
+    def count(self) -> int: ...
+
+    def evict_idle(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamStoreSpec:
+    """`RUTH_STREAM_STORE` (+ `RUTH_STREAM_STORE_PASSWORD_FILE`), validated: where stream state lives.
+
+    The Redis password never travels in the URL (it would show in `ps e`, `kubectl describe`, `docker inspect`):
+    it is read from a file, normally a mounted secret.
+    """
+
+    kind: str  # "sqlite" | "redis"
+    url: str = ""  # redis only, without any password
+    password_file: Path | None = None
+    socket_timeout_s: float = 1.0
+    connect_timeout_s: float = 1.0
+
+    @classmethod
+    def parse(cls, value: str | None, password_file: str | Path | None = None) -> StreamStoreSpec:
+        """ValueError with the fix for anything but `sqlite` or a well-formed, password-free redis URL."""
+        text = (value or "sqlite").strip()
+        if text.lower() == "sqlite":
+            return cls(kind="sqlite")  # a password file set for later use is harmless
+        parts = urlsplit(text)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(
+                f"RUTH_STREAM_STORE must be 'sqlite' or a redis:// / rediss:// URL, got scheme {parts.scheme!r}"
+            )
+        if parts.password is not None:
+            raise ValueError(
+                "RUTH_STREAM_STORE must not carry a password (it would be visible in process and environment "
+                "listings): put it in a file (mode 0600) named by RUTH_STREAM_STORE_PASSWORD_FILE"
+            )
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"RUTH_STREAM_STORE has an invalid port: {exc}") from exc
+        if not parts.hostname:
+            raise ValueError("RUTH_STREAM_STORE redis URL needs a host, e.g. redis://redis:6379/0")
+        db = parts.path.strip("/") or "0"
+        if not db.isdigit():
+            raise ValueError(f"RUTH_STREAM_STORE redis database must be a number, got {db!r}")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - REDIS_URL_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"RUTH_STREAM_STORE: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(REDIS_URL_OPTIONS))}"
+            )
+        timeouts = {}
+        for key in REDIS_URL_OPTIONS & set(options):
+            try:
+                timeouts[key] = float(options[key])
+            except ValueError as exc:
+                raise ValueError(f"RUTH_STREAM_STORE option {key} must be seconds, got {options[key]!r}") from exc
+            if not 0 < timeouts[key] <= 60:
+                raise ValueError(f"RUTH_STREAM_STORE option {key} must be in (0, 60] seconds")
+        path = Path(password_file) if password_file else None
+        if path is not None and not path.is_file():
+            raise ValueError(f"RUTH_STREAM_STORE_PASSWORD_FILE {path} is not a readable file")
+        user = f"{parts.username}@" if parts.username else ""
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return cls(
+            kind="redis",
+            url=f"{parts.scheme}://{user}{host}:{port or 6379}/{db}",
+            password_file=path,
+            socket_timeout_s=timeouts.get("socket_timeout", 1.0),
+            connect_timeout_s=timeouts.get("socket_connect_timeout", 1.0),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamStoreSpec:
+        env = os.environ if environ is None else environ
+        return cls.parse(env.get("RUTH_STREAM_STORE"), env.get("RUTH_STREAM_STORE_PASSWORD_FILE") or None)
+
+    def describe(self) -> str:
+        """For logs and error messages: never the password."""
+        return "sqlite" if self.kind == "sqlite" else self.url
+
+    def read_password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        try:
+            mode = self.password_file.stat().st_mode
+            text = self.password_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelLoadError(f"RUTH_STREAM_STORE_PASSWORD_FILE {self.password_file}: {exc.strerror}") from exc
+        if mode & 0o007:
+            log.warning(
+                "RUTH_STREAM_STORE_PASSWORD_FILE %s is readable by every user (mode %o); make it 0600/0400",
+                self.password_file,
+                mode & 0o777,
+            )
+        password = text.strip("\r\n")
+        if not password:
+            raise ModelLoadError(f"RUTH_STREAM_STORE_PASSWORD_FILE {self.password_file} is empty")
+        return password
+
+
+def open_stream_store(
+    spec: StreamStoreSpec, *, state_dir: Path, namespace: str, max_streams: int, idle_ttl_s: float
+) -> StreamStore:
+    """The configured store for one model version (`namespace`, e.g. `fall_detection-1`)."""
+    if spec.kind == "redis":
+        from python_backends.streams_redis import RedisStreamStore  # the redis client only where it is configured
+
+        return RedisStreamStore(spec, namespace, max_streams=max_streams, idle_ttl_s=idle_ttl_s)
+    return SqliteStreamStore(
+        state_dir / "streams" / f"{namespace}.sqlite", max_streams=max_streams, idle_ttl_s=idle_ttl_s
+    )
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -40,7 +193,7 @@ CREATE INDEX IF NOT EXISTS streams_last_seen ON streams (last_seen);
 EVICT_EVERY = 100
 
 
-class StreamStateStore:
+class SqliteStreamStore:
     """`update(stream_id, config_key, fn)` is the whole interface models need; the rest is for tests and tooling.
 
     One connection per store, guarded by a lock: sqlite3 objects aren't safe to share between threads, and the
@@ -69,22 +222,54 @@ class StreamStateStore:
         self._lock = threading.RLock()
         self._updates = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        # Every instance of a model opens the store at the same moment when Triton loads it, and switching a new
+        # database to WAL takes a lock that SQLite's busy handler does not wait for ("database is locked" at load,
+        # seen in CI): the set-up (and moving a damaged file aside) is serialised across processes by a file lock.
+        with FileLock(str(self.path) + ".init.lock", timeout=busy_timeout_s):
+            try:
+                conn = self._open()
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc):
+                    raise
+                aside = self._move_aside()
+                log.warning(
+                    "stream store %s is damaged (%s): moved aside to %s; every stream of this model starts afresh",
+                    self.path,
+                    exc,
+                    aside,
+                )
+                conn = self._open()
+        self._conn: sqlite3.Connection | None = conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
         try:
-            # Every instance of a model opens the store at the same moment when Triton loads it, and switching a new
-            # database to WAL takes a lock that SQLite's busy handler does not wait for ("database is locked" at
-            # load, seen in CI): the set-up is serialised across processes by a file lock instead.
-            with FileLock(str(self.path) + ".init.lock", timeout=busy_timeout_s):
-                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                # WAL + NORMAL: a power cut may lose the last updates, never corrupt the file; per-stream smoothing
-                # state isn't worth an fsync per frame.
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: a power cut may lose the last updates, never corrupt the file; per-stream smoothing
+            # state isn't worth an fsync per frame.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+            # a damaged page deep in the file would otherwise fail frames one by one later; the store is small
+            # (bounded by max_streams), so checking it once per load is cheap
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
         except BaseException:
             conn.close()
             raise
-        self._conn: sqlite3.Connection | None = conn
+        return conn
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                source.replace(Path(str(aside) + suffix))
+        return aside
 
     def update(
         self, stream_id: str, config_key: str, fn: Callable[[dict[str, Any] | None], dict[str, Any]]
@@ -185,10 +370,19 @@ class StreamStateStore:
         return state
 
 
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A file that is not a database or a malformed one, as opposed to a busy/locked/unwritable one."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
 class _Locked:
     """The store's lock plus its open connection (with a timeout, so a wedged thread can't stall others forever)."""
 
-    def __init__(self, store: StreamStateStore) -> None:
+    def __init__(self, store: SqliteStreamStore) -> None:
         self._store = store
 
     def __enter__(self) -> sqlite3.Connection:

@@ -8,6 +8,7 @@ encodes one RESULT per frame, validated against the contract's schema.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,9 +26,10 @@ from python_backends.base import GuardedModel, InferContext, WorkItem
 from python_backends.errors import (
     InvalidInput,
     ModelLoadError,
+    StreamStoreUnavailable,
 )
 from python_backends.params import config_defaults
-from python_backends.streams import StreamStateStore
+from python_backends.streams import StreamStore, open_stream_store
 from python_backends.validation import (
     ValidatedRequest,
     check_config_against_frame,
@@ -47,7 +49,7 @@ class RuthModel(GuardedModel):
     #: True gives `ctx.update_state()`, backed by a store shared by all instances of the model
     stateful: ClassVar[bool] = False
 
-    streams: StreamStateStore | None = None
+    streams: StreamStore | None = None
 
     def setup_state(self) -> None:
         self._stream_updates = 0
@@ -56,11 +58,14 @@ class RuthModel(GuardedModel):
             self.config_defaults = config_defaults(self.config_schema, self.params.model)
             self._defaults_dump = self.config_defaults.model_dump(mode="json")
         if self.stateful:
-            self.streams = StreamStateStore(
-                self.env.state_dir / "streams" / f"{self.name}-{self.version}.sqlite",
+            self.streams = open_stream_store(
+                self.env.stream_store,
+                state_dir=self.env.state_dir,
+                namespace=f"{self.name}-{self.version}",
                 max_streams=self.params.state_max_streams,
                 idle_ttl_s=self.params.state_idle_ttl_s,
             )
+            log.info("%s v%s: stream state in %s", self.name, self.version, self.env.stream_store.describe())
 
     def finalize_model(self) -> None:
         if self.streams is not None:
@@ -204,7 +209,8 @@ class RuthModel(GuardedModel):
         state = self.streams.update(stream_id, config_key, fn)
         self._stream_updates += 1
         if self._stream_updates % 100 == 1:
-            self.metrics.stream_states(self.streams.count())
+            with contextlib.suppress(StreamStoreUnavailable):  # the frame is stored; the gauge waits for the next
+                self.metrics.stream_states(self.streams.count())
         return state
 
     def _ok_response(self, items: list[WorkItem]) -> Any:

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from python_backends.streams import StreamStoreSpec
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,11 @@ OWN_PREFIXES = ("RUTH_",)
 class Settings(BaseSettings):
     """Runtime settings from the environment (and `.env`). Validated at start; a bad value stops the start."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a credential (a redis URL with a password, a token in the wrong
+    # variable); the error names the setting and the rule, never echoes the value into logs
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True, hide_input_in_errors=True
+    )
 
     ruth_ai_env: Literal["development", "test", "staging", "production"] = "production"
     ruth_ai_profile: Profile = Profile.CPU
@@ -90,6 +96,10 @@ class Settings(BaseSettings):
     ruth_wedge_after_seconds: float = Field(60.0, gt=0, le=3600)
     #: restarts of a wedged or crashed tritonserver by serve within an hour before it gives up (exit 1)
     ruth_max_restarts: int = Field(3, ge=0, le=100)
+    #: where per-stream state lives: `sqlite` (one server) or `redis://host:port/db` (a fleet); see deployment.md
+    ruth_stream_store: str = "sqlite"
+    #: the Redis password, in a file (a mounted secret), never in the URL or the environment
+    ruth_stream_store_password_file: Path | None = None
 
     @field_validator("ruth_ai_profile", mode="before")
     @classmethod
@@ -97,6 +107,19 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in LEGACY_PROFILES:
             return LEGACY_PROFILES[value.strip().lower()]
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("ruth_stream_store")
+    @classmethod
+    def _stream_store(cls, value: str) -> str:
+        StreamStoreSpec.parse(value)  # ValueError with the fix; never echoes a password
+        return value
+
+    @field_validator("ruth_stream_store_password_file")
+    @classmethod
+    def _stream_store_password_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -125,6 +148,10 @@ class Settings(BaseSettings):
             "METRICS_ENABLED": "1" if self.metrics_enabled else "0",
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
+            "RUTH_STREAM_STORE": self.ruth_stream_store,
+            "RUTH_STREAM_STORE_PASSWORD_FILE": (
+                str(self.ruth_stream_store_password_file.resolve()) if self.ruth_stream_store_password_file else ""
+            ),
         }
 
 

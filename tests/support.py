@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import socket
@@ -205,6 +206,20 @@ def tank_frame(
     frame[surface:y2, x1:x2] = (140, 90, 30)
     frame += rng.normal(0.0, noise, frame.shape)
     return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def opening_frame(fill: float, seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
+    """A dark circular tank opening at the frame centre (the fallback ROI) with a bright disc covering `fill`."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    radius = 0.30 * min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = np.hypot(xx - w // 2, yy - h // 2)
+    gray = np.full(size, 90.0)
+    gray[dist <= radius] = 30.0
+    gray[dist <= radius * math.sqrt(fill)] = 230.0
+    gray += rng.normal(0.0, 3.0, size)
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def jpeg(frame: np.ndarray, quality: int = 90) -> bytes:

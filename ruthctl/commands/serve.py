@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import typer
 from pydantic import ValidationError
@@ -80,7 +83,7 @@ def serve(
     except ValidationError as exc:
         for problem in exc.errors():
             name = str(problem["loc"][0]).upper() if problem["loc"] else "?"
-            err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {problem.get('input')!r})")
+            err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {shown_input(name, problem)})")
         raise typer.Exit(ExitCode.USAGE) from exc
     mismatch = hardware_problem(settings)
     if mismatch:
@@ -112,6 +115,18 @@ def hardware_problem(settings: Settings) -> str | None:
         f"(AI_RUNTIME_HARDWARE={settings.ai_runtime_hardware.value}); no model of that profile could load. "
         "Use --profile cpu (or RUTH_AI_PROFILE=cpu)"
     )
+
+
+def shown_input(name: str, problem: Mapping[str, Any]) -> str:
+    """The refused value for the error line, unless it may be a credential (a token, a URL with a password)."""
+    value = problem.get("input")
+    if re.search(r"TOKEN|SECRET|PASSW", name) or not problem.get("loc"):
+        return "<hidden>"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password is not None:
+            return repr(value.replace(f":{parts.password}@", ":***@", 1))
+    return repr(value)
 
 
 def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:

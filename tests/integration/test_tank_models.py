@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import sqlite3
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from support import TritonHandle, jpeg, result_of, start_triton, tank_frame, vision_inputs
+from support import TritonHandle, jpeg, opening_frame, result_of, start_triton, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
@@ -43,20 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
 def client(server: TritonHandle) -> Iterator[httpclient.InferenceServerClient]:
     with contextlib.closing(httpclient.InferenceServerClient(server.http_url, concurrency=8)) as c:
         yield c
-
-
-def opening_frame(fill: float, seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
-    """A dark circular tank opening at the frame centre (the fallback ROI) with a bright disc covering `fill`."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    radius = 0.30 * min(h, w)
-    yy, xx = np.mgrid[0:h, 0:w]
-    dist = np.hypot(xx - w // 2, yy - h // 2)
-    gray = np.full(size, 90.0)
-    gray[dist <= radius] = 30.0
-    gray[dist <= radius * math.sqrt(fill)] = 230.0
-    gray += rng.normal(0.0, 3.0, size)
-    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def stamps(n: int, start: datetime | None = None, step_s: float = 1.0) -> list[str]:

@@ -63,8 +63,13 @@ def _params() -> list[Any]:
     return params
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    [doc] = [doc for _, doc in manifests() if doc["kind"] == kind]
+def by_kind(kind: str, *, redis: bool = False) -> dict[str, Any]:
+    """The one resource of `kind` of the runtime (or, with redis=True, of its stream store, redis.yaml)."""
+    [doc] = [
+        doc
+        for _, doc in manifests()
+        if doc["kind"] == kind and doc["metadata"]["name"].startswith("ruth-redis") is redis
+    ]
     return doc
 
 
@@ -198,8 +203,11 @@ def test_no_secret_values_in_manifests() -> None:
         assert doc["kind"] != "Secret", label
         for one in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             for name, value in env_of(one).items():
-                if re.search(r"TOKEN|SECRET|PASSW", name):
+                if re.search(r"TOKEN|SECRET|PASSW", name) and not name.endswith("_FILE"):
                     assert isinstance(value, dict) and "secretKeyRef" in value, f"{label}: {name}"
+                elif name.endswith("_FILE"):  # a path to a mounted Secret, not a value
+                    mounts = {m["mountPath"] for m in one.get("volumeMounts", [])}
+                    assert str(Path(value).parent) in mounts, f"{label}: {name} is not on a mounted volume"
 
 
 # ------------------------------------------------------------------ service, PDB, HPA, adapter
@@ -400,10 +408,129 @@ def test_compose_bakes_in_no_secret(compose: dict[str, Any]) -> None:
     assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), "must come from the environment"
     for service in compose["services"].values():
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"TOKEN|SECRET|PASSW", key):
+            if re.search(r"TOKEN|SECRET|PASSW", key) and not key.endswith("_FILE"):
                 assert str(value).startswith("${"), key
+            elif key.endswith("_FILE"):  # a path to a compose secret, not a value
+                assert str(value).startswith("/run/secrets/"), key
+                assert Path(value).name in service["secrets"], key
 
 
 def test_compose_runtime_commands_are_the_images_own(compose: dict[str, Any]) -> None:
     for name in ("ruth-cpu", "ruth-gpu"):
         assert "command" not in compose["services"][name], "the image's CMD (ruthctl serve) runs"
+
+
+# ------------------------------------------------------------------ stream store (Redis), both deployment paths
+
+
+def _run_redis_script(script: str, conf: str | None, tmp_path: Path, password: str) -> tuple[Any, int]:
+    """Run a manifest's own redis start-up script with the real redis-server, paths moved into tmp_path."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    secret = tmp_path / "password"
+    secret.write_text(password + "\n")
+    script = re.sub(r"/run/secrets/[\w/-]+", str(secret), script).replace("gosu redis ", "")
+    extra = f" --port {port} --bind 127.0.0.1 --dir {tmp_path}"
+    if conf is not None:
+        conf_path = tmp_path / "redis.conf"
+        conf_path.write_text(re.sub(r"(?m)^dir .*$", f"dir {tmp_path}", conf))  # /data is the pod's volume
+        script = re.sub(r"/etc/ruth-redis/redis\.conf", str(conf_path), script)
+    # redis-server reads stdin for "-" only as its first or last argument: keep it there
+    script = script.replace(" - ", f"{extra} - " if conf is not None else f" - {extra} ", 1)
+    with open(tmp_path / "redis.out", "wb") as out:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def _assert_redis_needs_the_password(port: int, password: str, out: Path) -> dict[str, str]:
+    import time
+
+    import redis
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).ping()
+            break
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError((out.parent / "redis.out").read_text()[-2000:]) from exc
+            time.sleep(0.1)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2, decode_responses=True)
+    assert client.ping()
+    config = client.config_get("*")
+    client.close()
+    return dict(config)
+
+
+def test_k8s_replicas_share_the_redis_stream_store_with_a_mounted_password(tmp_path: Path) -> None:
+    from python_backends.streams import StreamStoreSpec
+
+    deployment, redis_set = by_kind("Deployment"), by_kind("StatefulSet", redis=True)
+    service, config_map = by_kind("Service", redis=True), by_kind("ConfigMap", redis=True)
+    env = env_of(container(deployment, "triton"))
+    spec = StreamStoreSpec.parse(env["RUTH_STREAM_STORE"])  # what the runtime accepts at start
+    assert spec.url == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
+    assert service["spec"]["selector"] == redis_set["spec"]["selector"]["matchLabels"]
+    # the password: one Secret, mounted as a file in both pods, never an env value or an argv word
+    secret_of = {
+        v["name"]: v["secret"]["secretName"]
+        for d in (deployment, redis_set)
+        for v in d["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    }
+    mounts = {m["mountPath"]: m["name"] for m in container(deployment, "triton")["volumeMounts"]}
+    password_dir = str(Path(env["RUTH_STREAM_STORE_PASSWORD_FILE"]).parent)
+    assert secret_of[mounts[password_dir]] == "ruth-redis-password"
+    redis_container = redis_set["spec"]["template"]["spec"]["containers"][0]
+    assert {m["name"] for m in redis_container["volumeMounts"]} >= {"password", "config"}
+    assert secret_of["password"] == "ruth-redis-password"
+    assert not any("requirepass" in a or "--pass" in a for a in redis_container["command"])
+    assert all(e.get("name") != "REDISCLI_AUTH" for e in redis_container.get("env", []))
+    # bounded, ephemeral, locked down
+    conf = config_map["data"]["redis.conf"]
+    assert "maxmemory 256mb" in conf and 'save ""' in conf and "appendonly no" in conf
+    assert redis_container["resources"]["limits"]["memory"] == "384Mi"
+    assert redis_container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert redis_set["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # and the start-up script really gives a password-protected, bounded Redis (the real redis-server)
+    password = "k8s-" + tmp_path.name
+    proc, port = _run_redis_script(redis_container["args"][0], conf, tmp_path, password)
+    try:
+        config = _assert_redis_needs_the_password(port, password, tmp_path / "redis.out")
+        assert config["maxmemory"] == str(256 * 1024 * 1024) and config["save"] == ""
+        assert config["maxmemory-policy"] == "allkeys-lru"
+        ps = subprocess.run(["ps", "-o", "args=", "-p", str(proc.pid)], capture_output=True, text=True).stdout
+        assert password not in ps
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_compose_runtime_uses_the_redis_service_with_a_secret_file(compose: dict[str, Any], tmp_path: Path) -> None:
+    from python_backends.streams import StreamStoreSpec
+
+    redis_service = compose["services"]["redis"]
+    for name in ("ruth-cpu", "ruth-gpu"):
+        env = compose["services"][name]["environment"]
+        default = re.fullmatch(r"\$\{RUTH_STREAM_STORE:-([^}]+)\}", env["RUTH_STREAM_STORE"])
+        assert default is not None
+        assert StreamStoreSpec.parse(default.group(1)).url == "redis://redis:6379/0"
+        assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert redis_service["secrets"] == ["redis_password"]
+    assert re.fullmatch(r"\$\{RUTH_REDIS_PASSWORD_FILE:\?[^}]+\}", compose["secrets"]["redis_password"]["file"])
+    assert re.fullmatch(r"redis:7\.[0-2]\.\d+(-\w+)?", redis_service["image"]), "pinned, BSD-licensed Redis (<= 7.2)"
+    password = "compose-" + tmp_path.name
+    script = redis_service["command"][0].replace("$$", "$")  # compose's escape for a literal $
+    proc, port = _run_redis_script(script, None, tmp_path, password)
+    try:
+        config = _assert_redis_needs_the_password(port, password, tmp_path / "redis.out")
+        assert config["maxmemory"] == str(256 * 1024 * 1024)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -113,3 +113,45 @@ def test_legacy_profile_names_reach_commands(tmp_path: Path) -> None:
 def test_the_environment_name_reaches_the_model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUTH_AI_ENV", "staging")
     assert Settings(_env_file=None).model_env()["RUTH_AI_ENV"] == "staging"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUTH_STREAM_STORE": "redis://:hunter2@redis:6379/0"}, "must not carry a password"),
+        ({"RUTH_STREAM_STORE": "memcached://cache"}, "must be 'sqlite' or a redis"),
+        ({"RUTH_STREAM_STORE": "redis://redis", "RUTH_STREAM_STORE_PASSWORD_FILE": "/nonexistent"}, "readable file"),
+    ],
+)
+def test_a_bad_stream_store_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message) as raised:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "hunter2" not in str(raised.value)
+
+
+def test_model_processes_get_the_stream_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text("pw")
+    monkeypatch.setenv("RUTH_STREAM_STORE", "redis://redis:6379/0")
+    monkeypatch.setenv("RUTH_STREAM_STORE_PASSWORD_FILE", str(secret))
+    env = Settings(_env_file=None).model_env()  # type: ignore[call-arg]
+    assert env["RUTH_STREAM_STORE"] == "redis://redis:6379/0"
+    assert env["RUTH_STREAM_STORE_PASSWORD_FILE"] == str(secret)
+    assert "pw" not in env.values()
+
+
+def test_serve_refuses_a_password_in_the_store_url_without_printing_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ruthctl.cli import app
+
+    env = {"RUTH_STREAM_STORE": "redis://:hunter2@redis:6379/0", "RUTH_STATE_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["serve"], env=env, catch_exceptions=False)
+    assert result.exit_code == 2, result.output  # usage: nothing was started
+    assert "RUTH_STREAM_STORE" in result.output and "RUTH_STREAM_STORE_PASSWORD_FILE" in result.output
+    assert "hunter2" not in result.output
+    assert ":***@redis" in result.output
