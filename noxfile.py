@@ -33,3 +33,16 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks into docs/benchmarks.md (`nox -s bench -- --smoke` for the one-minute version)."""
     session.run(PY, "-m", "bench", *(session.posargs or ["--full"]), external=True)
+
+
+@nox.session
+def images(session: nox.Session) -> None:
+    """Build the CPU image with podman and run it as deployed (tests/images/): as root, with podman, runc,
+    debootstrap and catatonit installed (.ci/run does). The debootstrap base and the wheelhouse are cached."""
+    env = {"CONTAINERS_CONF": "tests/images/containers.conf"}
+    made = session.run("bash", "containers/cpu/debootstrap-base.sh", env=env, silent=True, external=True)
+    base = str(made).strip().splitlines()[-1]
+    session.log(f"base image: {base}")
+    session.run(PY, "-m", "ruthctl", "image", "wheelhouse", external=True)
+    env["RUTH_IMAGE_BASE"] = base
+    session.run(PY, "-m", "pytest", "-q", "-m", "images", "tests/images", *session.posargs, env=env, external=True)

@@ -123,7 +123,7 @@ class Wheelhouse:
     """The wheels a build installs from: every third-party requirement of `.[weights]` and the build backend."""
 
     path: Path
-    key: str  # what they were made from: pyproject.toml, Python version, machine
+    key: str  # what they were made from: the requirements, Python version, machine
     wheels: int
     cached: bool  # reused as it was
 
@@ -146,7 +146,8 @@ def wheelhouse_requirements(pyproject: Path) -> list[str]:
 
 
 def wheelhouse_key(pyproject: Path, python: tuple[int, int] = IMAGE_PYTHON) -> str:
-    digest = hashlib.sha256(pyproject.read_bytes())
+    """What the wheels depend on: the requirements (not the rest of pyproject.toml), the Python, the machine."""
+    digest = hashlib.sha256("\n".join(wheelhouse_requirements(pyproject)).encode())
     digest.update(f"cp{python[0]}{python[1]}-{platform.machine()}".encode())
     return digest.hexdigest()[:16]
 
@@ -158,7 +159,7 @@ def prepare_wheelhouse(
     run: Callable[..., Any] = subprocess.run,
 ) -> Wheelhouse:
     """Fill `<context>/build/wheelhouse` with `pip wheel` on this host (its index settings, its CA bundle), so
-    a build needs no network and installs the same versions every time. Reused while pyproject.toml, the Python
+    a build needs no network and installs the same versions every time. Reused while the requirements, the Python
     version and the machine are the same; rebuilt into a temporary folder and swapped in whole otherwise."""
     if sys.version_info[:2] != IMAGE_PYTHON:
         wanted = ".".join(map(str, IMAGE_PYTHON))

@@ -159,12 +159,20 @@ def stub_pids(container: str, model: str) -> list[int]:
     return sorted(int(pid) for pid in result.stdout.split())
 
 
+#: Containers of the running test, whose logs a failing test's report shows (tests/images/conftest.py).
+LIVE: list[str] = []
+
+
 @contextlib.contextmanager
 def removed_after(*names: str, kind: str = "container") -> Iterator[None]:
+    if kind == "container":
+        LIVE.extend(names)
     try:
         yield
     finally:
         for name in names:
+            if name in LIVE:
+                LIVE.remove(name)
             podman(kind, "rm", "--force", name, check=False, timeout=120)
 
 

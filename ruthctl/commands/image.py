@@ -98,12 +98,13 @@ def build(
 @app.command("wheelhouse")
 def wheelhouse(
     context: Annotated[Path, typer.Option(help="Build context: the repository root.")] = Path(),
-    refresh: Annotated[bool, typer.Option(help="Rebuild it even if pyproject.toml did not change.")] = False,
+    refresh: Annotated[bool, typer.Option(help="Rebuild it even if the requirements did not change.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Wheels for the cpu image in build/wheelhouse/, made here with pip (this host's index and CA settings).
 
-    Reused while pyproject.toml, the Python version (3.11, the image's) and the machine are unchanged."""
+    Reused while the requirements in pyproject.toml, the Python version (3.11, the image's) and the machine are
+    unchanged."""
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
     try:
