@@ -237,14 +237,12 @@ def plan_build(
     nocache: bool = False,
     base: str | None = None,
 ) -> BuildPlan:
-    """What to build and how; checks the Dockerfile (and the wheelhouse it installs from) is in the context.
+    """What to build and how; checks the Dockerfile is where the context says.
 
     `base` overrides the Dockerfile's pinned `BASE` (e.g. the image containers/cpu/debootstrap-base.sh makes)."""
     chosen = variant(name)
     if not (context / chosen.dockerfile).is_file():
         raise ImageError(f"{chosen.dockerfile} not found under {context.resolve()}: build from the repository root")
-    if chosen.wheelhouse and not any((context / WHEELHOUSE).glob("*.whl")):
-        raise ImageError(f"no wheels in {WHEELHOUSE}/: run `ruthctl image wheelhouse` first (the build uses no index)")
     if exit_timeout_s < 1:
         raise ImageError(f"exit timeout must be at least 1 s, got {exit_timeout_s}")
     version = version or package_version()
@@ -288,6 +286,8 @@ def build_image(
 ) -> BuildResult:
     """Build one variant and tag it; `on_log` receives the builder's output line by line."""
     plan = plan_build(name, tag=tag, **plan_options)
+    if plan.variant.wheelhouse and not any((plan.context / WHEELHOUSE).glob("*.whl")):
+        raise ImageError(f"no wheels in {WHEELHOUSE}/: run `ruthctl image wheelhouse` first (the build uses no index)")
     docker = client if client is not None else docker_client()
     try:
         image, stream = docker.images.build(**plan.sdk_kwargs())

@@ -4,7 +4,9 @@
 # tests/images/): the installed packages import with numpy 1.x; the non-root user 10001:10001 exists; its state
 # dir /var/lib/ruth is 0700 and its own; the pinned weights are baked in, SHA-256 verified, readable, not writable.
 #
-# usage: setup-runtime.sh PYTHON   (the interpreter that has our packages: a venv's, or the base image's)
+# usage: [RUTH_MODELS_DIR=DIR] setup-runtime.sh PYTHON
+#   PYTHON: the interpreter that has our packages (a venv's, or the base image's own)
+#   RUTH_MODELS_DIR: where the committed MoveNet ONNX is (GPU image: its onnx engine needs it); unset: skipped
 set -eu
 python=${1:?usage: setup-runtime.sh PYTHON}
 "$python" -c "import numpy, python_backends, ruthctl; assert numpy.__version__.startswith('1.'), numpy.__version__"
