@@ -92,9 +92,12 @@ def http_status(url: str, *, method: str = "GET", headers: dict[str, str] | None
         return int(exc.code)
 
 
-def is_ready(ports: Ports) -> bool:
+def is_ready(ports: Ports, models: Sequence[str] = ()) -> bool:
+    """The readiness probe answers 200 and so does each of `models`: Triton's own /v2/health/ready is already 200
+    while `serve` is still loading the models (none loaded yet), so tests that use a model wait for it too."""
     try:
-        return http_status(f"http://{ports.http_url}{READY_PATH}") == 200
+        urls = [READY_PATH, *(f"/v2/models/{model}/ready" for model in models)]
+        return all(http_status(f"http://{ports.http_url}{url}") == 200 for url in urls)
     except OSError:
         return False
 
@@ -109,11 +112,11 @@ def logs(container: str, tail: int = 80) -> str:
     return result.stdout + result.stderr
 
 
-def wait_ready(container: str, ports: Ports, timeout_s: float = 420) -> float:
-    """Seconds until the readiness probe answered 200; fails early, with the logs, if the container stops."""
+def wait_ready(container: str, ports: Ports, models: Sequence[str] = (), timeout_s: float = 420) -> float:
+    """Seconds until ready (`is_ready`); fails early, with the logs, if the container stops."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if is_ready(ports):
+        if is_ready(ports, models):
             return time.monotonic() - started
         current = state(container)
         if not current.get("Running"):
@@ -159,20 +162,18 @@ def stub_pids(container: str, model: str) -> list[int]:
     return sorted(int(pid) for pid in result.stdout.split())
 
 
-#: Containers of the running test, whose logs a failing test's report shows (tests/images/conftest.py).
-LIVE: list[str] = []
-
-
 @contextlib.contextmanager
 def removed_after(*names: str, kind: str = "container") -> Iterator[None]:
-    if kind == "container":
-        LIVE.extend(names)
+    """Remove the containers (or pods) afterwards; if the block failed, print their logs first (pytest shows a
+    failing test's output)."""
     try:
         yield
+    except BaseException:
+        for name in names if kind == "container" else ():
+            print(f"----- podman logs {name} -----\n{logs(name, tail=150)}")
+        raise
     finally:
         for name in names:
-            if name in LIVE:
-                LIVE.remove(name)
             podman(kind, "rm", "--force", name, check=False, timeout=120)
 
 

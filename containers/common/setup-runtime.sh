@@ -6,7 +6,7 @@
 #
 # usage: [RUTH_MODELS_DIR=DIR] setup-runtime.sh PYTHON
 #   PYTHON: the interpreter that has our packages (a venv's, or the base image's own)
-#   RUTH_MODELS_DIR: where the committed MoveNet ONNX is (GPU image: its onnx engine needs it); unset: skipped
+#   RUTH_MODELS_DIR: where the committed MoveNet ONNX is (models/ of the repository); unset: it is skipped
 set -eu
 python=${1:?usage: setup-runtime.sh PYTHON}
 "$python" -c "import numpy, python_backends, ruthctl; assert numpy.__version__.startswith('1.'), numpy.__version__"

@@ -88,11 +88,3 @@ def _head() -> str:
 def state_dir(tmp_path: Path) -> Path:
     return ps.state_dir(tmp_path / "state")
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for name in ps.LIVE:
-            report.sections.append((f"podman logs {name}", ps.logs(name, tail=150)))

