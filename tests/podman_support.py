@@ -25,7 +25,8 @@ from support import free_port
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "tests" / "images" / "containers.conf"
 BASE_SCRIPT = REPO / "containers" / "cpu" / "debootstrap-base.sh"
-#: The one readiness check of these tests (HTTP port, path). Switch here when the image gets its own probe port.
+#: The readiness check of these tests: Triton's, on the HTTP port (`readiness_url` is the one place that says so;
+#: switch it there when the image serves its own probe).
 READY_PATH = "/v2/health/ready"
 UID = 10001
 #: Triton's drain budget inside the test containers, and the grace period on top of it (the deploy rule: +15 s).
@@ -96,10 +97,14 @@ def is_ready(ports: Ports, models: Sequence[str] = ()) -> bool:
     """The readiness probe answers 200 and so does each of `models`: Triton's own /v2/health/ready is already 200
     while `serve` is still loading the models (none loaded yet), so tests that use a model wait for it too."""
     try:
-        urls = [READY_PATH, *(f"/v2/models/{model}/ready" for model in models)]
-        return all(http_status(f"http://{ports.http_url}{url}") == 200 for url in urls)
+        urls = [readiness_url(ports), *(f"http://{ports.http_url}/v2/models/{model}/ready" for model in models)]
+        return all(http_status(url) == 200 for url in urls)
     except OSError:
         return False
+
+
+def readiness_url(ports: Ports) -> str:
+    return f"http://{ports.http_url}{READY_PATH}"
 
 
 def state(container: str) -> dict[str, Any]:
