@@ -294,3 +294,13 @@ def test_healthcheck_command_passes_only_when_ready(
     env = {**os.environ, "RUTH_HTTP_PORT": str(health_server.server_address[1])}
     result = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, timeout=20, check=False)
     assert (result.returncode == 0) is healthy, result.stderr
+
+
+def test_the_debootstrap_base_script_is_valid_and_keyed_by_its_own_content() -> None:
+    """containers/cpu/debootstrap-base.sh (run for real by `nox -s images`): its cache tag must change with it."""
+    script = REPO / "containers/cpu/debootstrap-base.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    assert 'key=$(sha256sum "$0"' in text and 'ref="$REPOSITORY:$key"' in text
+    assert "libpython3.11" in text, "the Python-backend stub links the shared libpython"

@@ -395,6 +395,28 @@ def test_cli_build_dry_run_prints_the_sdk_arguments_as_json() -> None:
     assert document["buildargs"]["EXIT_TIMEOUT_SECONDS"] == "30"
 
 
+def test_cli_build_takes_a_base_and_run_takes_the_host_network() -> None:
+    built = runner.invoke(
+        app, ["build", "--variant", "cpu", "--base", "localhost/base:1", "--dry-run", "--json", "--context", str(REPO)]
+    )
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["buildargs"]["BASE"] == "localhost/base:1"
+    ran = runner.invoke(
+        app, ["run", "--variant", "cpu", "--network", "host", "--http-port", "18000", "--dry-run", "--json"]
+    )
+    assert ran.exit_code == 0, ran.output
+    document = json.loads(ran.stdout)
+    assert document["host_config"]["network_mode"] == "host" and "port_bindings" not in document["host_config"]
+    assert document["container"]["environment"]["RUTH_HTTP_PORT"] == "18000"
+
+
+def test_cli_wheelhouse_reports_a_python_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "IMAGE_PYTHON", (3, 99))
+    result = runner.invoke(app, ["wheelhouse", "--context", str(REPO)])
+    assert result.exit_code == ExitCode.ERROR
+    assert "Python 3.99" in result.output
+
+
 def test_cli_run_dry_run_shows_devices_shm_and_stop_timeout() -> None:
     result = runner.invoke(
         app, ["run", "--variant", "gpu", "--dry-run", "--json", "--exit-timeout", "60", "-e", "LOG_LEVEL=DEBUG"]
