@@ -147,12 +147,6 @@ def admin_token(state: Path, timeout_s: float = 30) -> str:
     return token.read_text().strip()
 
 
-def host_pids(container: str) -> list[int]:
-    """Host pids of a container's processes (its cgroup's procs)."""
-    result = podman("top", container, "hpid", check=False)
-    return [int(line) for line in result.stdout.split()[1:] if line.strip().isdigit()]
-
-
 def stub_pids(container: str, model: str) -> list[int]:
     """Pids (as the container's PID namespace numbers them) of the live Python-backend stubs of one model,
     read from inside the container, as the sidecar sees them."""
@@ -203,6 +197,3 @@ def run_args(
         args += ["--env", f"{key}={value}"]
     return args
 
-
-def all_exited(pids: Sequence[int]) -> bool:
-    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
