@@ -69,3 +69,16 @@ def bench_profile(session: nox.Session) -> None:
 def bench_streamstore(session: nox.Session) -> None:
     """Redis vs SQLite stream state per frame into docs/benchmarks.md (`-- --smoke` for the quick version)."""
     session.run(PY, "-m", "bench.streamstore", *session.posargs, external=True)
+
+
+@nox.session
+def images(session: nox.Session) -> None:
+    """Build the CPU image with podman and run it as deployed (tests/images/): as root, with podman, runc,
+    debootstrap and catatonit installed (.ci/run does). The debootstrap base and the wheelhouse are cached."""
+    env = {"CONTAINERS_CONF": "tests/images/containers.conf"}
+    made = session.run("bash", "containers/cpu/debootstrap-base.sh", env=env, silent=True, external=True)
+    base = str(made).strip().splitlines()[-1]
+    session.log(f"base image: {base}")
+    session.run(PY, "-m", "ruthctl", "image", "wheelhouse", external=True)
+    env["RUTH_IMAGE_BASE"] = base
+    session.run(PY, "-m", "pytest", "-q", "-m", "images", "tests/images", *session.posargs, env=env, external=True)

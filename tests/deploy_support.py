@@ -17,8 +17,12 @@ from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    # variant: (Dockerfile, final base image, profile)
-    "cpu": (REPO / "containers/cpu/Dockerfile", "python:3.11-slim-bookworm", "cpu"),
+    # variant: (Dockerfile, final base image (the default of its BASE build arg), profile)
+    "cpu": (
+        REPO / "containers/cpu/Dockerfile",
+        "python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91",
+        "cpu",
+    ),
     "gpu": (REPO / "containers/triton-gpu/Dockerfile", "nvcr.io/nvidia/tritonserver:24.10-py3", "gpu"),
     "jetson": (REPO / "containers/triton-jetson/Dockerfile", "nvcr.io/nvidia/tritonserver:24.10-py3-igpu", "jetson"),
 }
@@ -101,17 +105,34 @@ def parse_dockerfile(text: str) -> list[Stage]:
             continue
         logical.append((start, buffer + line))
         buffer = ""
+    global_args: dict[str, str] = {}  # ARGs before the first FROM: usable in FROM lines only
     for number, line in logical:
         keyword, _, value = line.strip().partition(" ")
         instruction = Instruction(keyword.upper(), value.strip(), number)
         if instruction.keyword == "FROM":
             parts = [p for p in instruction.value.split() if not p.startswith("--")]
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(parts[0], name, [instruction]))
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args[m.group(1) or m.group(2)], parts[0])
+            stages.append(Stage(base, name, [instruction]))
+        elif not stages:
+            assert instruction.keyword == "ARG", f"line {number}: {keyword} before FROM"
+            key, _, default = instruction.value.partition("=")
+            global_args[key.strip()] = default.strip()
         else:
-            assert stages, f"line {number}: {keyword} before FROM"
             stages[-1].instructions.append(instruction)
     return stages
+
+
+def global_args(text: str) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            break
+        if line.startswith("ARG "):
+            key, _, default = line[4:].partition("=")
+            found[key.strip()] = default.strip()
+    return found
 
 
 def cli_accepts(argv: Sequence[str]) -> None:

@@ -64,10 +64,15 @@ def build(
     exit_timeout: ExitTimeoutOption = 30,
     pull: Annotated[bool, typer.Option(help="Pull a newer base image first.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    base: Annotated[
+        str | None, typer.Option(help="Base image instead of the Dockerfile's pinned one (build arg BASE).")
+    ] = None,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Build one image from containers/<variant>/Dockerfile with its build args and tags."""
+    """Build one image from containers/<variant>/Dockerfile with its build args and tags.
+
+    The cpu image installs from build/wheelhouse/ (`ruthctl image wheelhouse`), not from a package index."""
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
     options: dict[str, Any] = {
@@ -77,6 +82,7 @@ def build(
         "exit_timeout_s": exit_timeout,
         "pull": pull,
         "nocache": no_cache,
+        "base": base,
     }
     try:
         if dry_run:
@@ -87,6 +93,25 @@ def build(
     except images.ImageError as exc:
         raise _fail(exc) from exc
     _emit(result.as_dict(), as_json, f"built {result.tags[0]}")
+
+
+@app.command("wheelhouse")
+def wheelhouse(
+    context: Annotated[Path, typer.Option(help="Build context: the repository root.")] = Path(),
+    refresh: Annotated[bool, typer.Option(help="Rebuild it even if the requirements did not change.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Wheels for the cpu image in build/wheelhouse/, made here with pip (this host's index and CA settings).
+
+    Reused while the requirements in pyproject.toml, the Python version (3.11, the image's) and the machine are
+    unchanged."""
+    from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
+
+    try:
+        result = images.prepare_wheelhouse(context, refresh=refresh)
+    except images.ImageError as exc:
+        raise _fail(exc) from exc
+    _emit(result.as_dict(), as_json, f"wheelhouse {result.path} ({'cached' if result.cached else 'made'})")
 
 
 @app.command("run")
@@ -104,6 +129,9 @@ def run(
     exit_timeout: ExitTimeoutOption = 30,
     gpus: Annotated[str, typer.Option(help="gpu variant: 'all' or device ids '0,1'.")] = "all",
     restart: Annotated[str, typer.Option(help="Docker restart policy: no, on-failure, unless-stopped.")] = "no",
+    network: Annotated[
+        str | None, typer.Option(help="'host': use the host's network; the ports become the server's own.")
+    ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the HEALTHCHECK to pass (0: don't).")] = 0.0,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
@@ -126,6 +154,7 @@ def run(
         "exit_timeout_s": exit_timeout,
         "gpus": gpus,
         "restart": restart,
+        "network": network,
     }
     try:
         if dry_run:

@@ -131,8 +131,8 @@ def test_kustomizations_list_existing_files() -> None:
 def test_probes_ask_serves_probe_endpoint_not_tritons_health() -> None:
     triton = container(by_kind("Deployment"), "triton")
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
-    assert ports == {**images.CONTAINER_PORTS, "probe": 8003}
-    assert dict(images.CONTAINER_PORTS) == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert ports == dict(images.CONTAINER_PORTS)
+    assert dict(images.CONTAINER_PORTS) == {"http": 8000, "grpc": 8001, "metrics": 8002, "probe": 8003}
     assert env_of(triton)["RUTH_PROBE_PORT"] == str(ports["probe"]) == str(Settings().ruth_probe_port)
     assert triton["startupProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
     assert triton["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
