@@ -38,6 +38,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ruth_pose_cache_total": ("COUNTER", "Pose lookups answered from the frame cache (hit) or by the network (miss)"),
 }
 
+#: families served only by the model named: a family with no series yet is not in Triton's /metrics at all
+ONLY_IN: dict[str, str] = {"ruth_pose_cache_total": "pose_estimator"}
+
 
 class MetricsSink(Protocol):
     def request(self, outcome: str, count: int = 1) -> None: ...
