@@ -360,14 +360,7 @@ class SqliteStreamStore:
         ).rowcount
 
     def _decode(self, stream_id: str, raw: str) -> dict[str, Any] | None:
-        try:
-            state = json.loads(raw)
-        except ValueError:
-            state = None
-        if not isinstance(state, dict):
-            log.warning("stream store %s: unreadable state for stream %s; starting it afresh", self.path, stream_id)
-            return None
-        return state
+        return decode_state(raw, where=self.path, stream_id=stream_id)
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
@@ -396,3 +389,15 @@ class _Locked:
 
     def __exit__(self, *exc_info: object) -> None:
         self._store._lock.release()
+
+
+def decode_state(raw: str, *, where: object, stream_id: str) -> dict[str, Any] | None:
+    """A stored state, or None (with a warning) when it isn't a JSON object: that stream starts afresh."""
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        log.warning("stream store %s: unreadable state for stream %s; starting it afresh", where, stream_id)
+        return None
+    return state

@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from python_backends.errors import ModelLoadError, StreamStoreUnavailable
-from python_backends.streams import StepFn, StreamStoreSpec
+from python_backends.streams import StepFn, StreamStoreSpec, decode_state
 
 __all__ = ["RedisStreamStore"]
 
@@ -247,11 +247,4 @@ class RedisStreamStore:
         return StreamStoreUnavailable(f"stream store {self.spec.describe()} unavailable ({type(exc).__name__}: {exc})")
 
     def _decode(self, stream_id: str, raw: str) -> dict[str, Any] | None:
-        try:
-            state = json.loads(raw)
-        except ValueError:
-            state = None
-        if not isinstance(state, dict):
-            log.warning("stream store %s: unreadable state for stream %s; starting it afresh", self.spec.url, stream_id)
-            return None
-        return state
+        return decode_state(raw, where=self.spec.url, stream_id=stream_id)
