@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "KEYPOINT_NAMES",
     "POSE_ROW_WIDTH",
     "EngineLoadError",
     "Letterbox",
+    "MultiScalePose",
     "LiteRTRunner",
     "OnnxRunner",
     "PoseEngine",
@@ -36,6 +38,7 @@ __all__ = [
     "decode_yolo_pose",
     "estimate_via",
     "keypoints_json",
+    "merge_people",
     "pack_pose_outputs",
     "poses_from_array",
     "poses_to_array",
@@ -427,13 +430,39 @@ class PoseEngineConfig(BaseModel):
     iou_threshold: float = Field(default=0.45, gt=0.0, le=1.0)
     max_people: int = Field(default=6, ge=1, le=100)
     threads: int = Field(default=2, ge=1, le=64)
+    # People at every scale (docs/pose-estimator.md, "Scales, tiles and rotation"): more full-frame passes at other
+    # input sizes, a grid of overlapping tiles (tiles x tiles, each at input_size) for crowds and distant people,
+    # and one pass on a copy turned 90 degrees when the upright frame shows nobody. All merged, duplicates dropped.
+    extra_input_sizes: tuple[int, ...] = Field(default=(), max_length=4)
+    tiles: int = Field(default=0, ge=0, le=4, description="0: off; n: an n x n grid of overlapping tiles")
+    tile_overlap: float = Field(default=0.25, ge=0.0, le=0.5, description="share of a tile shared with the next")
+    tile_min_score: float = Field(default=0.3, ge=0.0, le=1.0, description="tiles see less context: stricter")
+    rotated_retry: bool = False
+    merge_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    @field_validator("extra_input_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("extra_input_sizes")
+    @classmethod
+    def _multiples(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for size in value:
+            if size < 32 or size > 2048 or size % 32:
+                raise ValueError(f"extra input size {size}: a multiple of 32 from 32 to 2048")
+        return value
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.extra_input_sizes or self.tiles or self.rotated_retry)
 
 
 def build_engine(
     config: PoseEngineConfig,
     device: str = "cpu",
     importer: Callable[[str], Any] = importlib.import_module,
-) -> PoseNetwork:
+) -> PoseNetwork | MultiScalePose:
     """The engine the spec describes, on `device`. Refuses combinations that would not run where asked."""
     if not config.weights.is_file():
         raise EngineLoadError(f"pose weights {config.weights} do not exist")
@@ -448,6 +477,116 @@ def build_engine(
         runner: TensorRunner = LiteRTRunner(config.weights, config.input_size, config.threads)
     else:
         runner = OnnxRunner(config.weights, device, config.threads, importer)
-    return PoseNetwork(
+    network = PoseNetwork(
         runner, config.layout, config.input_size, config.min_score, config.iou_threshold, config.max_people
     )
+    if not config.multi:
+        return network
+    extra = []
+    for size in config.extra_input_sizes:
+        # LiteRT's graph is resized once per interpreter; ONNX Runtime takes any size on the one session
+        sized = LiteRTRunner(config.weights, size, config.threads) if config.engine == "litert" else runner
+        extra.append(PoseNetwork(sized, config.layout, size, config.min_score, config.iou_threshold, config.max_people))
+    return MultiScalePose(network, extra, config)
+
+
+def _same_person(a: PoseResult, b: PoseResult, iou_threshold: float, keypoint_threshold: float = 0.3) -> bool:
+    """Two detections of one person? Keypoints decide when both saw at least three of the same joints (two people
+    overlapping in depth have overlapping boxes but different joints; a person cut by a tile edge has a smaller box
+    but the same joints); otherwise the boxes' IoU does."""
+    both = (a.keypoints[:, 2] >= keypoint_threshold) & (b.keypoints[:, 2] >= keypoint_threshold)
+    if int(both.sum()) >= 3:
+        small = min((a.box[2] - a.box[0]) * (a.box[3] - a.box[1]), (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]))
+        scale = max(float(np.sqrt(max(small, 1.0))), 1.0)
+        distance = np.hypot(*(a.keypoints[both, :2] - b.keypoints[both, :2]).T)
+        return bool(float(np.median(distance)) / scale < 0.12)
+    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
+    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    inter = ix * iy
+    union = (a.box[2] - a.box[0]) * (a.box[3] - a.box[1]) + (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]) - inter
+    return inter / max(union, 1e-9) > iou_threshold
+
+
+def merge_people(people: Sequence[PoseResult], iou_threshold: float = 0.5, max_people: int = 100) -> list[PoseResult]:
+    """Greedy non-maximum suppression over passes at several scales/tiles: the strongest detection of a person
+    is kept, the others dropped (`_same_person`)."""
+    kept: list[PoseResult] = []
+    for person in sorted(people, key=lambda p: -p.score):
+        if not any(_same_person(person, other, iou_threshold) for other in kept):
+            kept.append(person)
+            if len(kept) >= max_people:
+                break
+    return kept
+
+
+def _moved(person: PoseResult, dx: float, dy: float, width: int, height: int) -> PoseResult:
+    keypoints = person.keypoints.copy()
+    keypoints[:, 0] = np.clip(keypoints[:, 0] + dx, 0, width - 1)
+    keypoints[:, 1] = np.clip(keypoints[:, 1] + dy, 0, height - 1)
+    x1, y1, x2, y2 = person.box
+    return PoseResult((x1 + dx, y1 + dy, x2 + dx, y2 + dy), keypoints, person.score)
+
+
+def _unrotated(person: PoseResult, height: int) -> PoseResult:
+    """A person found on the frame turned 90 degrees clockwise, mapped back: (xr, yr) -> (yr, height - 1 - xr)."""
+    keypoints = person.keypoints.copy()
+    keypoints[:, 0] = person.keypoints[:, 1]
+    keypoints[:, 1] = (height - 1) - person.keypoints[:, 0]
+    x1, y1, x2, y2 = person.box
+    return PoseResult((y1, height - 1 - x2, y2, height - 1 - x1), keypoints, person.score)
+
+
+def tile_grid(width: int, height: int, tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """x, y, w, h of an n x n grid of tiles that cover the frame, neighbours sharing `overlap` of a tile."""
+    if tiles < 2:
+        return [(0, 0, width, height)]
+    tile_w = int(np.ceil(width / (tiles - (tiles - 1) * overlap)))
+    tile_h = int(np.ceil(height / (tiles - (tiles - 1) * overlap)))
+    tile_w, tile_h = min(tile_w, width), min(tile_h, height)
+    xs = [round((width - tile_w) * i / (tiles - 1)) for i in range(tiles)]
+    ys = [round((height - tile_h) * i / (tiles - 1)) for i in range(tiles)]
+    return [(x, y, tile_w, tile_h) for y in ys for x in xs]
+
+
+class MultiScalePose:
+    """The pose network run several ways on one frame, the people merged (`merge_people`):
+
+    * the frame at `input_size` and at each of `extra_input_sizes` (a 60-px pedestrian is ~25 px at 256, ~50 at 512;
+      512 alone loses people who fill a close-up frame, so both run);
+    * `tiles` x `tiles` overlapping crops at `input_size`: each crop can hold MoveNet's 6 people, so crowds go past
+      the single-pass cap, and distant people are seen larger. Tile detections need `tile_min_score`;
+    * when all of that found nobody and `rotated_retry` is on, the frame turned 90 degrees: MoveNet is weak on
+      bodies lying across the frame, and a fallen person may be the only one in view.
+    """
+
+    def __init__(self, network: PoseNetwork, extra: Sequence[PoseNetwork], config: PoseEngineConfig) -> None:
+        self.network = network
+        self.extra = list(extra)
+        self.config = config
+        self.max_people = max(config.max_people, 6 * max(1, config.tiles) ** 2) if config.tiles else config.max_people
+
+    @property
+    def input_size(self) -> int:
+        return self.network.input_size
+
+    def infer(self, frame_bgr: np.ndarray) -> list[PoseResult]:
+        height, width = frame_bgr.shape[:2]
+        people = list(self.network.infer(frame_bgr))
+        for network in self.extra:
+            people += network.infer(frame_bgr)
+        if self.config.tiles >= 2:
+            for x, y, w, h in tile_grid(width, height, self.config.tiles, self.config.tile_overlap):
+                crop = np.ascontiguousarray(frame_bgr[y : y + h, x : x + w])
+                people += [
+                    _moved(p, x, y, width, height)
+                    for p in self.network.infer(crop)
+                    if p.score >= self.config.tile_min_score
+                ]
+        merged = merge_people(people, self.config.merge_iou, self.max_people)
+        if not merged and self.config.rotated_retry:
+            turned = np.ascontiguousarray(cv2.rotate(frame_bgr, cv2.ROTATE_90_CLOCKWISE))
+            merged = [_unrotated(p, height) for p in self.network.infer(turned)]
+        return merged
+
+    def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]:
+        return [self.infer(frame) for frame in frames_bgr]

@@ -23,6 +23,7 @@ from python_backends.raw import RawRuthModel
 from python_backends.validation import check_frame_array
 from ruth_vision.pose import (
     EngineLoadError,
+    MultiScalePose,
     PoseEngineConfig,
     PoseNetwork,
     build_engine,
@@ -32,7 +33,20 @@ from ruth_vision.pose import (
 
 log = logging.getLogger("ruth.model.pose_estimator")
 
-ENGINE_KEYS = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
+ENGINE_KEYS = (
+    "layout",
+    "input_size",
+    "min_score",
+    "iou_threshold",
+    "max_people",
+    "threads",
+    "extra_input_sizes",
+    "tiles",
+    "tile_overlap",
+    "tile_min_score",
+    "rotated_retry",
+    "merge_iou",
+)
 
 
 class TritonPythonModel(RawRuthModel):
@@ -53,7 +67,7 @@ class TritonPythonModel(RawRuthModel):
             config = PoseEngineConfig.model_validate(
                 {"engine": engine, "weights": path, **{k: params[k] for k in ENGINE_KEYS if k in params}}
             )
-            self.engine: PoseNetwork = build_engine(config, device.device)
+            self.engine: PoseNetwork | MultiScalePose = build_engine(config, device.device)
             self.engine.infer(np.zeros((config.input_size, config.input_size, 3), np.uint8))  # warm-up, fail early
         except ValidationError as exc:
             raise ModelLoadError(f"{self.name}: invalid pose parameters: {exc.errors(include_url=False)}") from None
