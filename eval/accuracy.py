@@ -149,7 +149,11 @@ class Report:
 
 
 def whole_frame_zone() -> dict[str, Any]:
-    return {"zones": [{"id": "all", "name": "whole frame", "type": "restricted", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}]}
+    return {
+        "zones": [
+            {"id": "all", "name": "whole frame", "type": "restricted", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+        ]
+    }
 
 
 def score_counts(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) -> None:
@@ -175,13 +179,12 @@ def _events(result: Mapping[str, Any]) -> list[str]:
     return [d["event"] for d in result.get("detections", []) if d.get("event")]
 
 
-def score_fall_still(report: Report, image_id: str, frame: np.ndarray, lying: int, postures: Mapping[str, int],
-                     infer: Infer, label: str) -> None:
+def score_fall_still(
+    report: Report, image_id: str, frame: np.ndarray, lying: int, postures: Mapping[str, int], infer: Infer, label: str
+) -> None:
     result = infer("fall_detection", frame, str(uuid.uuid4()), 0.0, None)
     events = _events(result)
-    summary = [
-        f"{d['posture']}({d['lying_score']:.2f}, {d['torso_angle']}°)" for d in result.get("detections", [])
-    ]
+    summary = [f"{d['posture']}({d['lying_score']:.2f}, {d['torso_angle']}°)" for d in result.get("detections", [])]
     if lying:
         report.fall[f"lying people flagged ({label})"].add(
             len(events) >= lying, f"{image_id}: {len(events)} flagged of {lying} lying; seen {summary}"
@@ -214,12 +217,16 @@ def score_sequence(report: Report, seq: ds.Sequence, base: np.ndarray, infer: In
 def score_ppe(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) -> None:
     result = infer("ppe_detection", frame, str(uuid.uuid4()), 0.0, None)
     if still.people == 0:
-        report.ppe["no violation on empty frames"].add(not result.get("violations"), f"{still.id}: {result.get('violations')}")
+        report.ppe["no violation on empty frames"].add(
+            not result.get("violations"), f"{still.id}: {result.get('violations')}"
+        )
         return
     if not still.workers:
         return
     height, width = frame.shape[:2]
-    for index, (worker, detection) in enumerate(zip(still.workers, match_workers(still.workers, result.get("detections", []), width, height), strict=True)):
+    for index, (worker, detection) in enumerate(
+        zip(still.workers, match_workers(still.workers, result.get("detections", []), width, height), strict=True)
+    ):
         name = f"{still.id}#{index}"
         labelled = {k: v for k, v in (("hardhat", worker.hardhat), ("vest", worker.vest)) if v is not None}
         statuses = {} if detection is None else {i["item"]: i["status"] for i in detection.get("items", [])}
@@ -242,17 +249,15 @@ def score_ppe(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) 
             good = status == ("present" if worn else "missing")
             report.ppe_items[key].add(good, f"{name}: {status}")
         for condition in still.conditions:
-            report.conditions[f"ppe: {condition}"].add(
-                (not flagged) if compliant else flagged, name
-            )
+            report.conditions[f"ppe: {condition}"].add((not flagged) if compliant else flagged, name)
 
 
 # ---- deployment profiles: passes, counts, CPU per frame ----------------------------------------------------------
 def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, Any]]:
-    from ruthctl.render import render_parameters
-    from ruthctl.spec import Profile, load_spec
     from ruth_vision.pose import PoseEngineConfig, build_engine
     from ruth_vision.weights import default_weights_dir
+    from ruthctl.render import render_parameters
+    from ruthctl.spec import Profile, load_spec
 
     spec = load_spec(REPO_ROOT / "config" / "models" / "pose_estimator.yaml")
     keys = set(PoseEngineConfig.model_fields) - {"engine", "weights"}
@@ -261,7 +266,11 @@ def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, A
         rendered = render_parameters(spec, profile)
         params = {k.removeprefix("model."): v for k, v in rendered.items() if k.startswith("model.")}
         config = PoseEngineConfig.model_validate(
-            {"engine": "litert", "weights": default_weights_dir() / params["weights"], **{k: params[k] for k in keys if k in params}}
+            {
+                "engine": "litert",
+                "weights": default_weights_dir() / params["weights"],
+                **{k: params[k] for k in keys if k in params},
+            }
         )
         engine = build_engine(config, "cpu")
         engine.infer(np.zeros((256, 256, 3), np.uint8))
@@ -324,16 +333,25 @@ def _section(title: str, tallies: Mapping[str, Tally], target: Mapping[str, str]
     if failures:
         lines += ["", "Failures:", ""]
         lines += [f"- *{k}*: {f}" for k, f in failures]
-    return lines + [""]
+    return [*lines, ""]
 
 
-COUNT_TARGETS = {"1–6 people, exact": "≥ 90 %", "crowd (> 6 people), within ±30 %": "≥ 90 % (issue: within ±30 %)",
-                 "empty frames, exact": "no one found"}
-FALL_TARGETS = {"lying people flagged (rotated photographs)": "≥ 80 %", "lying people flagged (real photographs)": "≥ 80 %",
-                "no false alert on frames without a lying person": "≥ 95 % (≤ 5 % false alerts)"}
+COUNT_TARGETS = {
+    "1–6 people, exact": "≥ 90 %",
+    "crowd (> 6 people), within ±30 %": "≥ 90 % (issue: within ±30 %)",
+    "empty frames, exact": "no one found",
+}
+FALL_TARGETS = {
+    "lying people flagged (rotated photographs)": "≥ 80 %",
+    "lying people flagged (real photographs)": "≥ 80 %",
+    "no false alert on frames without a lying person": "≥ 95 % (≤ 5 % false alerts)",
+}
 SEQ_TARGETS = {"standing -> lying sequences confirmed (fall_detected)": "≥ 2 of 3"}
-PPE_TARGETS = {"compliant workers pass (no alert)": "≥ 80 %", "violations caught (the missing item alerted)": "≥ 90 %",
-               "no violation on empty frames": "all"}
+PPE_TARGETS = {
+    "compliant workers pass (no alert)": "≥ 80 %",
+    "violations caught (the missing item alerted)": "≥ 90 %",
+    "no violation on empty frames": "all",
+}
 
 
 def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
@@ -356,11 +374,15 @@ def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
     for report in reports:
         lines += [f"## Split: {report.split}", ""]
         lines += _section("People counted (geo_fencing, persons_detected)", report.counts, COUNT_TARGETS)
-        lines += _section("Lying people on stills (fall_detection: possible_fall or fall_detected)", report.fall, FALL_TARGETS)
+        lines += _section(
+            "Lying people on stills (fall_detection: possible_fall or fall_detected)", report.fall, FALL_TARGETS
+        )
         lines += _section("Falls on sequences (fall_detection over frame time)", report.sequences, SEQ_TARGETS)
         lines += _section("PPE per worker (ppe_detection)", report.ppe, PPE_TARGETS)
         lines += _section("PPE per item", report.ppe_items)
-        lines += _section("Per condition (people counted exactly / PPE judged right)", dict(sorted(report.conditions.items())))
+        lines += _section(
+            "Per condition (people counted exactly / PPE judged right)", dict(sorted(report.conditions.items()))
+        )
         if report.profiles:
             lines += [
                 "### Pose passes per deployment profile (in-process, same code as pose_estimator, LiteRT, 2 threads)",
@@ -373,7 +395,11 @@ def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
                     f"| {row['profile']} | {row['passes']} | {row['exact']} | {row['crowds']} | "
                     f"{row['cpu_ms_mean']:.0f} | {row['cpu_ms_p90']:.0f} |"
                 )
-            lines += ["", "CPU time is process CPU (both threads) on the shared 2-core build host: compare rows, not hosts.", ""]
+            lines += [
+                "",
+                "CPU time is process CPU (both threads) on the shared 2-core build host: compare rows, not hosts.",
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -384,7 +410,9 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def run(splits: list[str], out: Path, smoke: bool = False, profile: str = "cpu", with_profiles: bool = True) -> list[Report]:
+def run(
+    splits: list[str], out: Path, smoke: bool = False, profile: str = "cpu", with_profiles: bool = True
+) -> list[Report]:
     dataset = ds.load()
     if smoke:
         packaged = {s.id for s in dataset.stills if dataset.sources[s.source]["kind"] == "package"}
@@ -415,19 +443,32 @@ def run(splits: list[str], out: Path, smoke: bool = False, profile: str = "cpu",
     tmp.write_text(render(reports, meta))
     os.replace(tmp, out)
     (out.parent / (out.stem + ".json")).write_text(
-        json.dumps([{"split": r.split, "counts": {k: dataclasses.asdict(v) for k, v in r.counts.items()},
-                     "fall": {k: dataclasses.asdict(v) for k, v in r.fall.items()},
-                     "sequences": {k: dataclasses.asdict(v) for k, v in r.sequences.items()},
-                     "ppe": {k: dataclasses.asdict(v) for k, v in r.ppe.items()},
-                     "profiles": r.profiles} for r in reports], indent=1)
+        json.dumps(
+            [
+                {
+                    "split": r.split,
+                    "counts": {k: dataclasses.asdict(v) for k, v in r.counts.items()},
+                    "fall": {k: dataclasses.asdict(v) for k, v in r.fall.items()},
+                    "sequences": {k: dataclasses.asdict(v) for k, v in r.sequences.items()},
+                    "ppe": {k: dataclasses.asdict(v) for k, v in r.ppe.items()},
+                    "profiles": r.profiles,
+                }
+                for r in reports
+            ],
+            indent=1,
+        )
     )
     return reports
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.accuracy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", choices=["all", "tune", "heldout", "each"], default="each",
-                        help="each (default): tune and heldout reported apart")
+    parser.add_argument(
+        "--split",
+        choices=["all", "tune", "heldout", "each"],
+        default="each",
+        help="each (default): tune and heldout reported apart",
+    )
     parser.add_argument("--smoke", action="store_true", help="only the photographs shipped in PyPI packages")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "accuracy.md")
     parser.add_argument("--no-profiles", action="store_true", help="skip the per-profile pose passes")

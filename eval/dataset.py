@@ -131,8 +131,14 @@ def load(eval_dir: Path = EVAL_DIR) -> Dataset:
     lying = tuple(Derived(d["id"], d["from"], int(d["rotate"]), d["split"]) for d in labels.get("lying", []))
     sequences = tuple(
         Sequence(
-            q["id"], q["from"], int(q["rotate"]), float(q["upright_s"]), float(q["lying_s"]), float(q["fps"]),
-            q["expect"], q["split"],
+            q["id"],
+            q["from"],
+            int(q["rotate"]),
+            float(q["upright_s"]),
+            float(q["lying_s"]),
+            float(q["fps"]),
+            q["expect"],
+            q["split"],
         )
         for q in labels.get("sequences", [])
     )
