@@ -33,3 +33,10 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks into docs/benchmarks.md (`nox -s bench -- --smoke` for the one-minute version)."""
     session.run(PY, "-m", "bench", *(session.posargs or ["--full"]), external=True)
+
+
+@nox.session
+def accuracy(session: nox.Session) -> None:
+    """The person models on the hand-labelled photographs (eval/) through the real server, into docs/accuracy.md.
+    Needs the git snapshots named in eval/SOURCES.yaml (`-- --smoke`: only the packaged photographs)."""
+    session.run(PY, "-m", "eval.accuracy", *session.posargs, external=True)

@@ -306,7 +306,7 @@ def evaluate(dataset: ds.Dataset, infer: Infer, split: str, with_profiles: bool 
     report = Report(split)
     paths = ds.materialise(dataset)
     frames = {s.id: ds.read_bgr(paths[s.id]) for s in dataset.stills if s.id in paths}
-    bases = {d.base for d in (*dataset.lying, *dataset.sequences)}
+    bases = {d.base for d in dataset.lying} | {q.base for q in dataset.sequences}
     full = ds.load()
     for base in bases - frames.keys():  # a derived frame in this split made from a photograph of the other
         frames[base] = ds.read_bgr(ds.materialise(full, only=[base])[base])

@@ -142,9 +142,9 @@ def load(eval_dir: Path = EVAL_DIR) -> Dataset:
         )
         for q in labels.get("sequences", [])
     )
-    for d in (*lying, *sequences):
-        if d.base not in ids:
-            raise DatasetError(f"{d.id}: made from unknown image {d.base!r}")
+    for derived_id, base in [(d.id, d.base) for d in lying] + [(q.id, q.base) for q in sequences]:
+        if base not in ids:
+            raise DatasetError(f"{derived_id}: made from unknown image {base!r}")
     return Dataset(sources, tuple(stills), lying, sequences, checksums)
 
 
