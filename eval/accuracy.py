@@ -43,6 +43,8 @@ TARGETS = {
     "ppe_violation_caught": 0.90,
 }
 
+#: frames sent again after a deadline/unavailable answer from a busy host, per model (reported)
+RETRIES: dict[str, int] = {}
 Infer = Callable[[str, np.ndarray, str, float, dict[str, Any] | None], dict[str, Any]]
 
 
@@ -74,6 +76,7 @@ def served(profile: str = "cpu") -> Iterator[Infer]:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     import tritonclient.http as httpclient
     from support import result_of, start_triton, vision_inputs
+    from tritonclient.utils import InferenceServerException
 
     from ruth_vision.weights import default_weights_dir, fetch_movenet
 
@@ -96,7 +99,17 @@ def served(profile: str = "cpu") -> Iterator[Infer]:
                         timestamp=(base + dt.timedelta(seconds=t)).isoformat(),
                         config=config,
                     )
-                    return result_of(client.infer(model, inputs, timeout=120_000_000))
+                    for attempt in range(4):
+                        try:
+                            return result_of(client.infer(model, inputs, timeout=120_000_000))
+                        except InferenceServerException as exc:
+                            # A busy shared host can push a pose pass past pose_estimator's 2 s deadline; this
+                            # measures accuracy, not latency, so the frame is sent again (and counted).
+                            if ("deadline" not in str(exc) and "Unavailable" not in str(exc)) or attempt == 3:
+                                raise
+                            RETRIES[model] = RETRIES.get(model, 0) + 1
+                            time.sleep(2.0 * (attempt + 1))
+                    raise AssertionError("unreachable")
 
                 yield infer
         finally:
@@ -363,7 +376,8 @@ def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
         "eval/SOURCES.yaml, how it was made in eval/README.md).",
         "",
         f"Run: {meta['when']}, commit `{meta['commit']}`, {meta['stills']} photographs, {meta['lying']} rotated "
-        f"lying copies, {meta['sequences']} sequences, {meta['seconds']:.0f} s.",
+        f"lying copies, {meta['sequences']} sequences, {meta['seconds']:.0f} s; frames re-sent after a deadline "
+        f"answer on the busy host: {meta['retries'] or 'none'}.",
         "",
         "**Splits.** `tune` is the set thresholds may be chosen on; `heldout` was never looked at while tuning. "
         "Targets are the issue's; a target missed is listed with its failure cases, not tuned away. Lying copies and "
@@ -437,6 +451,7 @@ def run(
         "lying": len(dataset.lying),
         "sequences": len(dataset.sequences),
         "seconds": time.monotonic() - started,
+        "retries": dict(RETRIES),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
