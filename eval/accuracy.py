@@ -245,16 +245,14 @@ def score_ppe(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) 
         statuses = {} if detection is None else {i["item"]: i["status"] for i in detection.get("items", [])}
         got = {k: statuses.get(k, "not found") for k in labelled}
         compliant = all(labelled.values())
-        flagged = detection is not None and bool(detection.get("missing") or detection.get("alerted"))
+        # only the labelled items count: an item the labeller could not see is not scored either way
+        alerted = [] if detection is None else [i for i in detection.get("alerted", []) if i in labelled]
+        flagged = bool(alerted)
         where = f"{name} ({', '.join(still.conditions)}): labelled {labelled}, judged {got}"
         if compliant:
             report.ppe["compliant workers pass (no alert)"].add(detection is not None and not flagged, where)
         else:
-            caught = detection is not None and any(
-                got[item] == "missing" or (got[item] == "unknown" and item in (detection.get("alerted") or []))
-                for item, worn in labelled.items()
-                if not worn
-            )
+            caught = any(item in alerted for item, worn in labelled.items() if not worn)
             report.ppe["violations caught (the missing item alerted)"].add(caught, where)
         for item, worn in labelled.items():
             status = got[item]
