@@ -78,11 +78,11 @@ def served(profile: str = "cpu") -> Iterator[Infer]:
     from support import result_of, start_triton, vision_inputs
     from tritonclient.utils import InferenceServerException
 
-    from ruth_vision.weights import default_weights_dir, fetch_movenet
+    from ruth_vision.weights import YOLOX_NANO, default_weights_dir, fetch_committed, fetch_movenet
 
     weights = default_weights_dir()
-    if not (weights / "movenet_multipose_lightning_fp16.tflite").is_file():
-        fetch_movenet(weights)
+    fetch_movenet(weights)
+    fetch_committed(YOLOX_NANO, weights)
     with tempfile.TemporaryDirectory(prefix="ruth-accuracy-") as tmp:
         handle = start_triton(
             Path(tmp), PERSON_MODELS, env={"RUTH_WEIGHTS_DIR": str(weights)}, profile=profile, exit_timeout_s=30
@@ -276,10 +276,12 @@ def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, A
     for profile in Profile:
         rendered = render_parameters(spec, profile)
         params = {k.removeprefix("model."): v for k, v in rendered.items() if k.startswith("model.")}
+        detector = params.pop("person_detector", "")
         config = PoseEngineConfig.model_validate(
             {
                 "engine": "litert",
                 "weights": default_weights_dir() / params["weights"],
+                "person_detector": default_weights_dir() / detector if detector else None,
                 **{k: params[k] for k in keys if k in params},
             }
         )
@@ -299,6 +301,8 @@ def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, A
         passes = ["256"] + [str(s) for s in config.extra_input_sizes]
         if config.tiles:
             passes.append(f"{config.tiles}x{config.tiles} tiles@{config.input_size}")
+        if config.person_detector:
+            passes.append("YOLOX-Nano people, posed on crops")
         rows.append(
             {
                 "profile": profile.value,

@@ -33,6 +33,7 @@ __all__ = [
     "PoseEngineConfig",
     "PoseNetwork",
     "PoseResult",
+    "YoloxPersonDetector",
     "build_engine",
     "decode_movenet",
     "decode_yolo_pose",
@@ -439,6 +440,11 @@ class PoseEngineConfig(BaseModel):
     tile_min_score: float = Field(default=0.3, ge=0.0, le=1.0, description="tiles see less context: stricter")
     rotated_retry: bool = False
     merge_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    # A person detector (YOLOX-Nano ONNX, raw [1, A, 85] output) for crowds: each person it finds that no pose
+    # pass found gets a pose from a crop around them; one found by neither stays a box with no joints.
+    person_detector: Path | None = None
+    person_detector_size: int = Field(default=416, ge=32, le=2048, multiple_of=32)
+    person_detector_min_score: float = Field(default=0.4, gt=0.0, le=1.0)
 
     @field_validator("extra_input_sizes", mode="before")
     @classmethod
@@ -455,7 +461,7 @@ class PoseEngineConfig(BaseModel):
 
     @property
     def multi(self) -> bool:
-        return bool(self.extra_input_sizes or self.tiles or self.rotated_retry)
+        return bool(self.extra_input_sizes or self.tiles or self.rotated_retry or self.person_detector)
 
 
 def build_engine(
@@ -487,7 +493,16 @@ def build_engine(
         # LiteRT's graph is resized once per interpreter; ONNX Runtime takes any size on the one session
         sized = LiteRTRunner(config.weights, size, config.threads) if config.engine == "litert" else runner
         extra.append(PoseNetwork(sized, config.layout, size, config.min_score, config.iou_threshold, config.max_people))
-    return MultiScalePose(network, extra, config)
+    detector = None
+    if config.person_detector is not None:
+        if not config.person_detector.is_file():
+            raise EngineLoadError(f"person detector weights {config.person_detector} do not exist")
+        detector = YoloxPersonDetector(
+            OnnxRunner(config.person_detector, device, config.threads, importer),
+            config.person_detector_size,
+            config.person_detector_min_score,
+        )
+    return MultiScalePose(network, extra, config, detector)
 
 
 def _same_person(a: PoseResult, b: PoseResult, iou_threshold: float, keypoint_threshold: float = 0.3) -> bool:
@@ -559,11 +574,20 @@ class MultiScalePose:
       bodies lying across the frame, and a fallen person may be the only one in view.
     """
 
-    def __init__(self, network: PoseNetwork, extra: Sequence[PoseNetwork], config: PoseEngineConfig) -> None:
+    def __init__(
+        self,
+        network: PoseNetwork,
+        extra: Sequence[PoseNetwork],
+        config: PoseEngineConfig,
+        detector: YoloxPersonDetector | None = None,
+    ) -> None:
         self.network = network
         self.extra = list(extra)
         self.config = config
+        self.detector = detector
         self.max_people = max(config.max_people, 6 * max(1, config.tiles) ** 2) if config.tiles else config.max_people
+        if detector is not None:
+            self.max_people = max(self.max_people, 100)
 
     @property
     def input_size(self) -> int:
@@ -583,10 +607,90 @@ class MultiScalePose:
                     if p.score >= self.config.tile_min_score
                 ]
         merged = merge_people(people, self.config.merge_iou, self.max_people)
+        if self.detector is not None:
+            merged = self._add_detected(frame_bgr, merged)
         if not merged and self.config.rotated_retry:
             turned = np.ascontiguousarray(cv2.rotate(frame_bgr, cv2.ROTATE_90_CLOCKWISE))
             merged = [_unrotated(p, height) for p in self.network.infer(turned)]
         return merged
 
+    def _add_detected(self, frame_bgr: np.ndarray, people: list[PoseResult]) -> list[PoseResult]:
+        """People the detector found and no pose pass did: a pose from a crop around each, else the box alone."""
+        assert self.detector is not None
+        height, width = frame_bgr.shape[:2]
+        out = list(people)
+        for box, score in self.detector.detect(frame_bgr):
+            if any(_covers(box, p) for p in out) or len(out) >= self.max_people:
+                continue
+            x1, y1, x2, y2 = box
+            gx, gy = 0.2 * (x2 - x1), 0.1 * (y2 - y1)
+            cx1, cy1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+            cx2, cy2 = min(width, int(x2 + gx) + 1), min(height, int(y2 + gy) + 1)
+            found = None
+            if cx2 - cx1 >= 16 and cy2 - cy1 >= 16:
+                crop = np.ascontiguousarray(frame_bgr[cy1:cy2, cx1:cx2])
+                inside = [
+                    q for q in (_moved(p, cx1, cy1, width, height) for p in self.network.infer(crop)) if _covers(box, q)
+                ]
+                found = max(inside, key=lambda q: q.score, default=None)
+            if found is None:  # counted, placed (feet at the box's bottom), but no joints to judge posture or PPE
+                found = PoseResult(box, np.zeros((NUM_KEYPOINTS, 3), np.float32), score)
+            out.append(found)
+        return out
+
     def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]:
         return [self.infer(frame) for frame in frames_bgr]
+
+
+def _covers(box: tuple[float, float, float, float], person: PoseResult) -> bool:
+    """Is `person` the one in `box`? Their box overlaps it by IoU 0.3, or their joints' centre lies inside it."""
+    x1, y1, x2, y2 = box
+    seen = person.keypoints[person.keypoints[:, 2] >= 0.3]
+    if len(seen) >= 3:
+        cx, cy = float(seen[:, 0].mean()), float(seen[:, 1].mean())
+        if x1 <= cx <= x2 and y1 <= cy <= y2:
+            return True
+    px1, py1, px2, py2 = person.box
+    ix = max(0.0, min(x2, px2) - max(x1, px1))
+    iy = max(0.0, min(y2, py2) - max(y1, py1))
+    inter = ix * iy
+    union = (x2 - x1) * (y2 - y1) + (px2 - px1) * (py2 - py1) - inter
+    return inter / max(union, 1e-9) > 0.3
+
+
+class YoloxPersonDetector:
+    """YOLOX (raw ONNX export: BGR 0-255 NCHW in, [1, A, 5 + C] grid outputs) keeping COCO class 0, person.
+    Letterboxed like the YOLO family (grey 114), decoded on the strides 8/16/32 grid, NMS at IoU 0.45."""
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, runner: TensorRunner, size: int, min_score: float) -> None:
+        self.runner = runner
+        self.size = size
+        self.min_score = min_score
+        cells, scale = [], []
+        for stride in self.STRIDES:
+            side = size // stride
+            ys, xs = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+            cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+            scale.append(np.full((side * side, 1), stride))
+        self._cells = np.concatenate(cells).astype(np.float32)
+        self._scale = np.concatenate(scale).astype(np.float32)
+
+    def detect(self, frame_bgr: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        box = Letterbox.fit(frame_bgr.shape[1], frame_bgr.shape[0], self.size)
+        tensor = box.apply(frame_bgr, 114).transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+        raw = np.asarray(self.runner.run(tensor), dtype=np.float32).reshape(-1, self._cells.shape[0], 85)[0]
+        scores = raw[:, 4] * raw[:, 5]
+        keep = scores >= self.min_score
+        if not keep.any():
+            return []
+        xy = (raw[keep, :2] + self._cells[keep]) * self._scale[keep]
+        wh = np.exp(np.clip(raw[keep, 2:4], -10, 10)) * self._scale[keep]
+        xyxy = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+        found = []
+        for i in _nms(xyxy, scores[keep], 0.45):
+            bx, by = box.to_frame(xyxy[i, [0, 2]], xyxy[i, [1, 3]])
+            if bx[1] > bx[0] and by[1] > by[0]:
+                found.append(((float(bx[0]), float(by[0]), float(bx[1]), float(by[1])), float(scores[keep][i])))
+        return found

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from support import TritonHandle, result_of, start_triton, vision_inputs
 from tritonclient.utils import InferenceServerException
 
-from ruth_vision.weights import fetch_movenet
+from ruth_vision.weights import YOLOX_NANO, fetch_committed, fetch_movenet
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,7 @@ ASTRONAUT = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("weights")
     fetch_movenet(directory)
+    fetch_committed(YOLOX_NANO, directory)  # the cpu profile's person detector
     return directory
 
 

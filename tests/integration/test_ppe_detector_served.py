@@ -23,7 +23,7 @@ from support import REPO_ROOT, TritonHandle, result_of, start_triton, vision_inp
 from typer.testing import CliRunner
 
 from ruth_vision.detector_export import write_yolox_as_yolov8
-from ruth_vision.weights import fetch_movenet
+from ruth_vision.weights import YOLOX_NANO, fetch_committed, fetch_movenet
 from ruthctl.cli import app
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
     weights = root / "weights"
     weights.mkdir()
     fetch_movenet(weights)
+    fetch_committed(YOLOX_NANO, weights)  # pose_estimator's person detector (cpu profile)
     detector = write_yolox_as_yolov8(REPO_ROOT / "models" / "yolox_nano.onnx", weights / "yolox_nano_v8.onnx")
     digest = hashlib.sha256(detector.read_bytes()).hexdigest()
     specs, repository = root / "specs", root / "repository"

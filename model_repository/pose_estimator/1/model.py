@@ -46,6 +46,8 @@ ENGINE_KEYS = (
     "tile_min_score",
     "rotated_retry",
     "merge_iou",
+    "person_detector_size",
+    "person_detector_min_score",
 )
 
 
@@ -63,9 +65,15 @@ class TritonPythonModel(RawRuthModel):
         if not relative:
             raise ModelLoadError(f"{self.name}: parameter model.{weights_key} names no weights file")
         path = self.weights_path(relative)  # pinned in the spec, SHA-256 checked
+        detector = params.get("person_detector") or None  # a crowd detector, pinned the same way
         try:
             config = PoseEngineConfig.model_validate(
-                {"engine": engine, "weights": path, **{k: params[k] for k in ENGINE_KEYS if k in params}}
+                {
+                    "engine": engine,
+                    "weights": path,
+                    "person_detector": self.weights_path(detector) if detector else None,
+                    **{k: params[k] for k in ENGINE_KEYS if k in params},
+                }
             )
             self.engine: PoseNetwork | MultiScalePose = build_engine(config, device.device)
             self.engine.infer(np.zeros((config.input_size, config.input_size, 3), np.uint8))  # warm-up, fail early

@@ -345,3 +345,29 @@ def test_a_pose_found_on_the_turned_frame_maps_back_to_the_frame(movenet_weights
 def test_extra_sizes_must_be_multiples_of_32() -> None:
     with pytest.raises(ValidationError):
         pose.PoseEngineConfig(weights=Path("w"), extra_input_sizes=(500,))
+
+
+def test_the_person_detector_adds_the_people_the_pose_passes_missed(movenet_weights: Path) -> None:
+    from ruth_vision.weights import YOLOX_NANO, fetch_committed
+
+    detector = fetch_committed(YOLOX_NANO, movenet_weights.parent)
+    frame = np.full((720, 1280, 3), 128, np.uint8)
+    copy = cv2.resize(_astronaut(), (250, 250))
+    for row in range(2):
+        for col in range(4):
+            frame[60 + row * 330 : 310 + row * 330, 40 + col * 320 : 290 + col * 320] = copy
+    single = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    detected = pose.build_engine(
+        pose.PoseEngineConfig(weights=movenet_weights, person_detector=detector, person_detector_min_score=0.25)
+    )
+    people = detected.infer(frame)
+    assert len(single.infer(frame)) <= 6 < len(people) <= 8
+    posed = [p for p in people if (p.keypoints[:, 2] >= 0.3).sum() >= 3]
+    assert len(posed) >= len(people) // 2  # most got joints from their crop, not only a box
+    for p in people:  # each where an astronaut is
+        cx, cy = (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
+        assert any(abs(cx - (165 + c * 320)) < 100 and abs(cy - (185 + r * 330)) < 100 for r in range(2) for c in range(4))
+    empty = detected.infer(np.full((480, 640, 3), 128, np.uint8))
+    assert empty == []
+    with pytest.raises(pose.EngineLoadError, match="do not exist"):
+        pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, person_detector=Path("/nonexistent.onnx")))
