@@ -366,7 +366,8 @@ def test_the_person_detector_adds_the_people_the_pose_passes_missed(movenet_weig
     assert len(posed) >= len(people) // 2  # most got joints from their crop, not only a box
     for p in people:  # each where an astronaut is
         cx, cy = (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
-        assert any(abs(cx - (165 + c * 320)) < 100 and abs(cy - (185 + r * 330)) < 100 for r in range(2) for c in range(4))
+        centres = [(165 + c * 320, 185 + r * 330) for r in range(2) for c in range(4)]
+        assert any(abs(cx - x) < 100 and abs(cy - y) < 100 for x, y in centres)
     empty = detected.infer(np.full((480, 640, 3), 128, np.uint8))
     assert empty == []
     with pytest.raises(pose.EngineLoadError, match="do not exist"):
