@@ -419,6 +419,43 @@ def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+ACCURACY_START = "<!-- accuracy:start (written by `nox -s accuracy`) -->"
+ACCURACY_END = "<!-- accuracy:end -->"
+
+
+def update_benchmarks(reports: list[Report], doc: Path) -> bool:
+    """Put the per-profile pose cost beside the accuracy it buys into docs/benchmarks.md, inside its hand-written
+    reading (which `nox -s bench` keeps when it regenerates the report). False when the document has no reading."""
+    from bench.report import READING_END
+
+    if not doc.exists() or READING_END not in doc.read_text():
+        return False
+    lines = [
+        ACCURACY_START,
+        "### Person models: pose passes per profile, cost and accuracy (docs/accuracy.md)",
+        "",
+        "| split | profile | passes | exact counts (1–6 people) | crowds within ±30 % | CPU ms/frame mean | p90 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        for row in report.profiles:
+            lines.append(
+                f"| {report.split} | {row['profile']} | {row['passes']} | {row['exact']} | {row['crowds']} | "
+                f"{row['cpu_ms_mean']:.0f} | {row['cpu_ms_p90']:.0f} |"
+            )
+    lines += ["", "In-process LiteRT/ONNX Runtime CPU time, 2 threads, shared build host.", ACCURACY_END]
+    text = doc.read_text()
+    if ACCURACY_START in text and ACCURACY_END in text:
+        head, rest = text.split(ACCURACY_START, 1)
+        text = head + "\n".join(lines) + rest.split(ACCURACY_END, 1)[1]
+    else:
+        text = text.replace(READING_END, "\n".join(lines) + "\n" + READING_END, 1)
+    tmp = doc.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, doc)
+    return True
+
+
 def _commit() -> str:
     import subprocess
 
@@ -491,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profiles", action="store_true", help="skip the per-profile pose passes")
     args = parser.parse_args(argv)
     splits = ["tune", "heldout"] if args.split == "each" else [args.split]
-    run(splits, args.out, smoke=args.smoke, with_profiles=not args.no_profiles)
+    reports = run(splits, args.out, smoke=args.smoke, with_profiles=not args.no_profiles)
+    if not args.smoke and not args.no_profiles and args.out == REPO_ROOT / "docs" / "accuracy.md":
+        update_benchmarks(reports, REPO_ROOT / "docs" / "benchmarks.md")
     print(args.out)
     return 0
 
