@@ -439,6 +439,9 @@ class PoseEngineConfig(BaseModel):
     tile_overlap: float = Field(default=0.25, ge=0.0, le=0.5, description="share of a tile shared with the next")
     tile_min_score: float = Field(default=0.3, ge=0.0, le=1.0, description="tiles see less context: stricter")
     rotated_retry: bool = False
+    # Per person: one that lies across the frame (box wider than tall) or whose joints are unsure (mean score
+    # under 0.3) is posed again on a crop turned 90 degrees each way; the more confident pose is kept.
+    rotated_people: bool = False
     merge_iou: float = Field(default=0.5, gt=0.0, le=1.0)
     # A person detector (YOLOX-Nano ONNX, raw [1, A, 85] output) for crowds: each person it finds that no pose
     # pass found gets a pose from a crop around them; one found by neither stays a box with no joints.
@@ -461,7 +464,9 @@ class PoseEngineConfig(BaseModel):
 
     @property
     def multi(self) -> bool:
-        return bool(self.extra_input_sizes or self.tiles or self.rotated_retry or self.person_detector)
+        return bool(
+            self.extra_input_sizes or self.tiles or self.rotated_retry or self.rotated_people or self.person_detector
+        )
 
 
 def build_engine(
@@ -612,7 +617,29 @@ class MultiScalePose:
         if not merged and self.config.rotated_retry:
             turned = np.ascontiguousarray(cv2.rotate(frame_bgr, cv2.ROTATE_90_CLOCKWISE))
             merged = [_unrotated(p, height) for p in self.network.infer(turned)]
+        if self.config.rotated_people:
+            merged = self._rotated_people(frame_bgr, merged)
         return merged
+
+    def _rotated_people(self, frame_bgr: np.ndarray, people: list[PoseResult], most: int = 4) -> list[PoseResult]:
+        """MoveNet was trained on upright people: a lying body's joints come out unsure or wrong. Each person
+        whose box is wider than tall, or whose joints average under 0.3, is posed again on a crop around them
+        turned 90 degrees clockwise and anticlockwise; the most confident of the three poses is kept. At most
+        `most` people a frame, so a crowd of sitting people can't multiply the cost."""
+        out, tried = list(people), 0
+        for index, person in enumerate(people):
+            x1, y1, x2, y2 = person.box
+            confidence = float(person.keypoints[:, 2].mean())
+            if tried >= most or (x2 - x1 <= y2 - y1 and confidence >= 0.3):
+                continue
+            tried += 1
+            best, best_confidence = person, confidence
+            for clockwise in (True, False):
+                candidate = _pose_on_turned_crop(self.network, frame_bgr, person.box, clockwise)
+                if candidate is not None and float(candidate.keypoints[:, 2].mean()) > best_confidence:
+                    best, best_confidence = candidate, float(candidate.keypoints[:, 2].mean())
+            out[index] = best
+        return out
 
     def _add_detected(self, frame_bgr: np.ndarray, people: list[PoseResult]) -> list[PoseResult]:
         """People the detector found and no pose pass did: a pose from a crop around each, else the box alone."""
@@ -640,6 +667,41 @@ class MultiScalePose:
 
     def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]:
         return [self.infer(frame) for frame in frames_bgr]
+
+
+def _pose_on_turned_crop(
+    network: PoseNetwork, frame_bgr: np.ndarray, box: tuple[float, float, float, float], clockwise: bool
+) -> PoseResult | None:
+    """The strongest pose on the box's crop (grown by 15 %) turned 90 degrees, mapped back to frame pixels."""
+    height, width = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = box
+    gx, gy = 0.15 * (x2 - x1), 0.15 * (y2 - y1)
+    cx1, cy1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+    cx2, cy2 = min(width, int(x2 + gx) + 1), min(height, int(y2 + gy) + 1)
+    if cx2 - cx1 < 16 or cy2 - cy1 < 16:
+        return None
+    crop = np.ascontiguousarray(frame_bgr[cy1:cy2, cx1:cx2])
+    crop_h, crop_w = crop.shape[:2]
+    turn = cv2.ROTATE_90_CLOCKWISE if clockwise else cv2.ROTATE_90_COUNTERCLOCKWISE
+    found = network.infer(np.ascontiguousarray(cv2.rotate(crop, turn)))
+    if not found:
+        return None
+    pose = found[0]
+    keypoints = pose.keypoints.copy()
+    if clockwise:  # turned (xr, yr) -> crop (yr, crop_h - 1 - xr)
+        keypoints[:, 0], keypoints[:, 1] = pose.keypoints[:, 1], crop_h - 1 - pose.keypoints[:, 0]
+    else:  # anticlockwise: (xr, yr) -> (crop_w - 1 - yr, xr)
+        keypoints[:, 0], keypoints[:, 1] = crop_w - 1 - pose.keypoints[:, 1], pose.keypoints[:, 0]
+    keypoints[:, 0] += cx1
+    keypoints[:, 1] += cy1
+    bx1, by1, bx2, by2 = pose.box
+    corners = np.asarray([[bx1, by1], [bx2, by2]], np.float32)
+    if clockwise:
+        xs, ys = corners[:, 1], crop_h - 1 - corners[:, 0]
+    else:
+        xs, ys = crop_w - 1 - corners[:, 1], corners[:, 0]
+    frame_box = (float(xs.min() + cx1), float(ys.min() + cy1), float(xs.max() + cx1), float(ys.max() + cy1))
+    return PoseResult(frame_box, keypoints, pose.score)
 
 
 def _covers(box: tuple[float, float, float, float], person: PoseResult) -> bool:

@@ -45,6 +45,7 @@ ENGINE_KEYS = (
     "tile_overlap",
     "tile_min_score",
     "rotated_retry",
+    "rotated_people",
     "merge_iou",
     "person_detector_size",
     "person_detector_min_score",

@@ -372,3 +372,18 @@ def test_the_person_detector_adds_the_people_the_pose_passes_missed(movenet_weig
     assert empty == []
     with pytest.raises(pose.EngineLoadError, match="do not exist"):
         pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, person_detector=Path("/nonexistent.onnx")))
+
+
+def test_a_person_lying_across_the_frame_is_posed_again_on_a_turned_crop(movenet_weights: Path) -> None:
+    """The cameraman turned 90 degrees: the upright pass's joints are unsure; the turned crop's pose is kept when
+    it is more confident, and its joints land on the body in frame pixels."""
+    camera = cv2.cvtColor(skimage.data.camera(), cv2.COLOR_GRAY2BGR)
+    frame = np.ascontiguousarray(cv2.rotate(camera, cv2.ROTATE_90_COUNTERCLOCKWISE))
+    plain = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    turned = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, rotated_people=True))
+    before, after = plain.infer(frame)[0], turned.infer(frame)[0]
+    assert float(after.keypoints[:, 2].mean()) > float(before.keypoints[:, 2].mean())
+    seen = after.keypoints[after.keypoints[:, 2] >= 0.3]
+    assert len(seen) >= 5
+    x1, y1, x2, y2 = before.box  # the same body the upright pass found
+    assert ((seen[:, 0] >= x1 - 40) & (seen[:, 0] <= x2 + 40) & (seen[:, 1] >= y1 - 40) & (seen[:, 1] <= y2 + 40)).all()
