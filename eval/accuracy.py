@@ -397,6 +397,10 @@ SUMMARY: list[tuple[str, Callable[[Report], tuple[int, int, bool]]]] = [
         "fall sequences confirmed (≥ 2 of 3)",
         lambda r: _at_least(2 / 3, *_sum([r.sequences["standing -> lying sequences confirmed (fall_detected)"]])),
     ),
+    (
+        "no fall_detected on people not down, 12 s sequences (all)",
+        lambda r: _at_least(1.0, *_sum([r.sequences["still sequences (no fall) without fall_detected"]])),
+    ),
     ("compliant workers pass (≥ 80 %)", lambda r: _at_least(0.8, *_sum([r.ppe["compliant workers pass (no alert)"]]))),
     (
         "violations caught (≥ 90 %)",
