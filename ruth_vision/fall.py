@@ -159,11 +159,23 @@ def decide(history: Sequence[Observation], t: float, config: FallConfig) -> Fall
     fast = transition is not None and transition <= config.max_transition_s
     if fast and down_for >= config.min_down_s:
         return FallDecision("fall_detected", round(0.5 + 0.5 * evidence, 4), down_for, transition)
-    if config.confirm_lying_s is not None and down_for >= config.confirm_lying_s:
+    if config.confirm_lying_s is not None and down_for >= config.confirm_lying_s and _flat(lying):
         return FallDecision("fall_detected", round(0.5 + 0.4 * evidence, 4), down_for, transition)
     if config.report_possible_falls:
         return FallDecision("possible_fall", round(0.5 * evidence, 4), down_for, transition)
     return FallDecision(None, 0.0, down_for, transition)
+
+
+#: A torso pointing further down than this (head well below the hips) is someone bent over, not lying flat. Lying
+#: people measured 71-107 degrees on the tune photographs, a worker bent into a trench 124 (docs/accuracy.md).
+BENT_OVER_DEG = 115.0
+
+
+def _flat(lying: Sequence[Observation]) -> bool:
+    """Confirming a fall nobody saw needs a body lying flat: the run's median torso angle at most BENT_OVER_DEG
+    (unknown angles don't veto). A seen upright -> lying fall is confirmed without this."""
+    angles = [float(o.data["angle"]) for o in lying if o.data.get("angle") is not None]
+    return not angles or float(np.median(angles)) <= BENT_OVER_DEG
 
 
 def _bbox(pose: PoseResult) -> list[float]:
@@ -181,7 +193,10 @@ def assess_frame(
     `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances."""
     people = [p for p in poses if p.score >= config.min_person_score]
     postures = [posture_of(p, config) for p in people]
-    data = [{"state": q.state, "lying": q.lying_score} for q in postures]
+    data = [
+        {"state": q.state, "lying": q.lying_score, "angle": None if q.torso_angle is None else round(q.torso_angle, 1)}
+        for q in postures
+    ]
     new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker)
     detections: list[dict[str, Any]] = []
     for pose, posture, track_id in zip(people, postures, ids, strict=True):

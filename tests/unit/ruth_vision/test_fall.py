@@ -200,3 +200,15 @@ def test_a_person_bent_double_on_standing_legs_is_not_lying() -> None:
     lying = fall.posture_of(_body(torso_dx=100.0, legs_dx=-100.0), config)  # torso and legs flat
     assert lying.state == "lying"
     assert bent.state != "lying" and bent.lying_score < lying.lying_score / 1.5
+
+
+def test_a_long_head_down_posture_is_not_confirmed_as_a_fall() -> None:
+    """Someone bent into a trench (torso pointing down, head below the hips) may read as lying for as long as they
+    work: it stays a possible fall, it never escalates to a confirmed one without a seen fall."""
+    config = fall.FallConfig(confirm_lying_s=8.0)
+    flat = [_obs(float(t), "lying", 0.9) for t in range(10)]
+    bent = [Observation(o.t, (0.0, 0.0, 1.0, 1.0), {**o.data, "angle": 124.0}) for o in flat]
+    lying = [Observation(o.t, (0.0, 0.0, 1.0, 1.0), {**o.data, "angle": 92.0}) for o in flat]
+    assert fall.decide(bent, 9.0, config).event == "possible_fall"
+    assert fall.decide(lying, 9.0, config).event == "fall_detected"
+    assert fall.decide(flat, 9.0, config).event == "fall_detected"  # no angle known: no veto
