@@ -56,6 +56,9 @@ class FallConfig(BaseModel):
     # fall even though nobody saw them go down: the camera may have joined late, or the fall was too quick or
     # too blurred to catch. None: only a seen upright -> lying transition confirms.
     confirm_lying_s: float | None = Field(default=8.0, gt=0.0, le=3600.0)
+    # ... and only on stronger evidence than a flag needs: the run's mean lying score at least this (a worker bent
+    # into a trench, legs hidden, scored 0.75 for as long as he worked; lying people 0.75-1.0; docs/accuracy.md).
+    confirm_min_lying: float = Field(default=0.8, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> FallConfig:
@@ -159,7 +162,12 @@ def decide(history: Sequence[Observation], t: float, config: FallConfig) -> Fall
     fast = transition is not None and transition <= config.max_transition_s
     if fast and down_for >= config.min_down_s:
         return FallDecision("fall_detected", round(0.5 + 0.5 * evidence, 4), down_for, transition)
-    if config.confirm_lying_s is not None and down_for >= config.confirm_lying_s and _flat(lying):
+    if (
+        config.confirm_lying_s is not None
+        and down_for >= config.confirm_lying_s
+        and evidence >= config.confirm_min_lying
+        and _flat(lying)
+    ):
         return FallDecision("fall_detected", round(0.5 + 0.4 * evidence, 4), down_for, transition)
     if config.report_possible_falls:
         return FallDecision("possible_fall", round(0.5 * evidence, 4), down_for, transition)

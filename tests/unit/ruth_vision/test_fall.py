@@ -212,3 +212,5 @@ def test_a_long_head_down_posture_is_not_confirmed_as_a_fall() -> None:
     assert fall.decide(bent, 9.0, config).event == "possible_fall"
     assert fall.decide(lying, 9.0, config).event == "fall_detected"
     assert fall.decide(flat, 9.0, config).event == "fall_detected"  # no angle known: no veto
+    weak = [_obs(float(t), "lying", 0.72) for t in range(10)]  # lying, but on weak evidence
+    assert fall.decide(weak, 9.0, config).event == "possible_fall"
