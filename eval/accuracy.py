@@ -306,7 +306,9 @@ def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, A
         rows.append(
             {
                 "profile": profile.value,
-                "passes": " + ".join(passes) + (" (+ rotated retry)" if config.rotated_retry else ""),
+                "passes": " + ".join(passes)
+                + (" (+ rotated retry)" if config.rotated_retry else "")
+                + (" (+ turned crops for wide/unsure people)" if config.rotated_people else ""),
                 "exact": f"{exact}/{scored}",
                 "crowds": f"{crowd_ok}/{crowds}",
                 "cpu_ms_mean": 1000 * float(np.mean(cpu)) if cpu else 0.0,
