@@ -82,3 +82,10 @@ def images(session: nox.Session) -> None:
     session.run(PY, "-m", "ruthctl", "image", "wheelhouse", external=True)
     env["RUTH_IMAGE_BASE"] = base
     session.run(PY, "-m", "pytest", "-q", "-m", "images", "tests/images", *session.posargs, env=env, external=True)
+
+
+@nox.session
+def accuracy(session: nox.Session) -> None:
+    """The person models on the hand-labelled photographs (eval/) through the real server, into docs/accuracy.md.
+    Needs the git snapshots named in eval/SOURCES.yaml (`-- --smoke`: only the packaged photographs)."""
+    session.run(PY, "-m", "eval.accuracy", *session.posargs, external=True)

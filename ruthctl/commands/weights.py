@@ -107,6 +107,11 @@ def fetch(
     onnx_outcome = _fetch_onnx(directory, onnx_source)
     if onnx_outcome is not None:
         outcome[w.MOVENET_ONNX.name] = onnx_outcome
+    try:
+        w.fetch_committed(w.YOLOX_NANO, directory)
+    except w.WeightsError as exc:  # optional: only a spec with model.person_detector reads it
+        skipped = not (w.default_models_dir() / w.YOLOX_NANO.path).exists()
+        outcome[w.YOLOX_NANO.name] = ("skipped" if skipped else "failed", str(exc))
     rows = []
     for status in w.check(directory):
         row = _row(status)

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import skimage.data
 import tritonclient.http as httpclient
-from support import TritonHandle, jpeg, metric_value, now_iso, result_of, start_triton, vision_inputs
-
-from ruth_vision.weights import fetch_movenet
+from support import TritonHandle, jpeg, metric_value, now_iso, person_weights, result_of, start_triton, vision_inputs
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +24,7 @@ ASTRONAUT = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
-    weights = tmp_path_factory.mktemp("weights")
-    fetch_movenet(weights)
+    weights = person_weights(tmp_path_factory.mktemp("weights"))
     handle = start_triton(tmp_path_factory.mktemp("pose-once"), MODELS, env={"RUTH_WEIGHTS_DIR": str(weights)})
     try:
         yield handle

@@ -20,10 +20,8 @@ import pytest
 import skimage.data
 import tritonclient.http as httpclient
 from redis_support import RedisServer, running_redis
-from support import TritonHandle, opening_frame, result_of, start_triton, tank_frame, vision_inputs
+from support import TritonHandle, opening_frame, person_weights, result_of, start_triton, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
-
-from ruth_vision.weights import fetch_movenet
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +82,7 @@ def run_stream(
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("weights")
-    fetch_movenet(directory)
-    return directory
+    return person_weights(tmp_path_factory.mktemp("weights"))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from python_backends.raw import RawRuthModel
 from python_backends.validation import check_frame_array
 from ruth_vision.pose import (
     EngineLoadError,
+    MultiScalePose,
     PoseEngineConfig,
     PoseNetwork,
     PoseResult,
@@ -34,7 +35,23 @@ from ruth_vision.pose_cache import PoseCache
 
 log = logging.getLogger("ruth.model.pose_estimator")
 
-ENGINE_KEYS = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
+ENGINE_KEYS = (
+    "layout",
+    "input_size",
+    "min_score",
+    "iou_threshold",
+    "max_people",
+    "threads",
+    "extra_input_sizes",
+    "tiles",
+    "tile_overlap",
+    "tile_min_score",
+    "rotated_retry",
+    "rotated_people",
+    "merge_iou",
+    "person_detector_size",
+    "person_detector_min_score",
+)
 
 
 class TritonPythonModel(RawRuthModel):
@@ -51,11 +68,17 @@ class TritonPythonModel(RawRuthModel):
         if not relative:
             raise ModelLoadError(f"{self.name}: parameter model.{weights_key} names no weights file")
         path = self.weights_path(relative)  # pinned in the spec, SHA-256 checked
+        detector = params.get("person_detector") or None  # a crowd detector, pinned the same way
         try:
             config = PoseEngineConfig.model_validate(
-                {"engine": engine, "weights": path, **{k: params[k] for k in ENGINE_KEYS if k in params}}
+                {
+                    "engine": engine,
+                    "weights": path,
+                    "person_detector": self.weights_path(detector) if detector else None,
+                    **{k: params[k] for k in ENGINE_KEYS if k in params},
+                }
             )
-            self.engine: PoseNetwork = build_engine(config, device.device)
+            self.engine: PoseNetwork | MultiScalePose = build_engine(config, device.device)
             self.engine.infer(np.zeros((config.input_size, config.input_size, 3), np.uint8))  # warm-up, fail early
         except ValidationError as exc:
             raise ModelLoadError(f"{self.name}: invalid pose parameters: {exc.errors(include_url=False)}") from None

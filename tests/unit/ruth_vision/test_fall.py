@@ -165,3 +165,52 @@ def test_config_rejects_unknown_keys_and_crossed_thresholds() -> None:
         fall.FallConfig.model_validate({"min_down_seconds": 3})
     with pytest.raises(ValidationError, match="upright_threshold must be below lying_threshold"):
         fall.FallConfig(upright_threshold=0.7, lying_threshold=0.6)
+
+
+def test_lying_that_persists_confirms_a_fall_nobody_saw(scenes: dict[str, list[PoseResult]]) -> None:
+    """Camera joined late, or the fall itself was a blur: lying without a break for confirm_lying_s is enough."""
+    frames = [(float(t), scenes["lying"]) for t in range(10)]
+    results = run(frames, fall.FallConfig(confirm_lying_s=8.0))
+    assert results[7.0]["violation_type"] == "possible_fall"
+    assert results[8.0]["violation_type"] == "fall_detected" and results[8.0]["severity"] == "critical"
+    assert results[8.0]["detections"][0]["transition_s"] is None  # no upright frame was ever seen
+    never = run(frames, fall.FallConfig(confirm_lying_s=None))
+    assert never[9.0]["violation_type"] == "possible_fall"
+    getting_up = run([*frames[:5], (5.0, scenes["upright"]), *((float(t), scenes["lying"]) for t in range(6, 10))])
+    assert getting_up[9.0]["detections"][0]["down_for_s"] == 3.0  # an upright frame restarted the run at 6 s
+
+
+def _body(torso_dx: float, legs_dx: float) -> PoseResult:
+    """Keypoints of a body whose torso and legs point along the given x offsets (per 100 px of length)."""
+    keypoints = np.zeros((17, 3), np.float32)
+    hips = np.array([300.0, 300.0])
+    torso = np.array([torso_dx, -np.sqrt(max(100.0**2 - torso_dx**2, 0.0))])
+    legs = np.array([legs_dx, np.sqrt(max(100.0**2 - legs_dx**2, 0.0))])
+    for index, point in ((11, hips), (12, hips), (5, hips + torso), (6, hips + torso), (0, hips + 1.3 * torso)):
+        keypoints[index] = (*point, 0.9)
+    for index in (15, 16):
+        keypoints[index] = (*(hips + 2 * legs), 0.9)
+    xs, ys = keypoints[keypoints[:, 2] > 0, 0], keypoints[keypoints[:, 2] > 0, 1]
+    return PoseResult((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())), keypoints, 0.8)
+
+
+def test_a_person_bent_double_on_standing_legs_is_not_lying() -> None:
+    config = fall.FallConfig()
+    bent = fall.posture_of(_body(torso_dx=100.0, legs_dx=0.0), config)  # flat torso, vertical legs
+    lying = fall.posture_of(_body(torso_dx=100.0, legs_dx=-100.0), config)  # torso and legs flat
+    assert lying.state == "lying"
+    assert bent.state != "lying" and bent.lying_score < lying.lying_score / 1.5
+
+
+def test_a_long_head_down_posture_is_not_confirmed_as_a_fall() -> None:
+    """Someone bent into a trench (torso pointing down, head below the hips) may read as lying for as long as they
+    work: it stays a possible fall, it never escalates to a confirmed one without a seen fall."""
+    config = fall.FallConfig(confirm_lying_s=8.0)
+    flat = [_obs(float(t), "lying", 0.9) for t in range(10)]
+    bent = [Observation(o.t, (0.0, 0.0, 1.0, 1.0), {**o.data, "angle": 124.0}) for o in flat]
+    lying = [Observation(o.t, (0.0, 0.0, 1.0, 1.0), {**o.data, "angle": 92.0}) for o in flat]
+    assert fall.decide(bent, 9.0, config).event == "possible_fall"
+    assert fall.decide(lying, 9.0, config).event == "fall_detected"
+    assert fall.decide(flat, 9.0, config).event == "fall_detected"  # no angle known: no veto
+    weak = [_obs(float(t), "lying", 0.72) for t in range(10)]  # lying, but on weak evidence
+    assert fall.decide(weak, 9.0, config).event == "possible_fall"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import skimage.data
 from matplotlib import cbook
+from pydantic import ValidationError
 
 from ruth_vision import pose
 from ruth_vision.weights import fetch_movenet
@@ -266,3 +268,122 @@ def test_estimate_via_makes_one_call_per_frame_size_and_keeps_failures_to_their_
     assert sorted(calls) == [(1, 99, 64, 3), (2, 64, 64, 3)]
     assert [r[0].box[0] for r in (results[0], results[2]) if isinstance(r, list)] == [1.0, 2.0]
     assert isinstance(results[1], RuntimeError)
+
+
+# --- people at every scale: extra input sizes, tiles, the rotated retry (docs/pose-estimator.md) ------------------
+def _astronaut() -> np.ndarray:
+    return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="module")
+def movenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fetch_movenet(tmp_path_factory.mktemp("weights"))
+
+
+def test_a_distant_person_missed_at_256_is_found_by_the_merged_512_pass(movenet_weights: Path) -> None:
+    frame = np.full((720, 1280, 3), 128, np.uint8)
+    frame[400:520, 600:720] = cv2.resize(_astronaut(), (120, 120))  # ~45 px across at 256
+    single = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    multi = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, extra_input_sizes="[512]"))  # type: ignore[arg-type]
+    assert single.infer(frame) == []
+    (found,) = multi.infer(frame)
+    x1, y1, x2, y2 = found.box
+    assert 560 < (x1 + x2) / 2 < 760 and 360 < (y1 + y2) / 2 < 560  # in frame pixels, where the person is
+
+
+def test_tiles_count_a_crowd_past_the_six_person_cap(movenet_weights: Path) -> None:
+    frame = np.full((720, 1280, 3), 128, np.uint8)
+    small = cv2.resize(_astronaut(), (150, 150))
+    for row in range(3):
+        for col in range(4):
+            frame[40 + row * 230 : 190 + row * 230, 60 + col * 310 : 210 + col * 310] = small
+    single = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    tiled = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, tiles=3))
+    assert len(single.infer(frame)) <= 6
+    people = tiled.infer(frame)
+    assert 6 < len(people) <= 12  # past the cap, and no person counted twice across overlapping tiles
+    centres = sorted(((p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2) for p in people)
+    assert all(np.hypot(a[0] - b[0], a[1] - b[1]) > 60 for a, b in itertools.combinations(centres, 2))
+
+
+def test_merge_drops_a_partial_duplicate_but_keeps_two_people_standing_close() -> None:
+    rng = np.random.default_rng(0)
+    keypoints = np.column_stack([rng.uniform(100, 200, 17), rng.uniform(100, 400, 17), np.full(17, 0.9)])
+    whole = pose.PoseResult((90.0, 90.0, 210.0, 410.0), keypoints.astype(np.float32), 0.8)
+    cut = keypoints.copy()
+    cut[11:, 2] = 0.0  # a tile edge cut the legs off: same joints above, smaller box
+    partial = pose.PoseResult((90.0, 90.0, 210.0, 260.0), cut.astype(np.float32), 0.5)
+    other = keypoints.copy()
+    other[:, 0] += 45  # someone standing half a body to the side: boxes overlap, joints don't
+    neighbour = pose.PoseResult((135.0, 90.0, 255.0, 410.0), other.astype(np.float32), 0.6)
+    kept = pose.merge_people([partial, whole, neighbour])
+    assert [p.score for p in kept] == [0.8, 0.6]
+
+
+def test_tile_grid_covers_the_frame_with_overlap() -> None:
+    tiles = pose.tile_grid(1280, 720, 3, 0.25)
+    assert len(tiles) == 9
+    assert min(x for x, _, _, _ in tiles) == 0 and max(x + w for x, _, w, _ in tiles) == 1280
+    assert min(y for _, y, _, _ in tiles) == 0 and max(y + h for _, y, _, h in tiles) == 720
+    (x0, _, w0, _), (x1, _, _, _) = tiles[0], tiles[1]
+    assert x1 < x0 + w0  # neighbours share a strip
+
+
+def test_a_pose_found_on_the_turned_frame_maps_back_to_the_frame(movenet_weights: Path) -> None:
+    frame = np.full((768, 1024, 3), 128, np.uint8)
+    frame[128:640, 256:768] = cv2.rotate(_astronaut(), cv2.ROTATE_90_CLOCKWISE)  # lying across the frame
+    network = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    direct = network.infer(frame)[0]
+    turned = network.infer(np.ascontiguousarray(cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)))[0]
+    back = pose._unrotated(turned, frame.shape[0])
+    both = (direct.keypoints[:, 2] > 0.3) & (back.keypoints[:, 2] > 0.3)
+    assert both.sum() >= 5
+    assert float(np.median(np.hypot(*(direct.keypoints[both, :2] - back.keypoints[both, :2]).T))) < 25
+    assert abs(back.box[0] - direct.box[0]) < 60 and abs(back.box[3] - direct.box[3]) < 60
+
+
+def test_extra_sizes_must_be_multiples_of_32() -> None:
+    with pytest.raises(ValidationError):
+        pose.PoseEngineConfig(weights=Path("w"), extra_input_sizes=(500,))
+
+
+def test_the_person_detector_adds_the_people_the_pose_passes_missed(movenet_weights: Path) -> None:
+    from ruth_vision.weights import YOLOX_NANO, fetch_committed
+
+    detector = fetch_committed(YOLOX_NANO, movenet_weights.parent)
+    frame = np.full((720, 1280, 3), 128, np.uint8)
+    copy = cv2.resize(_astronaut(), (250, 250))
+    for row in range(2):
+        for col in range(4):
+            frame[60 + row * 330 : 310 + row * 330, 40 + col * 320 : 290 + col * 320] = copy
+    single = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    detected = pose.build_engine(
+        pose.PoseEngineConfig(weights=movenet_weights, person_detector=detector, person_detector_min_score=0.25)
+    )
+    people = detected.infer(frame)
+    assert len(single.infer(frame)) <= 6 < len(people) <= 8
+    posed = [p for p in people if (p.keypoints[:, 2] >= 0.3).sum() >= 3]
+    assert len(posed) >= len(people) // 2  # most got joints from their crop, not only a box
+    for p in people:  # each where an astronaut is
+        cx, cy = (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
+        centres = [(165 + c * 320, 185 + r * 330) for r in range(2) for c in range(4)]
+        assert any(abs(cx - x) < 100 and abs(cy - y) < 100 for x, y in centres)
+    empty = detected.infer(np.full((480, 640, 3), 128, np.uint8))
+    assert empty == []
+    with pytest.raises(pose.EngineLoadError, match="do not exist"):
+        pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, person_detector=Path("/nonexistent.onnx")))
+
+
+def test_a_person_lying_across_the_frame_is_posed_again_on_a_turned_crop(movenet_weights: Path) -> None:
+    """The cameraman turned 90 degrees: the upright pass's joints are unsure; the turned crop's pose is kept when
+    it is more confident, and its joints land on the body in frame pixels."""
+    camera = cv2.cvtColor(skimage.data.camera(), cv2.COLOR_GRAY2BGR)
+    frame = np.ascontiguousarray(cv2.rotate(camera, cv2.ROTATE_90_COUNTERCLOCKWISE))
+    plain = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights))
+    turned = pose.build_engine(pose.PoseEngineConfig(weights=movenet_weights, rotated_people=True))
+    before, after = plain.infer(frame)[0], turned.infer(frame)[0]
+    assert float(after.keypoints[:, 2].mean()) > float(before.keypoints[:, 2].mean())
+    seen = after.keypoints[after.keypoints[:, 2] >= 0.3]
+    assert len(seen) >= 5
+    x1, y1, x2, y2 = before.box  # the same body the upright pass found
+    assert ((seen[:, 0] >= x1 - 40) & (seen[:, 0] <= x2 + 40) & (seen[:, 1] >= y1 - 40) & (seen[:, 1] <= y2 + 40)).all()

@@ -95,10 +95,11 @@ def test_check_reports_missing_and_corrupt(tmp_path: Path) -> None:
     assert [(s.file.name, s.status, s.acceptable) for s in statuses] == [
         ("movenet", "missing", False),
         ("movenet_onnx", "missing", True),  # only the onnx engine (gpu profile) needs it
+        ("yolox_nano", "missing", True),  # only a spec with model.person_detector needs it
     ]
     (tmp_path / w.MOVENET.path).write_bytes(b"x")
     (tmp_path / w.MOVENET_ONNX.path).write_bytes(b"x")
-    assert [(s.status, s.acceptable) for s in w.check(tmp_path)] == [("corrupt", False), ("corrupt", False)]
+    assert [(s.status, s.acceptable) for s in w.check(tmp_path)][:2] == [("corrupt", False), ("corrupt", False)]
 
 
 # --- the ONNX conversion (models/) ---------------------------------------------------------------------------------
@@ -143,6 +144,7 @@ def test_cli_fetch_then_verify_in_json(tmp_path: Path) -> None:
     assert [(f["name"], f["status"]) for f in document["files"]] == [
         ("movenet", "fetched"),
         ("movenet_onnx", "fetched"),
+        ("yolox_nano", "fetched"),
     ]
 
     verified = runner.invoke(app, ["verify", "--dir", str(tmp_path), "--json"])
@@ -150,7 +152,7 @@ def test_cli_fetch_then_verify_in_json(tmp_path: Path) -> None:
     assert json.loads(verified.stdout)["files"][0]["status"] == "ok"
 
     again = runner.invoke(app, ["fetch", "--dir", str(tmp_path), "--json"])
-    assert [f["status"] for f in json.loads(again.stdout)["files"]] == ["ok", "ok"]  # already there: not re-fetched
+    assert [f["status"] for f in json.loads(again.stdout)["files"]] == ["ok", "ok", "ok"]  # there: not re-fetched
 
 
 def test_cli_verify_fails_on_a_missing_file_with_the_fix_on_stderr(tmp_path: Path) -> None:

@@ -266,3 +266,21 @@ def test_only_our_own_stale_profile_files_are_removed(tmp_path: Path) -> None:
     changes = sync_files(tmp_path, {}, write=True, stale=stale)
     assert [c.status for c in changes] == ["removed"]
     assert not (configs / "edge.pbtxt").exists() and (configs / "mine.pbtxt").exists()
+
+
+def test_a_profile_overrides_only_the_spec_parameters_it_names() -> None:
+    from ruthctl.render import render_parameters
+    from ruthctl.spec import Profile, SpecError, parse_spec
+
+    base = {
+        "name": "model_x",
+        "parameters": {"passes": "one", "keep": 1},
+        "profiles": {"gpu": {"kind": "KIND_CPU", "count": 1, "parameters": {"passes": ["a", "b"]}}},
+    }
+    spec = parse_spec(base)
+    gpu, cpu = render_parameters(spec, Profile.GPU), render_parameters(spec, Profile.CPU)
+    assert gpu["model.passes"] == '["a","b"]' and gpu["model.keep"] == "1"
+    assert cpu["model.passes"] == "one"
+    unknown = {**base, "profiles": {"gpu": {"kind": "KIND_CPU", "parameters": {"typo": 1}}}}
+    with pytest.raises(SpecError, match="not in the spec's parameters"):
+        parse_spec(unknown)
