@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from bench import cpu
-from bench.harness import MODEL_REPOSITORY, REPO_ROOT, TritonHandle, jpeg, now_iso, start_triton, tank_frame
+from bench.harness import MODEL_REPOSITORY, REPO_ROOT, TritonHandle, now_iso, start_triton, tank_frame
 from bench.harness import vision_inputs as _vision_inputs
-from bench.pose import person_frames
+from bench.pose import camera_frame, person_frames
 from ruth_vision.weights import default_weights_dir
 
 DOC = REPO_ROOT / "docs" / "bench" / "profile.md"
@@ -48,7 +48,7 @@ def perf_shares(report: str) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def load(handle: TritonHandle, model: str, images: Sequence[bytes], concurrency: int) -> Iterator[list[int]]:
+def load(handle: TritonHandle, model: str, frame: np.ndarray, concurrency: int) -> Iterator[list[int]]:
     """Closed-loop gRPC load on `model` until the block ends; yields the live count of completed requests."""
     import tritonclient.grpc as grpcclient
 
@@ -60,7 +60,8 @@ def load(handle: TritonHandle, model: str, images: Sequence[bytes], concurrency:
         stream, i = str(uuid.uuid4()), index * 100_000
         while not stop.is_set():
             i += 1
-            inputs = _vision_inputs(grpcclient, image=images[i % len(images)], stream_id=stream, timestamp=now_iso())
+            image = camera_frame(frame, i)  # new pixels every request: pose_estimator's frame cache never answers
+            inputs = _vision_inputs(grpcclient, image=image, stream_id=stream, timestamp=now_iso())
             client.infer(model, inputs)
             done[0] += 1
         client.close()
@@ -76,22 +77,10 @@ def load(handle: TritonHandle, model: str, images: Sequence[bytes], concurrency:
             t.join(timeout=30)
 
 
-def distinct(frame: np.ndarray, count: int) -> list[bytes]:
-    """`count` JPEGs of `frame`, each with its own corner pixel: no two are equal (the frame cache can't answer)."""
-    out = []
-    for i in range(count):
-        f = frame.copy()
-        f[0, 0] = (i % 256, i // 256, 3)
-        out.append(jpeg(f))
-    return out
-
-
-def profile_model(
-    handle: TritonHandle, model: str, images: Sequence[bytes], seconds: float, workdir: Path
-) -> dict[str, Any]:
+def profile_model(handle: TritonHandle, model: str, frame: np.ndarray, seconds: float, workdir: Path) -> dict[str, Any]:
     server = handle.server.process.pid
     models = [model, "pose_estimator"] if model != "tank_overflow_monitoring" else [model]
-    with load(handle, model, images, concurrency=2) as done:
+    with load(handle, model, frame, concurrency=2) as done:
         time.sleep(3)  # warm-up
         stubs = [p for m in models for p in cpu.stub_pids(server, m)]
         before = {p: cpu.process_cpu_s(p) for p in [server, *stubs]}
@@ -174,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handle = start_triton(work / "server", models, repository=MODEL_REPOSITORY,
                               env={"RUTH_WEIGHTS_DIR": str(default_weights_dir())})  # fmt: skip
         try:
-            tank = distinct(tank_frame(55.0, size=(480, 640), seed=1), 64)
-            person = distinct(person_frames()[0][1], 64)
+            tank = tank_frame(55.0, size=(480, 640), seed=1)
+            person = person_frames()[0][1]
             points.append(profile_model(handle, "tank_overflow_monitoring", tank, args.seconds, work))
             points.append(profile_model(handle, "fall_detection", person, args.seconds, work))
         finally:
