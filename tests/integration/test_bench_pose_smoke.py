@@ -41,7 +41,8 @@ def test_pose_bench_smoke(tmp_path: Path) -> None:
     cache = raw["cache"]
     for mode in ("off", "on"):
         assert cache[mode]["camera_frames"] > 0 and cache[mode]["tree_cpu_ms_per_frame"] > 0
-    # the modes are what they say: off never hits; on, the second and third analytic of each new frame hit
+    # the modes are what they say: off never hits; on, at least the second and third analytic of each new frame hit
+    # (more where a caller sends the frame again, turned, to look for a lying person)
     assert cache["off"]["cache_hits_per_frame"] == 0
-    assert cache["on"]["cache_hits_per_frame"] == pytest.approx(2, abs=0.05)
+    assert cache["on"]["cache_hits_per_frame"] >= 1.95
     assert "## One camera frame, three analytics" in out.read_text()
