@@ -72,7 +72,8 @@ def test_the_image_is_small_and_holds_the_runtime_only(served: Served, cpu_image
     assert config["Config"]["StopSignal"] == "SIGTERM"
     assert "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS=10" in config["Config"]["Env"]
     assert config["Config"]["Labels"]["ai.ruth.variant"] == "cpu"
-    assert config["Size"] < 900e6, f"{config['Size'] / 1e6:.0f} MB: something heavy came back into the image"
+    # 927 MB measured with ONNX Runtime (the person detector, ~150 MB) added; a budget, not a target
+    assert config["Size"] < 1000e6, f"{config['Size'] / 1e6:.0f} MB: something heavy came back into the image"
     absent = ["/wheelhouse", "/src", "/opt/ruth/venv/bin/pip", "/root/.cache/pip"]
     found = served.exec("sh", "-c", " ; ".join(f"test -e {p} && echo {p}" for p in absent) + " ; true")
     assert found.stdout.split() == [], "the build stage leaked into the runtime"
