@@ -36,8 +36,9 @@ def test_stream_store_bench_smoke(tmp_path: Path) -> None:
         assert point["cpu_ms"] > 0, point
     for point in results["store"]:
         assert point["updates_per_s"] > 0, point
-        if point["backend"] == "redis":
-            assert point["redis_cpu_us"] > 0, point  # the updates really went to redis-server
+    # the updates really went to redis-server: its CPU, read in 10 ms ticks from /proc, over all of the smoke's store
+    # points (one short point alone can round to 0 ticks; seen in CI)
+    assert sum(p["redis_cpu_us"] for p in results["store"] if p["backend"] == "redis") > 0, results["store"]
     redis_points = [p for p in results["server"] if p["backend"] == "redis"]
     sqlite_points = [p for p in results["server"] if p["backend"] == "sqlite"]
     assert sum(p["redis_cpu_ms"] for p in redis_points) > sum(p["redis_cpu_ms"] for p in sqlite_points)
