@@ -2,7 +2,7 @@
 
 Why from there: the PyPI package `perf-analyzer` is a placeholder with no binary, and tritonclient 2.73 (what the
 project depends on) no longer ships one; the 2.51.0 wheel still carries `data/bin/perf_analyzer`, matching the
-bundled server (triton-2.51-behaviour.md §7). Only the binary is taken out of that wheel, so tritonclient stays
+bundled server (docs/triton-notes.md §7). Only the binary is taken out of that wheel, so tritonclient stays
 at 2.73. The binary needs `libb64.so.0d` and `libcudart.so.12`, which nvidia-pytriton already bundles under hashed
 names; symlinks with the plain names in a private folder plus a wrapper script setting LD_LIBRARY_PATH make it
 run. Running this twice does nothing the second time.

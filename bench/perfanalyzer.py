@@ -4,7 +4,7 @@ Requests come from an `--input-data` JSON file built from the benchmark frames. 
 base64 of Triton's serialized form (a little-endian uint32 length, then the bytes): perf_analyzer sends "b64"
 content as-is, and without the length prefix it reads the JPEG's first bytes as a length and refuses.
 perf_analyzer does not look at the responses, and a per-request error response counts as a success in Triton's
-statistics (triton-2.51-behaviour.md §6): callers check one request with the Python client first.
+statistics (docs/triton-notes.md §6): callers check one request with the Python client first.
 """
 
 from __future__ import annotations

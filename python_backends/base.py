@@ -7,7 +7,7 @@ implements `load(device)` plus its inference hook; everything else is here.
 
 The execute contract is sacred (python_backend README, "Default Mode"): exactly one response per request, in
 order, and `execute()` never raises. An exception escaping `execute()` fails every request of the batch and can
-hang the model's unload (triton-2.51-behaviour.md §8.3), so each `execute()` ends in a catch-all that turns
+hang the model's unload (docs/triton-notes.md §8.3), so each `execute()` ends in a catch-all that turns
 anything into per-request INTERNAL errors.
 """
 

@@ -1,7 +1,7 @@
 """Facts about this host that Triton's API doesn't give: stub processes, weight files, breaker and ledger state.
 
 In Triton 2.51 a Python stub that dies is not restarted, and the model still reads READY in the index and on
-`/v2/models/<m>/ready` (triton-2.51-behaviour.md §8.0; anchors.md §0.1): only the requests routed to the dead
+`/v2/models/<m>/ready` (docs/triton-notes.md §8.0): only the requests routed to the dead
 instance fail, with "Stub process '<instance>' is not healthy." The reliable signal on the server's own host is
 the process table: each stub's argv names its instance (`<model>_<group>_<n>`) and its parent tritonserver's pid.
 For remote servers the metrics gauges are what's left (`ruth_model_health`, `ruth_zombie_threads`).

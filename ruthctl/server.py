@@ -1,7 +1,7 @@
 """Owner of the tritonserver process: finds the bundled server, prepares its environment, starts and stops it.
 
 The PyPI wheel `nvidia-pytriton` carries a real tritonserver 2.51 with the Python backend and one stub per
-Python version. Running it needs what `triton-2.51-behaviour.md` §1 found: a backends folder with the stub for
+Python version. Running it needs what docs/triton-notes.md §1 found: a backends folder with the stub for
 *this* Python, this virtual environment first on PATH (the stub finds its prefix through `python3` on PATH and
 ignores PYTHONPATH), and LD_LIBRARY_PATH pointing at the base interpreter's libpython so the C interpreter
 matches the stdlib it loads. Flags are a typed object rendered to argv, never a shell string.

@@ -175,7 +175,7 @@ _TIMEOUTS: tuple[type[BaseException], ...] = (OSError, *_timeout_types())
 
 class TritonClient:
     """`TritonAdapter` over tritonclient. Close it (or use `with`): an idle keep-alive HTTP connection holds up
-    Triton's graceful shutdown for its whole exit timeout (triton-2.51-behaviour.md §4)."""
+    Triton's graceful shutdown for its whole exit timeout (docs/triton-notes.md §4)."""
 
     def __init__(
         self,

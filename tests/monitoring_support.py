@@ -23,7 +23,7 @@ DASHBOARD_FILE = REPO / "config" / "grafana" / "dashboards" / "ruth-runtime.json
 METRICS_DOC = REPO / "docs" / "metrics.md"
 DASHBOARDS_DOC = REPO / "docs" / "dashboards.md"
 
-#: Families Triton 2.51 serves on a CPU-only host (measured: triton-2.51-behaviour.md §6).
+#: Families Triton 2.51 serves on a CPU-only host (measured: docs/triton-notes.md §6).
 TRITON_CPU_FAMILIES = frozenset({
     "nv_inference_request_success",
     "nv_inference_request_failure",

@@ -24,7 +24,7 @@ def deactivate(
     """Mark a model INACTIVE and unload it from every server.
 
     Triton stops routing new requests to it at once and finishes the queued and running ones before the model's
-    processes exit (triton-2.51-behaviour.md §3); this waits for that, up to --timeout.
+    processes exit (docs/triton-notes.md §3); this waits for that, up to --timeout.
 
     Exit codes: 0 unloaded everywhere, 1 refused or failed, 4 a server unreachable or still draining at the timeout.
     """

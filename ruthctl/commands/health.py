@@ -31,7 +31,7 @@ def health(
     unhealthy: a server is unreachable or not live, or none of its wanted models is ready.
     degraded: some wanted model is not ready, a breaker is open or half-open, a stub process died, or a model
     reports zombies or ill health. Triton's own /v2/health/ready is shown but not used: in explicit mode it stays
-    red after any failed load (triton-2.51-behaviour.md §3).
+    red after any failed load (docs/triton-notes.md §3).
 
     Exit codes: 0 healthy, 1 degraded, 2 unhealthy.
     """
