@@ -236,12 +236,10 @@ def three_analytics(handle: TritonHandle, frames: Sequence[np.ndarray], seconds:
 
     stream = str(uuid.uuid4())
     local = threading.local()  # a tritonclient HTTP client belongs to the thread that made it (gevent)
-    made: list[Any] = []
 
     def one(model: str, image: bytes, stamp: str) -> None:
         if not hasattr(local, "client"):
             local.client = httpclient.InferenceServerClient(handle.http_url, network_timeout=60)
-            made.append(local.client)
         inputs = _vision_inputs(httpclient, image=image, stream_id=stream, timestamp=stamp)
         result_of(local.client.infer(model, inputs))
 
