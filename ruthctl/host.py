@@ -23,6 +23,7 @@ __all__ = [
     "BreakerFile",
     "HealthGauges",
     "ProcessTable",
+    "Stub",
     "StubMatch",
     "WeightProblem",
     "breaker_files",
@@ -116,17 +117,33 @@ class ProcessTable:
                 found.add(last)
         return found
 
-    def stubs(self, server_pid: int, processes: Iterable[Process] | None = None) -> list[str]:
-        """Instance names (`<model>_<group>_<n>`) of the live stubs of one tritonserver."""
-        names: list[str] = []
+    def stub_processes(self, server_pid: int, processes: Iterable[Process] | None = None) -> list[Stub]:
+        """The stub processes of one tritonserver, each with its instance name and whether Triton retired it."""
+        found: list[Stub] = []
         for process in processes if processes is not None else self.processes():
             argv = process.argv
             # argv: stub, model.py, shm region, shm size, growth, parent pid, backends dir, ipc size, instance, ...
             if Path(argv[0]).name != STUB_BINARY or len(argv) < 9:
                 continue
             if argv[5] == str(server_pid):
-                names.append(argv[8])
-        return names
+                found.append(Stub(process.pid, argv[8], self._region_unlinked(process.pid, argv[2])))
+        return found
+
+    def stubs(self, server_pid: int, processes: Iterable[Process] | None = None) -> list[str]:
+        """Instance names (`<model>_<group>_<n>`) of the live (not retired) stubs of one tritonserver."""
+        return [s.instance for s in self.stub_processes(server_pid, processes) if not s.retired]
+
+    def _region_unlinked(self, pid: int, region: str) -> bool:
+        """Whether the stub's shared-memory region is mapped but deleted: Triton unlinks it when it destroys the
+        instance, so a stub still running with it is a leftover Triton no longer uses. Unknown (maps unreadable,
+        region not mapped yet) reads as in use."""
+        try:
+            maps = (self.proc / str(pid) / "maps").read_text(errors="replace").splitlines()
+        except OSError:
+            return False
+        path = f"/dev/shm/{region.lstrip('/')}"
+        lines = [line for line in maps if path in line]
+        return bool(lines) and all(line.rstrip().endswith("(deleted)") for line in lines)
 
 
 def _split_flag_match(argv: tuple[str, ...], port: int) -> bool:
@@ -142,34 +159,41 @@ def stubs_of(model: str, instances: Iterable[str]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class StubMatch:
-    """One model's stub processes matched to the instance names Triton should be running.
+class Stub:
+    pid: int
+    instance: str
+    retired: bool  # its shared-memory region is unlinked: Triton destroyed the instance and the process lingers
 
-    Matched by name, not counted: an orphaned stub left by an earlier episode (a stuck unload) would otherwise make
-    up for a dead one, and the model would look whole while the requests routed to the dead instance fail.
+
+@dataclasses.dataclass(frozen=True)
+class StubMatch:
+    """One model's stub processes judged against the instances Triton should be running.
+
+    Live stubs are counted, not matched by name: after an in-place instance update (a reload that only changes
+    `instance_group`) Triton keeps whichever instances it likes under their old names and names the new ones
+    after free slots, so `sleepy_0_2` alone, or `sleepy_0_2` twice, is a whole model (docs/triton-notes.md
+    §8.1). A stub Triton has retired (its region unlinked) is an orphan and never counts as alive, so a leftover
+    of an earlier episode can't make up for a dead stub.
     """
 
     expected: tuple[str, ...]
-    missing: tuple[str, ...]  # expected instances without a stub process: dead
-    duplicates: tuple[str, ...]  # instances with more than one stub process: all but one are orphans
+    alive: int  # live stub processes of this model
+    orphans: tuple[str, ...]  # retired stubs still running, and live ones beyond the instance count
 
     @property
-    def alive(self) -> int:
-        return len(self.expected) - len(self.missing)
+    def dead(self) -> int:
+        return max(0, len(self.expected) - self.alive)
 
 
-def match_stubs(model: str, expected: Iterable[str], running: Iterable[str]) -> StubMatch:
+def match_stubs(model: str, expected: Iterable[str], stubs: Iterable[Stub]) -> StubMatch:
     wanted = tuple(expected)
     pattern = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
-    seen: dict[str, int] = {}
-    for name in running:
-        if pattern.match(name):
-            seen[name] = seen.get(name, 0) + 1
-    return StubMatch(
-        expected=wanted,
-        missing=tuple(n for n in wanted if n not in seen),
-        duplicates=tuple(f"{n} x{c}" for n, c in sorted(seen.items()) if c > 1 or n not in wanted),
-    )
+    mine = [s for s in stubs if pattern.match(s.instance)]
+    live = sorted(s.instance for s in mine if not s.retired)
+    orphans = [f"{s.instance} (pid {s.pid}, retired by Triton)" for s in mine if s.retired]
+    if len(live) > len(wanted):
+        orphans.append(f"{len(live)} live stub processes for {len(wanted)} instances ({', '.join(live)})")
+    return StubMatch(expected=wanted, alive=min(len(live), len(wanted)), orphans=tuple(orphans))
 
 
 # -- weights -----------------------------------------------------------------------------------------------------------

@@ -373,17 +373,17 @@ def _model_violations(
                 violation(Kind.LIVE_DRIFT, "; ".join(facts.live_drift[name][:5]), "reload with the spec's config")
             )
         match = facts.stub_matches.get(name)
-        if match is not None and match.missing:
+        if match is not None and match.dead:
             found.append(
                 violation(
                     Kind.STUB_DEAD,
-                    f"{match.alive} of {len(match.expected)} stub processes alive, none for "
-                    f"{', '.join(match.missing)} (requests to them fail: 'Stub process ... is not healthy')",
+                    f"{match.alive} of {len(match.expected)} stub processes alive (requests routed to the dead "
+                    "instance fail: 'Stub process ... is not healthy')",
                     "reload it",
                 )
             )
         elif facts.stubs is not None and name in facts.stubs and not facts.stub_matches:
-            alive, expected = facts.stubs[name]  # facts without names (older callers): counted
+            alive, expected = facts.stubs[name]  # facts without processes (older callers): counted
             if alive < expected:
                 found.append(
                     violation(
@@ -393,12 +393,12 @@ def _model_violations(
                         "reload it",
                     )
                 )
-        if match is not None and match.duplicates:
+        if match is not None and match.orphans:
             found.append(
                 violation(
                     Kind.STUB_ORPHAN,
-                    f"stub processes beyond the {len(match.expected)} instances: {', '.join(match.duplicates)}; an "
-                    "orphan can hide the death of the stub Triton really uses",
+                    f"stub processes Triton doesn't use: {'; '.join(match.orphans)}; an orphan can hide the death "
+                    "of a stub Triton really uses",
                     "find the orphan (`ps` of the stub's instance name, the older process) and kill it, or restart "
                     "the server",
                     fixable=False,

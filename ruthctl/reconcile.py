@@ -230,7 +230,7 @@ class Reconciler:
             pid = self._visible_remote(endpoint.host, endpoint.port, processes)
             if pid is None:
                 return None, None
-        running = self.processes.stubs(pid, processes)
+        running = self.processes.stub_processes(pid, processes)
         return {name: host.match_stubs(name, names, running) for name, names in instances.items()}, None
 
     def _visible_remote(self, hostname: str, port: int, processes: list[host.Process]) -> int | None:

@@ -109,8 +109,8 @@ def test_a_live_config_that_differs_from_the_spec_is_reloaded(clean: World) -> N
     live = clean.server.model_config("sleepy")
     live["instance_group"][0]["count"] = 1
     clean.server.load("sleepy", config=live)
-    # right after the reload the old instance's stubs may still be exiting (seen in CI: a transient stub_dead and
-    # stub_orphan); the drift is what must remain once they are gone
+    # Triton updates the instances in place and keeps whichever it likes (docs/triton-notes.md §8.1); the retired
+    # one's stub may still be exiting for a moment (a stub_orphan); the drift is what must remain
     deadline = time.monotonic() + 15
     while (found := clean.violations()) != [("live_drift", "sleepy")] and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -1,8 +1,10 @@
 """Dead stubs found as deployed, against a real tritonserver (issue 12, "What to build" 3).
 
-- stubs are matched to instance names, not counted: an orphaned stub (a leftover of an earlier episode, here a
-  process with a stub's argv under the server's pid, as a stuck unload leaves one) is itself reported, and can't
-  make up for a dead stub of another instance;
+- an orphaned stub (a leftover of an earlier episode, here a process with a stub's argv under the server's pid that
+  maps a shared-memory region which is then unlinked, as Triton does when it destroys an instance) is itself
+  reported, and can't make up for a dead stub of another instance;
+- a reload that only changes the instance count updates the instances in place and Triton keeps their old names
+  (docs/triton-notes.md §8.1): that whole model is not reported;
 - a ruthctl that runs beside the server without its process namespace (the Kubernetes sidecar without
   `shareProcessNamespace`, reproduced with `unshare --pid`) says so: a `stubs_unseen` violation, exit 1, an ERROR
   log line from `watch` and `ruthctl_stub_check` 0, instead of silently skipping the check.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,25 +30,38 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def orphan(clean: World) -> Iterator[Any]:
-    """Start a process that looks like a stub of `instance` under the world's server (argv[5] is the parent's pid,
-    argv[8] the instance name, as host.ProcessTable reads them); killed afterwards."""
+def orphan(clean: World, tmp_path: Path) -> Iterator[Any]:
+    """Start a process that looks like a retired stub of `instance` under the world's server (argv[5] is the parent's
+    pid, argv[8] the instance name, argv[2] its region, mapped and then unlinked); killed afterwards."""
     started: list[subprocess.Popen[bytes]] = []
 
     def spawn(instance: str) -> int:
+        region = f"ruth_orphan_{os.getpid()}_{len(started)}"
+        script = tmp_path / "orphan_stub.py"
+        script.write_text(
+            "import mmap, os, sys, time\n"
+            "path = '/dev/shm/' + sys.argv[1]\n"
+            "fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)\n"
+            "os.ftruncate(fd, 4096)\n"
+            "m = mmap.mmap(fd, 4096)\n"
+            "os.unlink(path)\n"
+            "print('mapped', flush=True)\n"
+            "time.sleep(600)\n"
+        )
         argv = [
             "triton_python_backend_stub",
-            "-c",
-            "import time; time.sleep(600)",
-            "ruth_orphan_shm",
+            str(script),
+            region,
+            "1048576",
             "1048576",
             str(clean.server.server.process.pid),
             "/backends/python",
             "336",
             instance,
         ]
-        process = subprocess.Popen(argv, executable=sys.executable)
+        process = subprocess.Popen(argv, executable=sys.executable, stdout=subprocess.PIPE)
         started.append(process)
+        assert process.stdout is not None and process.stdout.readline() == b"mapped\n"
         return process.pid
 
     yield spawn
@@ -65,10 +81,10 @@ def stubs_by_name(w: World, model: str) -> dict[str, list[int]]:
 
 
 def test_an_orphaned_stub_neither_hides_a_dead_one_nor_goes_unreported(clean: World, orphan: Any) -> None:
-    ghost = orphan("sleepy_0_0")  # 3 stubs for 2 instances
+    ghost = orphan("sleepy_0_0")  # 3 stub processes for 2 instances, one of them retired
     assert clean.violations() == [("stub_orphan", "sleepy")]
     [real] = stubs_by_name(clean, "sleepy")["sleepy_0_1"]
-    os.kill(real, signal.SIGKILL)  # counted, 2 stubs for 2 instances would look whole
+    os.kill(real, signal.SIGKILL)  # counted blindly, 2 processes for 2 instances would look whole
     deadline = time.monotonic() + 10
     while "sleepy_0_1" in stubs_by_name(clean, "sleepy") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -77,6 +93,20 @@ def test_an_orphaned_stub_neither_hides_a_dead_one_nor_goes_unreported(clean: Wo
     assert clean.ruthctl("repair").exit_code == 1  # sleepy restarted; the orphan is not Triton's: it stays reported
     assert clean.violations() == [("stub_orphan", "sleepy")]
     assert ghost in stubs_by_name(clean, "sleepy")["sleepy_0_0"]
+
+
+def test_an_instance_update_that_keeps_old_names_is_a_whole_model(clean: World) -> None:
+    for count in (3, 1, 3, 2):
+        live = clean.server.model_config("sleepy")
+        live["instance_group"][0]["count"] = count
+        clean.server.load("sleepy", config=live)
+        deadline = time.monotonic() + 15  # the retired instances' stubs exit within a few seconds
+        while sum(len(p) for p in stubs_by_name(clean, "sleepy").values()) != count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        found = [v for v in clean.violations() if v[0].startswith("stub")]
+        assert found == [], (count, stubs_by_name(clean, "sleepy"))
+    clean.repair_until_clean()
+    assert clean.server.model_config("sleepy")["instance_group"][0]["count"] == 2
 
 
 def test_watch_says_loudly_when_it_cannot_see_the_servers_processes(clean: World) -> None:

@@ -11,6 +11,7 @@ import pytest
 from ruthctl.host import (
     DigestCache,
     ProcessTable,
+    Stub,
     breaker_files,
     check_weights,
     match_stubs,
@@ -88,13 +89,38 @@ def test_stubs_are_counted_per_server_and_per_model_without_prefix_confusion(tab
     assert stubs_of("fall_detection", table.stubs(200)) == 1
 
 
-def test_stubs_are_matched_to_instance_names_so_an_orphan_cant_stand_in_for_a_dead_one() -> None:
-    whole = match_stubs("fall", ["fall_0_0", "fall_0_1"], ["fall_0_0", "fall_0_1", "fall_detection_0_0"])
-    assert (whole.alive, whole.missing, whole.duplicates) == (2, (), ())
-    hidden = match_stubs("fall", ["fall_0_0", "fall_0_1"], ["fall_0_0", "fall_0_0"])  # counted: 2 of 2
-    assert (hidden.alive, hidden.missing, hidden.duplicates) == (1, ("fall_0_1",), ("fall_0_0 x2",))
-    stranger = match_stubs("fall", ["fall_0_0"], ["fall_0_0", "fall_0_1"])
-    assert (stranger.alive, stranger.duplicates) == (1, ("fall_0_1 x1",))
+def test_live_stubs_are_counted_and_retired_ones_are_orphans_that_never_count() -> None:
+    def live(*names: str) -> list[Stub]:
+        return [Stub(100 + i, n, retired=False) for i, n in enumerate(names)]
+
+    whole = match_stubs("fall", ["fall_0_0", "fall_0_1"], live("fall_0_0", "fall_0_1", "fall_detection_0_0"))
+    assert (whole.alive, whole.dead, whole.orphans) == (2, 0, ())
+    # after an in-place instance update Triton keeps old names and reuses slots (docs/triton-notes.md §8.1)
+    renamed = match_stubs(
+        "fall", ["fall_0_0", "fall_0_1", "fall_0_2", "fall_0_3"], live("fall_0_1", *["fall_0_2"] * 2, "fall_0_3")
+    )
+    assert (renamed.alive, renamed.dead, renamed.orphans) == (4, 0, ())
+    hidden = match_stubs(
+        "fall", ["fall_0_0", "fall_0_1"], [*live("fall_0_0"), Stub(7, "fall_0_0", retired=True)]
+    )  # two processes for two instances, but one is a leftover Triton retired
+    assert (hidden.alive, hidden.dead) == (1, 1) and hidden.orphans == ("fall_0_0 (pid 7, retired by Triton)",)
+    extra = match_stubs("fall", ["fall_0_0"], live("fall_0_0", "fall_0_1"))
+    assert (extra.alive, extra.dead) == (1, 0) and "2 live stub processes for 1 instances" in extra.orphans[0]
+
+
+def test_a_stub_whose_region_is_unlinked_is_retired(tmp_path: Path) -> None:
+    argv = ["triton_python_backend_stub", "m.py", "region_a", "1", "1", "100", "/b", "1", "fall_0_0"]
+    for pid, maps in {
+        101: "7f00-7f10 rw-s 00000000 00:1a 42 /dev/shm/region_a\n",
+        102: "7f00-7f10 rw-s 00000000 00:1a 42 /dev/shm/region_a (deleted)\n",
+        103: "",  # not mapped (yet): in use, not judged
+    }.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv))
+        (tmp_path / str(pid) / "maps").write_text(maps)
+    stubs = {s.pid: s.retired for s in ProcessTable(tmp_path).stub_processes(100)}
+    assert stubs == {101: False, 102: True, 103: False}
+    assert ProcessTable(tmp_path).stubs(100) == ["fall_0_0", "fall_0_0"]
 
 
 def test_listening_sockets_and_a_namespaces_addresses_come_from_proc(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def test_a_server_in_another_container_whose_processes_we_share_is_stub_checked(
     )
     matches, unseen = rec._stubs(remote, {"alpha": ["alpha_0_0", "alpha_0_1"]})
     assert unseen is None and matches is not None
-    assert matches["alpha"].missing == ("alpha_0_1",)
+    assert (matches["alpha"].alive, matches["alpha"].dead) == (1, 1)
     elsewhere = fake_triton("127.0.0.99:8000")  # no visible process holds that address: remote, not judged
     assert Reconciler(
         deployment.paths(), Profile.CPU, Registry(deployment.state), [elsewhere], processes=ProcessTable(proc)
