@@ -239,6 +239,8 @@ class Watcher:
         wall: Callable[[], dt.datetime] = utc_now,
         on_cycle: Callable[[Cycle], None] | None = None,
         wait: Callable[[threading.Event, float], object] = threading.Event.wait,
+        confirm_s: float = 3.0,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.connect = connect
         self.policy = policy
@@ -249,6 +251,8 @@ class Watcher:
         self.wall = wall
         self.on_cycle = on_cycle
         self.wait = wait
+        self.confirm_s = confirm_s
+        self.sleep = sleep
         self.failures = 0
         self._unseen: dict[str, str] = {}  # servers whose stubs this process can't see, as last logged
 
@@ -257,6 +261,12 @@ class Watcher:
         started = self.clock()
         with self.connect() as reconciler:
             check = reconciler.check()
+            if self.confirm_s > 0 and any(v.kind is Kind.STUB_DEAD for v in check.violations):
+                # a reload that only changes the instance count keeps the model READY while Triton starts the new
+                # stubs (docs/triton-notes.md §8.1): a stub missing for a moment is not dead. Restarting on it
+                # would cause the outage `watch` is there to heal, so a missing stub is looked at twice.
+                self.sleep(self.confirm_s)
+                check = reconciler.check()
             self._observe(reconciler, check)
             self._reset_stable(reconciler, check)
             planned = plan_repairs(check.violations)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from ruthctl.host import ProcessTable
-from ruthctl.invariants import Action, ActionKind, Kind
+from ruthctl.invariants import Action, ActionKind, Check, Kind, Violation
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryFile, ServerEntry, State
 from ruthctl.settings import Profile
@@ -202,3 +203,40 @@ def test_a_set_stop_event_ends_the_loop_before_a_round() -> None:
 
     watcher = Watcher(never, RecoveryPolicy(), WatchMetrics())
     assert watcher.run(stop) == 0
+
+
+class Scripted:
+    """A reconciler whose checks are given in order; records what it is asked to execute."""
+
+    def __init__(self, *checks: Check) -> None:
+        self.checks = list(checks)
+        self.executed: list[Action] = []
+        self.registry = Registry(Path("/nonexistent/state"))  # no registry file: no recovery bookkeeping
+
+    def check(self) -> Check:
+        return self.checks.pop(0)
+
+    def execute(self, actions: Any, *, count_recoveries: bool = False) -> list[Any]:
+        self.executed += list(actions)
+        return []
+
+
+def dead(model: str) -> Check:
+    violation = Violation(Kind.STUB_DEAD, "1 of 2 stub processes alive", model=model, server=S, fix="reload it")
+    return dataclasses.replace(Check.empty(), violations=(violation,))
+
+
+@pytest.mark.parametrize(("second", "restarted"), [(Check.empty(), False), (dead("m"), True)])
+def test_a_missing_stub_is_looked_at_twice_before_the_model_is_restarted(second: Check, restarted: bool) -> None:
+    scripted = Scripted(dead("m"), second)
+    slept: list[float] = []
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[Any]:
+        yield scripted
+
+    watcher = Watcher(connect, RecoveryPolicy(), WatchMetrics(), confirm_s=3.0, sleep=slept.append)
+    cycle = watcher.cycle()
+    assert slept == [3.0] and scripted.checks == []
+    assert [(a.kind, a.model) for a in scripted.executed] == ([(ActionKind.LOAD, "m")] if restarted else [])
+    assert [v.kind for v in cycle.violations] == ([Kind.STUB_DEAD] if restarted else [])
