@@ -40,7 +40,7 @@ def test_smoke_subset_scores_against_the_real_server(tmp_path: Path) -> None:
     tune = next(r for r in reports if r.split == "tune")
     # the packaged photographs each hold one upright person, the astronaut's fall sequence ends lying down
     assert tune.counts["1–6 people, exact"].total == 1
-    assert tune.sequences["standing -> lying sequences confirmed (fall_detected)"].ok == 1
+    assert tune.sequences["rotated-still sequences confirmed (fall_detected)"].ok == 1
     heldout = next(r for r in reports if r.split == "heldout")
     assert heldout.counts["1–6 people, exact"].ok == 2
     assert heldout.fall["no false alert on frames without a lying person"].ok == 2
