@@ -218,13 +218,37 @@ def score_sequence(report: Report, seq: ds.Sequence, base: np.ndarray, infer: In
         seen.append(",".join(_events(result)) or "-")
     confirmed = any("fall_detected" in s for s in seen)
     if seq.expect == "fall":
-        report.sequences["standing -> lying sequences confirmed (fall_detected)"].add(
+        report.sequences["rotated-still sequences confirmed (fall_detected)"].add(
             confirmed, f"{seq.id}: per frame {seen}"
         )
     else:
         report.sequences["still sequences (no fall) without fall_detected"].add(
             not confirmed, f"{seq.id}: per frame {seen}"
         )
+
+
+def score_clip(report: Report, clip: ds.Clip, path: Path, infer: Infer) -> None:
+    """A real fall on video, on one stream at the clip's own timestamps: fall_detected at or after the fall,
+    and nothing flagged on the frames before it (walking, bending, playing ball)."""
+    stream = str(uuid.uuid4())
+    before: list[str] = []
+    after: list[str] = []
+    for t, index, frame in ds.clip_frames(clip, path):
+        result = infer("fall_detection", frame, stream, t, None)
+        events = _events(result)
+        seen = ",".join(f"{d['posture'][0]}{d['lying_score']:.2f}" for d in result.get("detections", [])) or "none"
+        mark = "+".join(sorted(set(events))) or "-"
+        label = f"{'hold' if index < 0 else index}:{seen}:{mark}"
+        (before if 0 <= index < clip.fall_from else after).append(label)
+    confirmed = any("fall_detected" in a.rsplit(":", 1)[1] for a in after)
+    flagged = any(a.rsplit(":", 1)[1] != "-" for a in after)
+    quiet = all(b.rsplit(":", 1)[1] == "-" for b in before)
+    where = f"{clip.id} ({clip.ends}; {', '.join(clip.conditions)}): from the fall on {after}"
+    report.sequences["real fall clips confirmed (fall_detected)"].add(confirmed, where)
+    report.sequences["real fall clips flagged (possible_fall or fall_detected)"].add(flagged, where)
+    report.sequences["real clips: nothing flagged before the fall"].add(
+        quiet, f"{clip.id}: before the fall {[b for b in before if not b.endswith(':-')]}"
+    )
 
 
 def score_ppe(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) -> None:
@@ -337,6 +361,8 @@ def evaluate(dataset: ds.Dataset, infer: Infer, split: str, with_profiles: bool 
         score_fall_still(report, derived.id, frame, 1, {"lying": 1}, infer, "rotated photographs")
     for seq in dataset.sequences:
         score_sequence(report, seq, frames[seq.base], infer)
+    for clip in dataset.clips:
+        score_clip(report, clip, paths[clip.id], infer)
     if with_profiles:
         report.profiles = profile_costs([(s, frames[s.id]) for s in dataset.stills])
     return report
@@ -363,7 +389,10 @@ FALL_TARGETS = {
     "lying people flagged (real photographs)": "≥ 80 %",
     "no false alert on frames without a lying person": "≥ 95 % (≤ 5 % false alerts)",
 }
-SEQ_TARGETS = {"standing -> lying sequences confirmed (fall_detected)": "≥ 2 of 3"}
+SEQ_TARGETS = {
+    "real fall clips confirmed (fall_detected)": "≥ 2 of 3",
+    "real clips: nothing flagged before the fall": "all",
+}
 PPE_TARGETS = {
     "compliant workers pass (no alert)": "≥ 80 %",
     "violations caught (the missing item alerted)": "≥ 90 %",
@@ -396,8 +425,16 @@ SUMMARY: list[tuple[str, Callable[[Report], tuple[int, int, bool]]]] = [
         lambda r: _at_least(0.95, *_sum([r.fall["no false alert on frames without a lying person"]])),
     ),
     (
-        "fall sequences confirmed (≥ 2 of 3)",
-        lambda r: _at_least(2 / 3, *_sum([r.sequences["standing -> lying sequences confirmed (fall_detected)"]])),
+        "real fall clips confirmed (≥ 2 of 3)",
+        lambda r: _at_least(2 / 3, *_sum([r.sequences["real fall clips confirmed (fall_detected)"]])),
+    ),
+    (
+        "real fall clips: nothing flagged before the fall (all)",
+        lambda r: _at_least(1.0, *_sum([r.sequences["real clips: nothing flagged before the fall"]])),
+    ),
+    (
+        "rotated-still sequences confirmed (≥ 2 of 3)",
+        lambda r: _at_least(2 / 3, *_sum([r.sequences["rotated-still sequences confirmed (fall_detected)"]])),
     ),
     (
         "no fall_detected on people not down, 12 s sequences (all)",
@@ -421,13 +458,15 @@ def render(reports: list[Report], meta: Mapping[str, Any]) -> str:
         "eval/SOURCES.yaml, how it was made in eval/README.md).",
         "",
         f"Run: {meta['when']}, commit `{meta['commit']}`, {meta['stills']} photographs, {meta['lying']} rotated "
-        f"lying copies, {meta['sequences']} sequences, {meta['seconds']:.0f} s; frames re-sent after a deadline "
+        f"lying copies, {meta['sequences']} rotated-still sequences, {meta['clips']} real fall clips, "
+        f"{meta['seconds']:.0f} s; frames re-sent after a deadline "
         f"answer on the busy host: {meta['retries'] or 'none'}.",
         "",
         "**Splits.** `tune` is the set thresholds may be chosen on; `heldout` was never looked at while tuning. "
-        "Targets are the issue's; a target missed is listed with its failure cases, not tuned away. Lying copies and "
-        "sequences are semi-synthetic (a real photograph of an upright person turned 90°): no standing→lying "
-        "video with a licence allowing this use was found.",
+        "Targets are the issue's; a target missed is listed with its failure cases, not tuned away. Falls are "
+        "measured on real care-home CCTV clips (eval/SOURCES.yaml `ambianic-fall`: evaluation use only, not "
+        "redistributed; each clip's last frame held 4 s because the clips end about a second after the fall) and, "
+        "separately, on semi-synthetic sequences (a real photograph of an upright person turned 90°).",
         "",
     ]
     lines += [
@@ -530,6 +569,7 @@ def run(
             stills=tuple(s for s in dataset.stills if s.id in packaged),
             lying=tuple(d for d in dataset.lying if d.base in packaged),
             sequences=tuple(q for q in dataset.sequences if q.base in packaged),
+            clips=(),
         )
         splits = ["tune", "heldout"]
     started = time.monotonic()
@@ -545,6 +585,7 @@ def run(
         "stills": len(dataset.stills),
         "lying": len(dataset.lying),
         "sequences": len(dataset.sequences),
+        "clips": len(dataset.clips),
         "seconds": time.monotonic() - started,
         "retries": dict(RETRIES),
     }

@@ -76,12 +76,32 @@ class Sequence:
 
 
 @dataclasses.dataclass(frozen=True)
+class Clip:
+    """A real video of a fall, labelled by frame index: `fall_from` the first frame of the fall (nothing may be
+    flagged before it), `down_from` the first frame the person is on the ground. Frames are sent every `step`-th
+    at the clip's own timestamps; the clip's last frame is then held `hold_s` seconds (the clips end about a
+    second after the fall, the person still down: eval/README.md)."""
+
+    id: str
+    source: str
+    path: str
+    split: Split
+    fall_from: int
+    down_from: int
+    ends: str  # how the person ends up: lying / sitting (a slide down a wall)
+    step: int
+    hold_s: float
+    conditions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
     sources: dict[str, dict[str, Any]]
     stills: tuple[Still, ...]
     lying: tuple[Derived, ...]
     sequences: tuple[Sequence, ...]
     checksums: dict[str, str]
+    clips: tuple[Clip, ...] = ()
 
     def still(self, image_id: str) -> Still:
         return next(s for s in self.stills if s.id == image_id)
@@ -93,6 +113,7 @@ class Dataset:
             stills=tuple(s for s in self.stills if s.split in keep),
             lying=tuple(d for d in self.lying if d.split in keep),
             sequences=tuple(q for q in self.sequences if q.split in keep),
+            clips=tuple(c for c in self.clips if c.split in keep),
         )
 
 
@@ -145,7 +166,27 @@ def load(eval_dir: Path = EVAL_DIR) -> Dataset:
     for derived_id, base in [(d.id, d.base) for d in lying] + [(q.id, q.base) for q in sequences]:
         if base not in ids:
             raise DatasetError(f"{derived_id}: made from unknown image {base!r}")
-    return Dataset(sources, tuple(stills), lying, sequences, checksums)
+    clips = tuple(
+        Clip(
+            id=c["id"],
+            source=c["source"],
+            path=c["path"],
+            split=c["split"],
+            fall_from=int(c["fall_from"]),
+            down_from=int(c["down_from"]),
+            ends=c["ends"],
+            step=int(c.get("step", 5)),
+            hold_s=float(c.get("hold_s", 4.0)),
+            conditions=tuple(c.get("conditions", [])),
+        )
+        for c in labels.get("clips", [])
+    )
+    for clip in clips:
+        if clip.source not in sources:
+            raise DatasetError(f"{clip.id}: unknown source {clip.source!r}")
+        if not 0 < clip.fall_from <= clip.down_from:
+            raise DatasetError(f"{clip.id}: fall_from must be after the first frame and at or before down_from")
+    return Dataset(sources, tuple(stills), lying, sequences, checksums, clips)
 
 
 def _package_file(source: dict[str, Any], path: str) -> bytes:
@@ -181,7 +222,8 @@ def materialise(
     mirrors = mirrors or Path(os.environ.get("RUTH_EVAL_MIRRORS", DEFAULT_MIRRORS))
     wanted = set(only) if only is not None else None
     paths: dict[str, Path] = {}
-    for still in dataset.stills:
+    items: list[Still | Clip] = [*dataset.stills, *dataset.clips]
+    for still in items:
         if wanted is not None and still.id not in wanted:
             continue
         name = f"{still.source}/{still.path}"
@@ -261,4 +303,29 @@ def sequence_frames(sequence: Sequence, base: np.ndarray) -> list[tuple[float, n
         for _ in range(round(sequence.lying_s * sequence.fps)):
             frames.append((t, lying))
             t += step
+    return frames
+
+
+def clip_frames(clip: Clip, path: Path) -> list[tuple[float, int, np.ndarray]]:
+    """(seconds from the start, frame index, frame) of every `step`-th frame of the video at its own frame rate,
+    then its last frame held `hold_s` seconds at the same rate (index -1 marks a held frame)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) or 25.0
+        decoded: list[np.ndarray] = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            decoded.append(frame)
+    finally:
+        capture.release()
+    if not decoded:
+        raise DatasetError(f"{path}: no frames could be decoded")
+    if clip.down_from >= len(decoded):
+        raise DatasetError(f"{clip.id}: down_from {clip.down_from} is past the clip's {len(decoded)} frames")
+    frames = [(index / fps, index, decoded[index]) for index in range(0, len(decoded), clip.step)]
+    last_t, step_s = frames[-1][0], clip.step / fps
+    for k in range(1, round(clip.hold_s / step_s) + 1):
+        frames.append((last_t + k * step_s, -1, decoded[-1]))
     return frames

@@ -76,6 +76,23 @@ class Posture:
     head_height: float | None  # (torso reference y - head y) / box's longer side; > 0 = head above, < 0 = below
     lying_score: float  # 0 = clearly upright .. 1 = clearly lying
     state: PostureState
+    # Foreshortening (a body lying along the camera's line of sight looks near-vertical but short):
+    torso_ratio: float | None = None  # shoulders-hips length / the body's width (shoulders, else 1.4 x hips)
+    legs_ratio: float | None = None  # hips-ankles length (else 2 x hips-knees) / the same width
+    foreshortened: float = 0.0  # 0 .. 1: torso and legs both short for the body's width, in one straight line
+
+
+#: Body proportions measured in body widths (MoveNet's shoulder keypoints): an upright person's torso is 1.1-3.6
+#: widths long and legs 1.5-4 on the `tune` photographs (sitting and kneeling people have short legs but a full
+#: torso; people bent towards the camera a short torso but a bend at the hips of 40 degrees or more). A body
+#: lying along the camera's line of sight keeps its width while its length shrinks with the camera's elevation
+#: (about halved at 30 degrees): torso under ~0.8 widths, legs under ~1.4, torso and legs in one line.
+FORESHORTENED_TORSO = (0.9, 0.6)  # torso ratio: ramp 0 at the first, 1 at the second
+FORESHORTENED_LEGS = (1.6, 1.0)  # legs ratio: the same
+STRAIGHT_BODY_DEG = (25.0, 40.0)  # bend between torso and legs: 1 up to the first, 0 from the second
+#: A torso pointing this far down (head below the hips) in a box taller than wide, with nothing foreshortened,
+#: is a pose with shoulders and hips swapped (a walking person read upside down), not someone lying.
+UPSIDE_DOWN_DEG = 135.0
 
 
 def _mean_visible(keypoints: np.ndarray, indices: Sequence[int], threshold: float) -> np.ndarray | None:
@@ -87,6 +104,40 @@ def _mean_visible(keypoints: np.ndarray, indices: Sequence[int], threshold: floa
 def _ramp(value: float, zero_at: float, one_at: float) -> float:
     """0 at `zero_at`, 1 at `one_at`, linear between (either direction)."""
     return float(np.clip((value - zero_at) / (one_at - zero_at), 0.0, 1.0))
+
+
+def _direction(vector: np.ndarray) -> float:
+    """Degrees of `vector` from image-up, signed (-180 .. 180]."""
+    return math.degrees(math.atan2(float(vector[0]), -float(vector[1])))
+
+
+def _foreshortening(
+    kp: np.ndarray,
+    shoulders: np.ndarray | None,
+    hips: np.ndarray | None,
+    feet: np.ndarray | None,
+    from_knees: bool,
+    threshold: float,
+) -> tuple[float | None, float | None, float]:
+    """(torso ratio, legs ratio, foreshortened 0..1): lengths in units of the body's width, which lying along
+    the line of sight does not shrink. Needs both shoulders (or both hips) for the width."""
+    width = None
+    if kp[L_SHOULDER, 2] >= threshold and kp[R_SHOULDER, 2] >= threshold:
+        width = float(np.hypot(*(kp[L_SHOULDER, :2] - kp[R_SHOULDER, :2])))
+    elif kp[L_HIP, 2] >= threshold and kp[R_HIP, 2] >= threshold:
+        width = 1.4 * float(np.hypot(*(kp[L_HIP, :2] - kp[R_HIP, :2])))
+    if width is None or width < 1e-3 or shoulders is None or hips is None:
+        return None, None, 0.0
+    torso = shoulders - hips
+    torso_ratio = float(np.hypot(*torso)) / width
+    if feet is None:
+        return torso_ratio, None, 0.0
+    legs = hips - feet
+    legs_ratio = (2.0 if from_knees else 1.0) * float(np.hypot(*legs)) / width
+    bend = abs((_direction(torso) - _direction(legs) + 180.0) % 360.0 - 180.0)
+    straight = _ramp(bend, STRAIGHT_BODY_DEG[1], STRAIGHT_BODY_DEG[0])
+    short = min(_ramp(torso_ratio, *FORESHORTENED_TORSO), _ramp(legs_ratio, *FORESHORTENED_LEGS))
+    return torso_ratio, legs_ratio, min(short, straight)
 
 
 def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
@@ -107,6 +158,7 @@ def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
     # Legs: hips -> ankles (else knees). A person bent double at the waist has a flat torso but legs still
     # standing; a lying person's legs lie too. Sitting people have upright torsos, so the torso term keeps them out.
     feet = _mean_visible(kp, (L_ANKLE, R_ANKLE), config.keypoint_threshold)
+    from_knees = feet is None
     if feet is None:
         feet = _mean_visible(kp, (L_KNEE, R_KNEE), config.keypoint_threshold)
     legs_angle = None
@@ -118,19 +170,36 @@ def posture_of(pose: PoseResult, config: FallConfig) -> Posture:
     if head is not None and reference is not None:
         head_height = float(reference[1] - head[1]) / max(width, height)
 
-    terms: list[tuple[float, float]] = [(_ramp(aspect, 0.8, 1.4), 0.25)]
+    torso_ratio, legs_ratio, short = _foreshortening(kp, shoulders, hips, feet, from_knees, config.keypoint_threshold)
+
+    # A foreshortened body's box, angle and head height say little (it looks near-vertical and narrow): its
+    # short, straight length stands in for all three, so `short` alone at or above lying_threshold reads lying.
+    terms: list[tuple[float, float]] = [(max(_ramp(aspect, 0.8, 1.4), short), 0.25)]
     if angle is not None:
-        terms.append((_ramp(angle, 30.0, 70.0), 0.5))
+        terms.append((max(_ramp(angle, 30.0, 70.0), short), 0.5))
+    elif short:
+        terms.append((short, 0.5))
     if head_height is not None:
-        terms.append((_ramp(head_height, 0.15, -0.05), 0.25))
+        terms.append((max(_ramp(head_height, 0.15, -0.05), short), 0.25))
     total = sum(w for _, w in terms)
     score = sum(v * w for v, w in terms) / total
-    if legs_angle is not None and legs_angle < 35.0:
-        score *= 0.5  # standing legs: bending or reaching, not lying
+    if legs_angle is not None and legs_angle < 35.0 and short < 0.5:
+        score *= 0.5  # standing legs (long and vertical): bending or reaching, not lying
+    if angle is not None and angle > UPSIDE_DOWN_DEG and aspect < 0.8 and short < 0.5:
+        score = min(score, (config.upright_threshold + config.lying_threshold) / 2)  # an upside-down misread
     state: PostureState = (
         "lying" if score >= config.lying_threshold else "upright" if score < config.upright_threshold else "unclear"
     )
-    return Posture(angle, aspect, head_height, round(score, 4), state)
+    return Posture(
+        angle,
+        aspect,
+        head_height,
+        round(score, 4),
+        state,
+        None if torso_ratio is None else round(torso_ratio, 3),
+        None if legs_ratio is None else round(legs_ratio, 3),
+        round(short, 3),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

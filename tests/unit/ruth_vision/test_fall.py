@@ -214,3 +214,93 @@ def test_a_long_head_down_posture_is_not_confirmed_as_a_fall() -> None:
     assert fall.decide(flat, 9.0, config).event == "fall_detected"  # no angle known: no veto
     weak = [_obs(float(t), "lying", 0.72) for t in range(10)]  # lying, but on weak evidence
     assert fall.decide(weak, 9.0, config).event == "possible_fall"
+
+
+def _projected(
+    torso: float, legs: float, *, bend_dx: float = 0.0, head_down: bool = False, width: float = 40.0
+) -> PoseResult:
+    """A body facing the camera as a camera sees it: torso and legs lengths in body widths (shoulder keypoints
+    apart), the legs offset sideways by `bend_dx` widths (a bend at the hips), the head beyond the shoulders.
+    `head_down`: the whole body turned over in the image (head nearest the bottom)."""
+    sign = 1.0 if head_down else -1.0  # -1: head up the image
+    hips_y = 300.0
+    shoulders_y = hips_y + sign * torso * width
+    head_y = shoulders_y + sign * 0.45 * width
+    feet = np.array([300.0 + bend_dx * width, hips_y - sign * legs * width])
+    knees = (np.array([300.0, hips_y]) + feet) / 2
+    keypoints = np.zeros((17, 3), np.float32)
+    points = {
+        0: (300.0, head_y),
+        1: (295.0, head_y - sign * 3),
+        2: (305.0, head_y - sign * 3),
+        5: (300.0 + width / 2, shoulders_y),
+        6: (300.0 - width / 2, shoulders_y),
+        11: (300.0 + 0.35 * width, hips_y),
+        12: (300.0 - 0.35 * width, hips_y),
+        13: (knees[0] + 0.3 * width, knees[1]),
+        14: (knees[0] - 0.3 * width, knees[1]),
+        15: (feet[0] + 0.3 * width, feet[1]),
+        16: (feet[0] - 0.3 * width, feet[1]),
+    }
+    for index, (x, y) in points.items():
+        keypoints[index] = (x, y, 0.9)
+    seen = keypoints[keypoints[:, 2] > 0]
+    box = (float(seen[:, 0].min()), float(seen[:, 1].min()), float(seen[:, 0].max()), float(seen[:, 1].max()))
+    return PoseResult(box, keypoints, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("name", "torso", "legs", "bend_dx", "head_down"),
+    [
+        ("feet towards a camera 20 degrees up", 0.48, 0.82, 0.0, False),
+        ("feet towards a camera 30 degrees up", 0.62, 1.05, 0.0, False),
+        ("head towards the camera", 0.5, 0.9, 0.0, True),
+    ],
+)
+def test_a_body_lying_along_the_line_of_sight_reads_lying(
+    name: str, torso: float, legs: float, bend_dx: float, head_down: bool
+) -> None:
+    """Near-vertical in the image (torso angle 0 or 180 degrees), but short for its width and straight."""
+    posture = fall.posture_of(_projected(torso, legs, bend_dx=bend_dx, head_down=head_down), fall.FallConfig())
+    assert posture.torso_angle is not None and (posture.torso_angle < 10 or posture.torso_angle > 170), name
+    assert posture.foreshortened >= 0.65, name
+    assert posture.state == "lying", (name, posture)
+
+
+@pytest.mark.parametrize(
+    ("name", "torso", "legs", "bend_dx"),
+    [
+        ("standing, level camera", 1.4, 2.4, 0.0),
+        ("standing, camera 45 degrees up", 1.0, 1.7, 0.0),
+        ("standing far away, camera 45 degrees up", 0.95, 1.65, 0.0),
+        ("bent towards the camera on straight legs", 0.6, 2.3, 0.9),
+        ("bent towards the camera, knees bent", 0.7, 1.3, 0.9),
+        ("sitting facing the camera", 1.4, 0.6, 0.5),
+        ("sitting on the floor, legs towards the camera", 1.3, 0.5, 0.0),
+        ("kneeling upright", 1.3, 0.8, 0.0),
+        ("crouching", 0.9, 0.7, 0.8),
+    ],
+)
+def test_short_looking_people_who_are_not_lying_stay_upright(
+    name: str, torso: float, legs: float, bend_dx: float
+) -> None:
+    posture = fall.posture_of(_projected(torso, legs, bend_dx=bend_dx), fall.FallConfig())
+    assert posture.state != "lying", (name, posture)
+    assert posture.foreshortened < 0.5, (name, posture)
+
+
+def test_a_walking_person_read_upside_down_is_not_lying() -> None:
+    """MoveNet sometimes swaps shoulders and hips on a person walking away: a full-length torso pointing straight
+    down in a tall box (seen on a real care-home clip, eval/labels.yaml clip-3-walker)."""
+    flipped = fall.posture_of(_projected(1.4, 2.4, head_down=True), fall.FallConfig())
+    assert flipped.torso_angle is not None and flipped.torso_angle > 170
+    assert flipped.state != "lying"
+
+
+def test_a_fall_along_the_line_of_sight_is_confirmed() -> None:
+    standing = [_projected(1.4, 2.4)]
+    down = [_projected(0.5, 0.85)]
+    frames = [(t / 2, standing) for t in range(4)] + [(2.0 + t / 2, down) for t in range(6)]
+    results = run(frames)
+    assert results[0.0]["violation_type"] is None
+    assert results[4.5]["violation_type"] == "fall_detected"
