@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from filelock import FileLock
 
 from python_backends.errors import ModelLoadError
+from python_backends.params import DEFAULTS
 
 __all__ = [
     "SqliteStreamStore",
@@ -205,8 +206,8 @@ class SqliteStreamStore:
         self,
         path: Path,
         *,
-        max_streams: int = 10000,
-        idle_ttl_s: float = 300.0,
+        max_streams: int = DEFAULTS.state.max_streams,
+        idle_ttl_s: float = DEFAULTS.state.idle_ttl_s,
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 10.0,
     ) -> None:
