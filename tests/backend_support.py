@@ -117,3 +117,59 @@ def initialize(model: Any, config: Mapping[str, Any], name: str, *, instance: st
         }
     )
     return model
+
+
+class _BlsResponse:
+    """What `pb.InferenceRequest.exec()` returns: the callee's response behind the BLS accessors."""
+
+    def __init__(self, response: FakeResponse) -> None:
+        self._response = response
+
+    def has_error(self) -> bool:
+        return self._response.error is not None
+
+    def error(self) -> FakeError | None:
+        return self._response.error
+
+    def tensor(self, name: str) -> FakeTensor:
+        return next(t for t in self._response.outputs if t.name() == name)
+
+
+@contextmanager
+def bls_backend(models: Mapping[str, Any]) -> Iterator[types.SimpleNamespace]:
+    """The stand-in plus BLS (`pb.InferenceRequest(...).exec()`) between models of this process, by name: each call
+    runs the callee's own `execute()`, so its guards, metrics and errors apply as in Triton."""
+
+    class InferenceRequest:
+        def __init__(
+            self, model_name: str, inputs: list[FakeTensor], requested_output_names: list[str], timeout: int = 0
+        ) -> None:
+            self.model_name, self.inputs, self.outputs = model_name, inputs, requested_output_names
+
+        def exec(self) -> _BlsResponse:
+            callee = models.get(self.model_name)
+            if callee is None:
+                error = FakeError(f"Failed for execute the inference request. Model '{self.model_name}' is not ready.")
+                return _BlsResponse(FakeResponse([], error))
+            (response,) = callee.execute([FakeRequest({t.name(): t.as_numpy() for t in self.inputs})])
+            return _BlsResponse(response)
+
+    pb = types.SimpleNamespace(
+        **vars(FAKE_PB),
+        InferenceRequest=InferenceRequest,
+        get_output_tensor_by_name=lambda response, name: response.tensor(name),
+    )
+    triton.use_backend_module(pb)
+    try:
+        yield pb
+    finally:
+        triton.use_backend_module(None)
+
+
+def repository_config(name: str) -> dict[str, Any]:
+    """A repository model's generated config.pbtxt as the JSON Triton hands to `initialize`."""
+    from support import MODEL_REPOSITORY
+
+    from ruthctl.render import config_to_json, parse_pbtxt
+
+    return dict(json.loads(config_to_json(parse_pbtxt((MODEL_REPOSITORY / name / "config.pbtxt").read_text()))))
