@@ -1,7 +1,7 @@
 """The wire contract every vision model speaks: tensor names and the RESULT document.
 
-The original runtime passed each model's dict through unchecked (original-runtime.md §2.4), so clients saw
-whatever a model happened to return. Here a RESULT is validated against `InferenceResult` before it leaves;
+The runtime we replace passed each model's dict through unchecked, so clients saw whatever a model happened to
+return. Here a RESULT is validated against `InferenceResult` before it leaves;
 a result that breaks the contract is the model's fault, so it becomes `errors.Internal` (HTTP 500, a breaker
 failure), never a client error. `docs/contract.md` documents this module for clients.
 """

@@ -1,7 +1,7 @@
 """Spec + profile -> Triton `ModelConfig` protobuf -> config.pbtxt, and the typed comparisons reconcile needs.
 
 Configs are built as `model_config_pb2.ModelConfig` messages (the schema tritonclient ships), never by string
-templates, so a field Triton doesn't know can't be written (style anchor pytriton §1.5). Desired-vs-actual checks
+templates, so a field Triton doesn't know can't be written. Desired-vs-actual checks
 compare messages, never text: `config_differences` walks the fields we render and reports each one that differs,
 because Triton's live config adds dozens of defaults we never set.
 """

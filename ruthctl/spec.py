@@ -1,10 +1,12 @@
 """Model specs and deployment profiles: the YAML files an operator edits, as frozen pydantic models.
 
-A spec is the user layer of the two-layer config (style anchor pytriton §1.3): what a model needs, in the words of
-`docs/model-spec.md`. `render.py` maps it onto Triton's `ModelConfig` protobuf. Every model here is frozen with
-`extra="forbid"`, so a typo in a YAML key is an error at `ruthctl generate` instead of a silently ignored setting,
-and cross-field rules (batching needs a batch size, a CPU profile can't place a GPU instance) are checked when the
-object is built: an invalid spec can't exist.
+A spec is the user layer of the two-layer config (the spec, then its rendered config.pbtxt): what a model needs,
+in the words of `docs/model-spec.md`. `render.py` maps it onto Triton's `ModelConfig` protobuf. Every model here
+is frozen with `extra="forbid"`, so a typo in a YAML key is an error at `ruthctl generate` instead of a silently
+ignored setting, and cross-field rules (batching needs a batch size, a CPU profile can't place a GPU instance) are
+checked when the object is built: an invalid spec can't exist. The `breaker`, `watchdog`, `state` and `weights`
+groups are the `ruth.*` parameter groups of python_backends/params.py, so the spec and the model that parses the
+rendered config share one definition of each key, bound and default.
 """
 
 from __future__ import annotations
