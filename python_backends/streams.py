@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -137,11 +137,6 @@ class StreamStoreSpec:
             socket_timeout_s=timeouts.get("socket_timeout", 1.0),
             connect_timeout_s=timeouts.get("socket_connect_timeout", 1.0),
         )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamStoreSpec:
-        env = os.environ if environ is None else environ
-        return cls.parse(env.get("RUTH_STREAM_STORE"), env.get("RUTH_STREAM_STORE_PASSWORD_FILE") or None)
 
     def describe(self) -> str:
         """For logs and error messages: never the password."""
