@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from python_backends.errors import ModelLoadError, first_error
 
@@ -63,8 +63,9 @@ class FrameParams(_Params):
 
     @model_validator(mode="after")
     def _ordered(self) -> FrameParams:
-        if self.min_width > self.max_width or self.min_height > self.max_height:
-            raise ValueError("min_width/min_height must not exceed max_width/max_height")
+        for low, high in (("min_width", "max_width"), ("min_height", "max_height")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})")
         return self
 
 
@@ -76,11 +77,13 @@ class BreakerParams(_Params):
     max_cooldown_s: float = Field(default=600.0, gt=0)
     half_open_max_trials: int = Field(default=1, ge=1)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> BreakerParams:
-        if self.max_cooldown_s < self.cooldown_s:
-            raise ValueError("max_cooldown_s must be >= cooldown_s")
-        return self
+    @field_validator("max_cooldown_s")
+    @classmethod
+    def _not_below_cooldown(cls, value: float, info: ValidationInfo) -> float:
+        cooldown = info.data.get("cooldown_s")  # absent when cooldown_s itself was invalid
+        if cooldown is not None and value < cooldown:
+            raise ValueError(f"must be >= cooldown_s ({cooldown})")
+        return value
 
 
 class WatchdogParams(_Params):

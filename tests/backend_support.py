@@ -61,6 +61,16 @@ class FakeRequest:
         return ""
 
 
+#: a RESULT with nothing to report, as a vision model's `infer` returns it (extend it with the model's own fields)
+QUIET_RESULT = {
+    "violation_detected": False,
+    "violation_type": None,
+    "severity": "low",
+    "confidence": 1.0,
+    "detections": [],
+}
+
+
 def _input(request: FakeRequest, name: str) -> FakeTensor | None:
     return request.tensors.get(name)
 

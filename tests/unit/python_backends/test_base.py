@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from backend_support import FakeRequest, FakeResponse, FakeTensor, fake_backend, initialize, make_runtime
+from backend_support import QUIET_RESULT, FakeRequest, FakeResponse, FakeTensor, fake_backend, initialize, make_runtime
 
 from python_backends.base import InferContext
 from python_backends.errors import InvalidInput, ModelLoadError
@@ -54,11 +54,7 @@ class Brightness(RuthModel):
             raise InvalidInput("METADATA", "the algorithm found this request unusable")
         seen = ctx.update_state(lambda s: {"frames": (s or {}).get("frames", 0) + 1})
         return {
-            "violation_detected": False,
-            "violation_type": None,
-            "severity": "low",
-            "confidence": 1.0,
-            "detections": [],
+            **QUIET_RESULT,
             "brightness": float(frame.mean()),
             "frames_seen": seen["frames"],
         }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from backend_support import (
+    QUIET_RESULT,
     FakeRequest,
     bls_backend,
     initialize,
@@ -134,13 +135,7 @@ class FlakyVision(RuthModel):
     def infer(self, frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
         if frame.mean() < 1:
             raise RuntimeError("negative")
-        return {
-            "violation_detected": False,
-            "violation_type": None,
-            "severity": "low",
-            "confidence": 1.0,
-            "detections": [],
-        }
+        return dict(QUIET_RESULT)
 
 
 RAW_CONFIG = {

@@ -82,9 +82,14 @@ def test_a_misspelt_key_fails_naming_it_and_the_key_it_resembles() -> None:
         ("ruth.inference_timeout_ms", "soon", "ruth.inference_timeout_ms: Input should be a valid integer"),
         ("ruth.inference_timeout_ms", "0", "ruth.inference_timeout_ms: Input should be greater than or equal to 1"),
         ("ruth.breaker.failure_threshold", "2.5", "ruth.breaker.failure_threshold: Input should be a valid integer"),
-        ("ruth.breaker.max_cooldown_s", "1", "ruth.breaker: max_cooldown_s must be >= cooldown_s"),
+        ("ruth.breaker.max_cooldown_s", "1", "ruth.breaker.max_cooldown_s: must be >= cooldown_s (30.0)"),
         ("ruth.state.max_streams", "true", "ruth.state.max_streams: Input should be a valid integer"),
         ("ruth.weights", '[{"path": "../x", "sha256": "0"}]', "ruth.weights.0.path: weight path '../x' must be"),
+        ("ruth.fault.fail_rate", "lots", "ruth.fault.fail_rate: Input should be a valid number"),
+        ("ruth.fault.fail_rate", "1.5", "ruth.fault.fail_rate: Input should be less than or equal to 1"),
+        ("ruth.fault.hang_rate", "-0.1", "ruth.fault.hang_rate: Input should be greater than or equal to 0"),
+        ("ruth.fault.hang_s", "NaN", "ruth.fault.hang_s: Input should be a valid number"),
+        ("ruth.fault.slow_ms", "-5", "ruth.fault.slow_ms: Input should be greater than or equal to 0"),
     ],
 )
 def test_a_bad_value_fails_naming_its_key(key: str, value: str, message: str) -> None:
