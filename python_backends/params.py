@@ -140,15 +140,6 @@ class WeightPin(_Params):
         return path
 
 
-_GROUPS: dict[str, type[_Params]] = {
-    "frame": FrameParams,
-    "breaker": BreakerParams,
-    "watchdog": WatchdogParams,
-    "state": StateParams,
-    "fault": FaultPlan,
-}
-
-
 class RuntimeParams(_Params):
     """Every `ruth.*` key of config.pbtxt. Nested groups are key segments: `breaker.cooldown_s` is
     `ruth.breaker.cooldown_s`."""
@@ -234,6 +225,12 @@ def parameter_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+#: the nested groups of RuntimeParams by field name: each is one key segment (`ruth.<group>.<field>`)
+_GROUPS: dict[str, type[_Params]] = {
+    name: field.annotation
+    for name, field in RuntimeParams.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Params)
+}
 #: every default of every `ruth.*` parameter (and of the modules that take them)
 DEFAULTS = RuntimeParams()
 
