@@ -179,7 +179,8 @@ class RuntimeParams(_Params):
     @classmethod
     def from_parameters(cls, raw: Mapping[str, str]) -> RuntimeParams:
         """Parse the `ruth.*` keys of a flat str->str mapping (other keys are ignored; an empty value is the
-        default). ModelLoadError names the unknown key or the invalid value's key."""
+        default). ModelLoadError names the unknown key or the invalid value's key; raised from `initialize()`, it is
+        the reason Triton gives for the refused load (docs/triton-notes.md §3)."""
         known = cls.keys()
         document: dict[str, Any] = {}
         for key, text in raw.items():
