@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -58,11 +57,11 @@ class BareModel:
     def __init__(
         self, model_py: Path, model_config: Mapping[str, Any], *, instance: str = "bare_0", local_pose: bool = False
     ) -> None:
-        from python_backends.base import InferContext
+        from python_backends.base import InferContext, ModelParams
         from python_backends.gpu import Allocation
         from python_backends.metrics import NullMetrics
-        from python_backends.params import ModelParams, RuntimeEnv, config_defaults, parameters_of
-        from python_backends.rwlock import FairRWLock
+        from python_backends.params import config_defaults, parameters_of
+        from python_backends.runtime import Runtime
 
         cls = load_model_class(model_py)
         if not hasattr(cls, "infer_batch"):
@@ -73,14 +72,13 @@ class BareModel:
         model.instance = instance
         model.model_config = dict(model_config)
         model.params = ModelParams.parse(parameters_of(model_config))
-        model.env = RuntimeEnv.from_env()
+        model.runtime = Runtime.from_process()  # this process is the composition root here
         model.metrics = NullMetrics()
         model.device = Allocation(
             device="cpu", placement="cpu", device_index=None, reserved_bytes=0, reason="bare", owner=None
         )
         model.streams = None
-        model.clock = time.time
-        model.resources_lock = FairRWLock()  # what `swap_resources` takes; never contended here
+        model.clock = model.runtime.clock
         model.load(model.device)
         if local_pose and hasattr(model, "pose_model"):
             model.call_model = local_pose_call(model_py.parent.parent.parent / "pose_estimator" / "1" / "model.py")
@@ -124,7 +122,8 @@ def local_pose_call(pose_model_py: Path) -> Callable[..., dict[str, np.ndarray]]
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
-    from python_backends.params import ModelParams, parameters_of
+    from python_backends.base import ModelParams
+    from python_backends.params import parameters_of
     from ruth_vision.pose import PoseEngineConfig, build_engine, pack_pose_outputs
     from ruth_vision.weights import default_weights_dir
 

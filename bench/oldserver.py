@@ -1,4 +1,4 @@
-"""The runtime we replace, rebuilt around our model code for a like-for-like comparison (original-runtime.md §2, §8.1).
+"""The runtime we replace, rebuilt around our model code for a like-for-like comparison.
 
 What is kept from the original, on purpose, because it is what limits it:
 * one uvicorn worker process;

@@ -1,14 +1,17 @@
 """The shared lifecycle of every Ruth model: `GuardedModel` and the `InferContext` a model's algorithm gets.
 
 `GuardedModel` implements what vision models (`python_backends.vision.RuthModel`) and raw-tensor models
-(`python_backends.raw.RawRuthModel`) share: config and parameter parsing, device allocation, the circuit breaker,
-the watchdog, fault injection, metrics and per-request error responses. A concrete model declares its spec and
-implements `load(device)` plus its inference hook; everything else is here.
+(`python_backends.raw.RawRuthModel`) share: parameter parsing, device allocation, the circuit breaker, the
+watchdog, fault injection, metrics, per-request error responses and the one `execute()` template. A model kind
+implements three hooks: `decode(index, request) -> [WorkItem]`, `run_batch(payloads) -> [result | exception]` and
+`encode(items) -> response`; a concrete model implements `load(device)` plus its kind's inference hook. The
+services (clock, device probe, state paths, metrics, stream store) come from the injected `Runtime`
+(python_backends/runtime.py); nothing here reads the environment.
 
 The execute contract is sacred (python_backend README, "Default Mode"): exactly one response per request, in
 order, and `execute()` never raises. An exception escaping `execute()` fails every request of the batch and can
-hang the model's unload (docs/triton-notes.md §8.3), so each `execute()` ends in a catch-all that turns
-anything into per-request INTERNAL errors.
+hang the model's unload (docs/triton-notes.md §8.3), so `execute()` ends in a catch-all that turns anything into
+per-request INTERNAL errors.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from python_backends import logs, triton
-from python_backends.breaker import CircuitBreaker
-from python_backends.breaker_storage import FileBreakerStorage
+from python_backends import triton
+from python_backends.breaker import BreakerPolicy, CircuitBreaker
 from python_backends.errors import (
     BreakerOpen,
     InferenceTimeout,
@@ -42,16 +44,16 @@ from python_backends.errors import (
 )
 from python_backends.faults import FaultInjector, InjectedFault
 from python_backends.gpu import Allocation, DeviceAllocator
-from python_backends.gpu_ledger import GpuLedger
-from python_backends.gpu_probe import NoGpuProbe, default_probe
-from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMetrics, TritonMetrics
-from python_backends.params import ModelParams, RuntimeEnv, parameters_of
-from python_backends.rwlock import FairRWLock
+from python_backends.metrics import BreakerMetricsListener, MetricsSink
+from python_backends.params import MODEL_PREFIX, RuntimeParams, parameters_of
+from python_backends.runtime import Runtime
+from python_backends.validation import Limits
 from python_backends.watchdog import Watchdog
 from python_backends.weights import pinned_weights
 
 log = logging.getLogger("ruth.model")
 R = TypeVar("R")
+P = TypeVar("P")
 
 
 def client_value_errors() -> tuple[type[BaseException], ...]:
@@ -106,22 +108,68 @@ class InferContext:
 
 
 @dataclasses.dataclass
-class WorkItem:
-    """One frame of one request on its way through execute()."""
+class WorkItem(Generic[P]):
+    """One unit of work of one request on its way through `execute()` (a vision request may carry several).
+
+    `payload` is what the model kind's `run_batch` takes: a `(frame, ctx)` pair for vision models, the input
+    tensors for raw ones.
+    """
 
     request_index: int
-    frame: np.ndarray
-    ctx: InferContext
+    payload: P
     received: float
+    #: the request carried its own CONFIG values (a value-type failure with them is the client's, not the model's)
+    client_config: bool = False
+    #: for logs: the camera stream this item belongs to, if any
+    stream_id: str = ""
     result: Any = None
     error: BaseException | None = None
 
 
-class GuardedModel:
-    """What vision and raw-contract models share: lifecycle, breaker, watchdog, metrics, device."""
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """What `initialize()` reads from config.pbtxt: the typed `ruth.*` values (python_backends/params.py), the
+    request limits they narrow, and the model's own `model.*` parameters (prefix removed, as strings)."""
 
-    #: memory the model needs on its device, when the spec gives none
-    default_memory_estimate_mb: ClassVar[int] = 256
+    runtime: RuntimeParams
+    limits: Limits
+    model: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> ModelParams:
+        runtime = RuntimeParams.from_parameters(raw)
+        frame = runtime.frame
+        try:  # a model may narrow the global limits, never widen them
+            limits = Limits().for_model(
+                min_width=frame.min_width,
+                min_height=frame.min_height,
+                max_width=frame.max_width,
+                max_height=frame.max_height,
+                max_timestamp_drift_s=runtime.timestamp_max_drift_s,
+            )
+        except ValueError as exc:
+            raise ModelLoadError(f"config.pbtxt frame limits are inconsistent: {exc}") from exc
+        model = {k[len(MODEL_PREFIX) :]: v for k, v in raw.items() if k.startswith(MODEL_PREFIX)}
+        return cls(runtime=runtime, limits=limits, model=model)
+
+    @property
+    def inference_timeout_s(self) -> float:
+        return self.runtime.inference_timeout_ms / 1000.0
+
+
+def error_response(error: BaseException) -> Any:
+    """The one mapping from an exception to what its client gets: a response with Triton's code and our message."""
+    pb = triton.pb()
+    code = getattr(pb.TritonError, triton_code_for(error).value)
+    message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
+
+
+class GuardedModel(Generic[P]):
+    """What vision and raw-contract models share: lifecycle, breaker, watchdog, metrics, device, `execute()`."""
+
+    #: the name of the model's batch hook, for the error when it breaks its contract
+    batch_hook: ClassVar[str] = "run_batch"
     #: how often the state gauges (breaker, health, zombies) are re-read from the persisted state without traffic
     gauge_refresh_s: ClassVar[float] = 2.0
 
@@ -132,28 +180,30 @@ class GuardedModel:
     device: Allocation
     metrics: MetricsSink
 
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        """Triton constructs a model with no arguments: `initialize()` then builds `Runtime.from_process()`."""
+        self._injected_runtime = runtime
+
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def initialize(self, args: Mapping[str, str]) -> None:
-        logs.configure()
+        self.runtime = getattr(self, "_injected_runtime", None) or Runtime.from_process()
+        self.clock: Callable[[], float] = self.runtime.clock
         self.model_config: dict[str, Any] = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.version = str(args.get("model_version", "1"))
         self.instance = args.get("model_instance_name", f"{self.name}_0")
-        self.env = RuntimeEnv.from_env()
         self.params = ModelParams.parse(parameters_of(self.model_config))
-        self.clock: Callable[[], float] = time.time
-        self.metrics = (
-            TritonMetrics(self.name, self.version, self.instance) if self.env.metrics_enabled else NullMetrics()
-        )
+        params = self.params.runtime
+        self.metrics = self.runtime.metrics(self.name, self.version, self.instance)
         self.check_contract(self.model_config)
-        self._allocator = self._make_allocator()
+        self._allocator = self.runtime.allocator()
         self.device = self._allocator.allocate(
             model=self.name,
             version=self.version,
             instance=self.instance,
             instance_kind=str(args.get("model_instance_kind", "CPU")),
             device_id=int(args.get("model_instance_device_id", "0") or 0),
-            memory_estimate_mb=self.params.memory_estimate_mb,
+            memory_estimate_mb=params.memory_estimate_mb,
         )
         log.info(
             "%s v%s %s: device %s (%s) — %s",
@@ -165,18 +215,15 @@ class GuardedModel:
             self.device.reason,
         )
         self.metrics.device(self.device.placement, self.device.reserved_bytes)
-        breaker_file = self.env.state_dir / "breakers" / f"{self.name}-{self.version}.json"
         self.breaker = CircuitBreaker(
             f"{self.name}:{self.version}",
-            self.params.breaker,
-            FileBreakerStorage(breaker_file),
+            BreakerPolicy(**params.breaker.model_dump()),
+            self.runtime.breaker_storage(self.name, self.version),
             listeners=[BreakerMetricsListener(self.metrics)],
         )
         self.metrics.breaker(self.breaker.state, tripped=False)
-        self.watchdog = Watchdog(f"{self.name}:{self.version}", zombie_limit=self.params.zombie_limit)
-        self.faults = FaultInjector(self.params.faults) if self.params.faults.enabled else None
-        #: readers: every inference; writer: `swap_resources` (weights replaced while requests run)
-        self.resources_lock = FairRWLock()
+        self.watchdog = Watchdog(f"{self.name}:{self.version}", zombie_limit=params.watchdog.zombie_limit)
+        self.faults = FaultInjector(params.fault) if params.fault.enabled else None
         try:
             self.setup_state()
             self.load(self.device)
@@ -189,17 +236,6 @@ class GuardedModel:
         self._allocator.settle(self.device)  # loaded: its memory is in use now, no longer only promised
         self._report_health()
         self._start_gauge_refresher()
-
-    def _make_allocator(self) -> DeviceAllocator:
-        probe = default_probe() if self.env.enable_gpu else NoGpuProbe()
-        ledger = GpuLedger(self.env.state_dir / "gpu-ledger.json")
-        return DeviceAllocator(
-            probe,
-            ledger,
-            enable_gpu=self.env.enable_gpu,
-            fallback_to_cpu=self.env.fallback_to_cpu,
-            reserve_mb=self.env.reserve_mb,
-        )
 
     def setup_state(self) -> None:
         """Hook for stateful models (vision base opens the stream store)."""
@@ -228,7 +264,8 @@ class GuardedModel:
 
     def weights_path(self, relative: str) -> Path:
         """A weights file pinned in the spec, verified against its SHA-256 (ModelLoadError with the fix otherwise)."""
-        return pinned_weights(self.env.weights_dir, self.params.weights, relative, self.name)
+        pins = [pin.model_dump() for pin in self.params.runtime.weights]
+        return pinned_weights(self.runtime.weights_dir, pins, relative, self.name)
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------
     def check_contract(self, model_config: Mapping[str, Any]) -> None:
@@ -240,10 +277,57 @@ class GuardedModel:
     def finalize_model(self) -> None:
         """Release the model's own resources."""
 
-    # ---- the guarded run -----------------------------------------------------------------------------------------
-    def _run_guarded(self, items: list[WorkItem], work: Callable[[list[WorkItem]], None]) -> None:
-        """Admit each item through the breaker, run `work` under the watchdog, record outcomes per item."""
-        admitted: list[tuple[WorkItem, Any]] = []
+    # ---- the hooks of a model kind (vision, raw) ----------------------------------------------------------------
+    def decode(self, index: int, request: Any) -> list[WorkItem[P]]:
+        """Validate request `index` into its work items; raise (InvalidInput...) to answer the whole request."""
+        raise NotImplementedError
+
+    def run_batch(self, payloads: list[P]) -> Sequence[Any]:
+        """Run the model on the admitted items' payloads: one result or exception per payload, in order."""
+        raise NotImplementedError
+
+    def encode(self, items: list[WorkItem[P]]) -> Any:
+        """The response of one request whose items all succeeded."""
+        raise NotImplementedError
+
+    # ---- execute: the one template every model kind runs -------------------------------------------------------
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        """One response per request, in order; never raises (see the module docstring)."""
+        started = time.perf_counter()
+        responses: list[Any] = [None] * len(requests)
+        try:
+            items: list[WorkItem[P]] = []
+            request_errors: dict[int, BaseException] = {}
+            for index, request in enumerate(requests):
+                try:
+                    items.extend(self.decode(index, request))
+                except Exception as exc:
+                    request_errors[index] = exc
+            self._run_guarded(items)
+            by_request: dict[int, list[WorkItem[P]]] = {}
+            for item in items:
+                by_request.setdefault(item.request_index, []).append(item)
+            for index in range(len(requests)):
+                error = request_errors.get(index)
+                if error is None:
+                    error = next((i.error for i in by_request.get(index, []) if i.error is not None), None)
+                if error is None:
+                    try:
+                        responses[index] = self.encode(by_request[index])
+                    except Exception as exc:
+                        error = exc
+                if error is not None:
+                    responses[index] = error_response(error)
+                self._count(error)
+                self.metrics.request_latency(time.perf_counter() - started)
+            self._report_health()
+        except BaseException as exc:
+            self._answer_unanswered(responses, exc)
+        return responses
+
+    def _run_guarded(self, items: list[WorkItem[P]]) -> None:
+        """Admit each item through the breaker, run the batch under the watchdog, record outcomes per item."""
+        admitted: list[tuple[WorkItem[P], Any]] = []
         for item in items:
             try:
                 admitted.append((item, self.breaker.admit()))
@@ -256,8 +340,7 @@ class GuardedModel:
         def watched() -> None:
             if self.faults is not None:  # inside the watchdog: an injected hang must hit the deadline like a real one
                 self._inject_faults(running)
-            with self.resources_lock.read():
-                work([i for i in running if i.error is None])
+            self._work([i for i in running if i.error is None])
 
         started = time.perf_counter()
         try:
@@ -279,7 +362,20 @@ class GuardedModel:
                 self.breaker.record_success(admission)
         self.metrics.zombies(self.watchdog.zombies)
 
-    def _inject_faults(self, items: list[WorkItem]) -> None:
+    def _work(self, items: list[WorkItem[P]]) -> None:
+        """Give each item its own result or error from `run_batch` (one entry per item, in order)."""
+        if not items:
+            return
+        results = self.run_batch([i.payload for i in items])
+        if len(results) != len(items):
+            raise Internal(f"{self.batch_hook} returned {len(results)} results for {len(items)} inputs")
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                item.error = self._failure_of(item, result)
+            else:
+                item.result = result
+
+    def _inject_faults(self, items: list[WorkItem[P]]) -> None:
         assert self.faults is not None
         for item in items:
             try:
@@ -327,23 +423,7 @@ class GuardedModel:
             value = 1
         self.metrics.health(value)
 
-    def _error_response(self, error: BaseException) -> Any:
-        pb = triton.pb()
-        code = getattr(pb.TritonError, triton_code_for(error).value)
-        message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
-        return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
-
-    def _settle(self, items: list[WorkItem], results: Sequence[Any], hook: str) -> None:
-        """Give each item its own result or error from a batch hook's list (one entry per item, in order)."""
-        if len(results) != len(items):
-            raise Internal(f"{hook} returned {len(results)} results for {len(items)} inputs")
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, BaseException):
-                item.error = self._failure_of(item, result)
-            else:
-                item.result = result
-
-    def _failure_of(self, item: WorkItem, exc: BaseException) -> BaseException:
+    def _failure_of(self, item: WorkItem[P], exc: BaseException) -> BaseException:
         """An exception that escaped the algorithm, as the error this item's client gets (docs/security.md).
 
         A value-type exception (ValueError, OverflowError, IndexError, cv2.error...) raised while running a request
@@ -353,8 +433,8 @@ class GuardedModel:
         """
         if isinstance(exc, RuthError):
             return exc
-        if item.ctx.client_config and isinstance(exc, client_value_errors()):
-            log.warning("%s: stream %s: CONFIG made the algorithm fail: %r", self.name, item.ctx.stream_id, exc)
+        if item.client_config and isinstance(exc, client_value_errors()):
+            log.warning("%s: stream %s: CONFIG made the algorithm fail: %r", self.name, item.stream_id, exc)
             text = str(exc)
             text = text if len(text) <= 200 else text[:200] + "..."
             return InvalidInput(
@@ -367,20 +447,12 @@ class GuardedModel:
         log.exception("%s: unexpected failure in execute()", self.name)
         for index, response in enumerate(responses):
             if response is None:
-                responses[index] = self._error_response(Internal(f"unexpected failure: {exc}"))
+                responses[index] = error_response(Internal(f"unexpected failure: {exc}"))
 
     def _count(self, error: BaseException | None) -> None:
         self.metrics.request(outcome_for(error))
         if isinstance(error, InvalidInput):
             self.metrics.rejection(error.field.split("|")[0])
-
-    def swap_resources(self, replace: Callable[[], None], timeout_s: float = 30.0) -> None:
-        """Run `replace` (e.g. load new weights into place) once in-flight inferences finish; new ones wait.
-
-        The lock prefers writers, so a steady stream of requests can't starve the swap.
-        """
-        with self.resources_lock.write(timeout=timeout_s):
-            replace()
 
     # ---- BLS ---------------------------------------------------------------------------------------------------
     def call_model(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from python_backends.errors import BreakerOpen
+from python_backends.params import DEFAULTS
 
 __all__ = [
     "BREAKER_GAUGE",
@@ -64,11 +65,11 @@ BREAKER_GAUGE: Mapping[BreakerState, int] = {BreakerState.CLOSED: 0, BreakerStat
 class BreakerPolicy:
     """When to trip and for how long (pybreaker's fail_max is failure_threshold, its reset_timeout cooldown_s)."""
 
-    failure_threshold: int = 5
-    cooldown_s: float = 30.0
-    max_cooldown_s: float = 600.0
+    failure_threshold: int = DEFAULTS.breaker.failure_threshold
+    cooldown_s: float = DEFAULTS.breaker.cooldown_s
+    max_cooldown_s: float = DEFAULTS.breaker.max_cooldown_s
     backoff_factor: float = 2.0
-    half_open_max_trials: int = 1
+    half_open_max_trials: int = DEFAULTS.breaker.half_open_max_trials
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:

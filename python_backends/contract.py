@@ -1,7 +1,7 @@
 """The wire contract every vision model speaks: tensor names and the RESULT document.
 
-The original runtime passed each model's dict through unchecked (original-runtime.md §2.4), so clients saw
-whatever a model happened to return. Here a RESULT is validated against `InferenceResult` before it leaves;
+The runtime we replace passed each model's dict through unchecked, so clients saw whatever a model happened to
+return. Here a RESULT is validated against `InferenceResult` before it leaves;
 a result that breaks the contract is the model's fault, so it becomes `errors.Internal` (HTTP 500, a breaker
 failure), never a client error. `docs/contract.md` documents this module for clients.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from python_backends.errors import Internal
+from python_backends.errors import Internal, first_error
 
 __all__ = [
     "CONFIG",
@@ -112,16 +112,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = ".".join(str(part) for part in first.get("loc", ()))
-    ctx = first.get("ctx") or {}
-    message = str(ctx["error"]) if first.get("type") == "value_error" and "error" in ctx else first["msg"]
-    text = f"{loc}: {message}" if loc else message
-    return text + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-
-
 def _contract_error(detail: str) -> Internal:
     return Internal(f"model returned a result that breaks the wire contract: {detail}")
 
@@ -148,7 +138,7 @@ def encode_result(payload: Mapping[str, Any], metadata: Mapping[str, Any]) -> by
     try:
         result = InferenceResult.model_validate(document)
     except ValidationError as exc:
-        raise _contract_error(_first_error(exc)) from None
+        raise _contract_error(first_error(exc)) from None
     # Re-emit the canonical (coerced) top-level values, keep the model's own objects for everything else.
     document["violation_detected"] = result.violation_detected
     document["violation_type"] = result.violation_type

@@ -1,12 +1,14 @@
 """The error hierarchy of the model library, and the one table that maps it onto Triton's error codes.
 
 Callers branch on the exception *type*, never on message text. Every error that reaches a client is
-translated exactly once, at the edge (`base.RuthModel.execute`), through `triton_code_for`.
+translated exactly once, at the edge (`GuardedModel.error_response` in python_backends/base.py), through
+`triton_code_for`.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ErrorCode(str, enum.Enum):
@@ -117,3 +119,18 @@ def counts_as_failure(error: BaseException) -> bool:
     if isinstance(error, (InvalidInput, BreakerOpen, StreamStoreUnavailable)):
         return False
     return True
+
+
+def first_error(exc: Any, prefix: str = "") -> str:
+    """A pydantic `ValidationError` as one line: the first error's location (after `prefix`) and message, without
+    pydantic's 'Value error, ' prefix (it says nothing to a reader), plus how many more there are."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first.get("loc", ()))
+    ctx = first.get("ctx") or {}
+    if first.get("type") in ("value_error", "assertion_error") and "error" in ctx:
+        message = str(ctx["error"])
+    else:
+        message = str(first.get("msg", "invalid"))
+    text = f"{prefix}{loc}: {message}" if loc else f"{prefix.rstrip('.') + ': ' if prefix else ''}{message}"
+    return text + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")

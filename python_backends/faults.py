@@ -1,77 +1,27 @@
 """Fault injection for reliability tests and game days: fail, hang or slow down a fraction of requests.
 
-Configured per model through config.pbtxt `parameters` (all off by default), so the breaker, the watchdog and the
-operator tooling can be exercised on real models through the real server. One random roll per request picks at
-most one fault: [0, fail) fails, [fail, fail+hang) hangs, [fail+hang, fail+hang+slow) slows down.
+Configured per model through the config.pbtxt `ruth.fault.*` parameters (all off by default), so the breaker,
+the watchdog and the operator tooling can be exercised on real models through the real server. One random roll
+per request picks at most one fault: [0, fail) fails, [fail, fail+hang) hangs, [fail+hang, fail+hang+slow) slows down.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
 
 from python_backends.errors import Internal
+from python_backends.params import PREFIX, FaultPlan
 
 __all__ = ["PARAM_KEYS", "FaultInjector", "FaultPlan", "InjectedFault"]
 
-_PREFIX = "ruth.fault."
-#: config.pbtxt parameter key per FaultPlan field
-PARAM_KEYS: Mapping[str, str] = {
-    "fail_rate": _PREFIX + "fail_rate",
-    "hang_rate": _PREFIX + "hang_rate",
-    "hang_s": _PREFIX + "hang_s",
-    "slow_rate": _PREFIX + "slow_rate",
-    "slow_ms": _PREFIX + "slow_ms",
-}
-_RATES = ("fail_rate", "hang_rate", "slow_rate")
+#: config.pbtxt parameter key per FaultPlan field (the plan itself is defined with every ruth.* key in params.py)
+PARAM_KEYS: Mapping[str, str] = {name: f"{PREFIX}fault.{name}" for name in FaultPlan.model_fields}
 
 
 class InjectedFault(Internal):
     """A deliberate failure: INTERNAL to the client and a failure to the breaker, like a real model fault."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultPlan:
-    fail_rate: float = 0
-    hang_rate: float = 0
-    hang_s: float = 30
-    slow_rate: float = 0
-    slow_ms: float = 0
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{PARAM_KEYS[field.name]}: must be a finite number >= 0, got {value}")
-        for name in _RATES:
-            if getattr(self, name) > 1:
-                raise ValueError(f"{PARAM_KEYS[name]}: a rate must be within 0..1, got {getattr(self, name)}")
-        if self.fail_rate + self.hang_rate + self.slow_rate > 1 + 1e-9:
-            keys = ", ".join(PARAM_KEYS[name] for name in _RATES)
-            raise ValueError(f"{keys}: the rates must add up to at most 1")
-
-    @property
-    def enabled(self) -> bool:
-        return (
-            self.fail_rate > 0 or (self.hang_rate > 0 and self.hang_s > 0) or (self.slow_rate > 0 and self.slow_ms > 0)
-        )
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> FaultPlan:
-        """Read the `ruth.fault.*` keys (other keys are ignored; an empty value means the default)."""
-        values: dict[str, float] = {}
-        for field, key in PARAM_KEYS.items():
-            raw = params.get(key)
-            if raw is None or not str(raw).strip():
-                continue
-            try:
-                values[field] = float(raw)
-            except ValueError:
-                raise ValueError(f"{key}: expected a number, got {raw!r}") from None
-        return cls(**values)
 
 
 class FaultInjector:

@@ -1,6 +1,6 @@
 """Encoded-image decoding: JPEG, PNG and WebP (by content) to HxWx3 uint8 BGR, safely.
 
-The original runtime (original-runtime.md §2.3, §8.14) trusted PIL with anything it could open (GIF, BMP,
+The runtime we replace trusted PIL with anything it could open (GIF, BMP,
 TIFF...), set `Image.MAX_IMAGE_PIXELS` globally, ignored EXIF orientation and converted palette, CMYK and
 16-bit images wrongly. Here:
 

@@ -1,135 +1,245 @@
-"""Typed runtime parameters, parsed once at `initialize()` from config.pbtxt and the environment.
+"""`RuntimeParams`: every `ruth.*` parameter of config.pbtxt, its type, its bounds and its default, defined once.
 
-The spec in `config/models/` is rendered into config.pbtxt `parameters` (see docs/model-spec.md); the hot path
-only reads attributes of the frozen objects built here. A bad value fails the load with the key named.
+Both ends of the string protocol use this one definition: `ruthctl generate` builds a `RuntimeParams` from a spec
+and renders it with `to_parameters()` (ruthctl/render.py), and a model's `initialize()` parses the rendered strings
+back with `RuntimeParams.from_parameters()`. The key of a field is `ruth.` + its path (`ruth.breaker.cooldown_s`);
+values are JSON texts (`30`, `0.5`, `[{...}]`). Validation is strict (a number must be a number) and an unknown or
+misspelt `ruth.*` key fails the load with the key named, so a typo can't fall back to a default unnoticed.
+The defaults other modules use (breaker policy, watchdog, stream store bounds, request limits) are `DEFAULTS`.
+
+A model's own parameters (`model.<key>`, see docs/model-spec.md) are not ours: they are handed to the model as
+plain strings (`ModelParams.model` in python_backends/base.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import json
-import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+import math
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from python_backends.breaker import BreakerPolicy
-from python_backends.errors import ModelLoadError
-from python_backends.faults import FaultPlan
-from python_backends.streams import StreamStoreSpec
-from python_backends.validation import Limits
+from python_backends.errors import ModelLoadError, first_error
 
-T = TypeVar("T")
-D = TypeVar("D")
+__all__ = [
+    "DEFAULTS",
+    "MODEL_PREFIX",
+    "PREFIX",
+    "BreakerParams",
+    "FaultPlan",
+    "FrameParams",
+    "RuntimeParams",
+    "StateParams",
+    "TimeoutMs",
+    "WatchdogParams",
+    "WeightPin",
+    "config_defaults",
+    "parameter_text",
+    "parameters_of",
+]
+
+PREFIX = "ruth."
 MODEL_PREFIX = "model."
+
+#: the per-inference deadline in milliseconds (also the bound a spec's `limits.inference_timeout_ms` obeys)
+TimeoutMs = Annotated[int, Field(ge=1, le=600_000)]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class FrameParams(_Params):
+    """`ruth.frame.*`: the frame sizes a model accepts. The defaults are the platform-wide limits; a model may
+    narrow them, never widen them (`python_backends.validation.Limits.for_model`)."""
+
+    min_width: int = Field(default=64, ge=1)
+    min_height: int = Field(default=64, ge=1)
+    max_width: int = Field(default=7680, ge=1)
+    max_height: int = Field(default=4320, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FrameParams:
+        for low, high in (("min_width", "max_width"), ("min_height", "max_height")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must not exceed {high} ({getattr(self, high)})")
+        return self
+
+
+class BreakerParams(_Params):
+    """`ruth.breaker.*`: when the circuit breaker trips and for how long (python_backends/breaker.py)."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    max_cooldown_s: float = Field(default=600.0, gt=0)
+    half_open_max_trials: int = Field(default=1, ge=1)
+
+    @field_validator("max_cooldown_s")
+    @classmethod
+    def _not_below_cooldown(cls, value: float, info: ValidationInfo) -> float:
+        cooldown = info.data.get("cooldown_s")  # absent when cooldown_s itself was invalid
+        if cooldown is not None and value < cooldown:
+            raise ValueError(f"must be >= cooldown_s ({cooldown})")
+        return value
+
+
+class WatchdogParams(_Params):
+    """`ruth.watchdog.*`: timed-out inferences still running before the instance reports itself unhealthy."""
+
+    zombie_limit: int = Field(default=4, ge=1)
+
+
+class StateParams(_Params):
+    """`ruth.state.*`: bounds of a stateful model's stream store (python_backends/streams.py)."""
+
+    idle_ttl_s: float = Field(default=300.0, gt=0)
+    max_streams: int = Field(default=10000, ge=1)
+
+
+_RATES = ("fail_rate", "hang_rate", "slow_rate")
+
+
+class FaultPlan(_Params):
+    """`ruth.fault.*`: fault injection for reliability tests and game days (python_backends/faults.py); all off."""
+
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_s: float = Field(default=30.0, ge=0)
+    slow_rate: float = Field(default=0.0, ge=0, le=1)
+    slow_ms: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> FaultPlan:
+        if sum(getattr(self, name) for name in _RATES) > 1 + 1e-9:
+            raise ValueError(f"{', '.join(PREFIX + 'fault.' + n for n in _RATES)}: the rates must add up to at most 1")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return (
+            self.fail_rate > 0 or (self.hang_rate > 0 and self.hang_s > 0) or (self.slow_rate > 0 and self.slow_ms > 0)
+        )
+
+
+class WeightPin(_Params):
+    """One weights file a model may load: its path in the weights dir and its SHA-256 (python_backends/weights.py)."""
+
+    path: str = Field(min_length=1, description="relative to the weights dir (RUTH_WEIGHTS_DIR)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source: str = Field(default="", description="how to obtain the file; shown when it is missing or corrupt")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_weights_dir(cls, path: str) -> str:
+        parts = PurePosixPath(path).parts
+        if PurePosixPath(path).is_absolute() or ".." in parts:
+            raise ValueError(f"weight path {path!r} must be relative to the weights dir, without '..'")
+        return path
+
+
+class RuntimeParams(_Params):
+    """Every `ruth.*` key of config.pbtxt. Nested groups are key segments: `breaker.cooldown_s` is
+    `ruth.breaker.cooldown_s`."""
+
+    inference_timeout_ms: TimeoutMs = 5000
+    memory_estimate_mb: int = Field(default=256, ge=0)
+    timestamp_max_drift_s: float = Field(default=86400.0, gt=0)
+    frame: FrameParams = FrameParams()
+    breaker: BreakerParams = BreakerParams()
+    watchdog: WatchdogParams = WatchdogParams()
+    state: StateParams = StateParams()
+    fault: FaultPlan = FaultPlan()
+    weights: tuple[WeightPin, ...] = ()
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every key this definition accepts, in a stable order."""
+        keys: list[str] = []
+        for name in cls.model_fields:
+            group = _GROUPS.get(name)
+            keys += [f"{PREFIX}{name}.{sub}" for sub in group.model_fields] if group else [PREFIX + name]
+        return keys
+
+    def to_parameters(self) -> dict[str, str]:
+        """The fields set when this object was built (a group: all of its fields), as config.pbtxt strings."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            if name not in self.model_fields_set:
+                continue
+            value = getattr(self, name)
+            if name in _GROUPS:
+                out.update({f"{PREFIX}{name}.{sub}": parameter_text(v) for sub, v in value.model_dump().items()})
+            else:
+                out[PREFIX + name] = parameter_text(value)
+        return out
+
+    @classmethod
+    def from_parameters(cls, raw: Mapping[str, str]) -> RuntimeParams:
+        """Parse the `ruth.*` keys of a flat str->str mapping (other keys are ignored; an empty value is the
+        default). ModelLoadError names the unknown key or the invalid value's key; raised from `initialize()`, it is
+        the reason Triton gives for the refused load (docs/triton-notes.md §3)."""
+        known = cls.keys()
+        document: dict[str, Any] = {}
+        for key, text in raw.items():
+            if not key.startswith(PREFIX):
+                continue
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(known)}"
+                raise ModelLoadError(f"config.pbtxt parameter {key} is not a known ruth.* parameter{hint}")
+            if not text.strip():
+                continue
+            *group, field = key[len(PREFIX) :].split(".")
+            target = document.setdefault(group[0], {}) if group else document
+            target[field] = _decoded(text)
+        try:
+            return cls.model_validate_json(json.dumps(document), strict=True)
+        except ValidationError as exc:
+            raise ModelLoadError(f"config.pbtxt parameter {first_error(exc, prefix=PREFIX)}") from None
+        except ValueError as exc:  # a value json can't carry back (never from config strings; be safe anyway)
+            raise ModelLoadError(f"config.pbtxt parameters are invalid: {exc}") from None
+
+
+def _decoded(text: str) -> Any:
+    """A parameter value as JSON when it is JSON (numbers, booleans, lists), else the text itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return text if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def parameter_text(value: Any) -> str:
+    """A parameter value as config.pbtxt holds it: `30` rather than `30.0` (humans read these too), booleans as
+    `true`/`false`, strings as they are, anything else as compact JSON with sorted keys."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, tuple | list) and all(isinstance(v, BaseModel) for v in value):
+        value = [v.model_dump(mode="json") for v in value]
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+#: the nested groups of RuntimeParams by field name: each is one key segment (`ruth.<group>.<field>`)
+_GROUPS: dict[str, type[_Params]] = {
+    name: field.annotation
+    for name, field in RuntimeParams.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Params)
+}
+#: every default of every `ruth.*` parameter (and of the modules that take them)
+DEFAULTS = RuntimeParams()
 
 
 def parameters_of(model_config: Mapping[str, Any]) -> dict[str, str]:
     """config.pbtxt `parameters` ({key: {string_value: v}}) as a flat str->str mapping."""
     raw = model_config.get("parameters") or {}
     return {key: str(value.get("string_value", "")) for key, value in raw.items() if isinstance(value, Mapping)}
-
-
-def _get(raw: Mapping[str, str], key: str, convert: Callable[[str], T], default: D) -> T | D:
-    if key not in raw or raw[key] == "":
-        return default
-    try:
-        return convert(raw[key])
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"config.pbtxt parameter {key}={raw[key]!r} is invalid: {exc}") from exc
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true/false")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParams:
-    inference_timeout_s: float
-    limits: Limits
-    breaker: BreakerPolicy
-    zombie_limit: int
-    memory_estimate_mb: int
-    state_idle_ttl_s: float
-    state_max_streams: int
-    weights: tuple[Mapping[str, str], ...]
-    faults: FaultPlan
-    model: Mapping[str, str]  # the model's own `model.<key>` parameters, prefix removed
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, str]) -> ModelParams:
-        try:  # a model may narrow the global limits, never widen them
-            limits = Limits().for_model(
-                min_width=_get(raw, "ruth.frame.min_width", int, None),
-                min_height=_get(raw, "ruth.frame.min_height", int, None),
-                max_width=_get(raw, "ruth.frame.max_width", int, None),
-                max_height=_get(raw, "ruth.frame.max_height", int, None),
-                max_timestamp_drift_s=_get(raw, "ruth.timestamp_max_drift_s", float, None),
-            )
-        except ValueError as exc:
-            raise ModelLoadError(f"config.pbtxt frame limits are inconsistent: {exc}") from exc
-        breaker = BreakerPolicy(
-            failure_threshold=_get(raw, "ruth.breaker.failure_threshold", int, 5),
-            cooldown_s=_get(raw, "ruth.breaker.cooldown_s", float, 30.0),
-            max_cooldown_s=_get(raw, "ruth.breaker.max_cooldown_s", float, 600.0),
-            half_open_max_trials=_get(raw, "ruth.breaker.half_open_max_trials", int, 1),
-        )
-        timeout_ms = _get(raw, "ruth.inference_timeout_ms", float, 5000.0)
-        if timeout_ms <= 0:
-            raise ModelLoadError("config.pbtxt parameter ruth.inference_timeout_ms must be > 0")
-        try:
-            faults = FaultPlan.from_params(raw)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        weights: list[Mapping[str, str]] = _get(raw, "ruth.weights", json.loads, [])
-        return cls(
-            inference_timeout_s=timeout_ms / 1000.0,
-            limits=limits,
-            breaker=breaker,
-            zombie_limit=_get(raw, "ruth.watchdog.zombie_limit", int, 4),
-            memory_estimate_mb=_get(raw, "ruth.memory_estimate_mb", int, 256),
-            state_idle_ttl_s=_get(raw, "ruth.state.idle_ttl_s", float, 300.0),
-            state_max_streams=_get(raw, "ruth.state.max_streams", int, 10000),
-            weights=tuple(weights),
-            faults=faults,
-            model={k[len(MODEL_PREFIX) :]: v for k, v in raw.items() if k.startswith(MODEL_PREFIX)},
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeEnv:
-    """What `ruthctl serve` hands to the model processes through the environment (see ruthctl/settings.py)."""
-
-    state_dir: Path
-    weights_dir: Path
-    enable_gpu: bool
-    fallback_to_cpu: bool
-    reserve_mb: int
-    metrics_enabled: bool
-    stream_store: StreamStoreSpec = dataclasses.field(default_factory=lambda: StreamStoreSpec(kind="sqlite"))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeEnv:
-        env = os.environ if environ is None else environ
-        try:
-            return cls(
-                state_dir=Path(env.get("RUTH_STATE_DIR", ".ruth-state")).resolve(),
-                weights_dir=Path(env.get("RUTH_WEIGHTS_DIR", "weights")).resolve(),
-                enable_gpu=_bool(env.get("ENABLE_GPU", "1")),
-                fallback_to_cpu=_bool(env.get("GPU_FALLBACK_TO_CPU", "1")),
-                reserve_mb=int(env.get("GPU_MEMORY_RESERVE_MB", "512")),
-                metrics_enabled=_bool(env.get("METRICS_ENABLED", "1")),
-                stream_store=StreamStoreSpec.from_env(env),
-            )
-        except ValueError as exc:
-            raise ModelLoadError(f"invalid runtime environment: {exc}") from exc
 
 
 def config_defaults(schema: type[BaseModel], params: Mapping[str, str]) -> BaseModel:

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from filelock import FileLock
 
 from python_backends.errors import ModelLoadError
+from python_backends.params import DEFAULTS
 
 __all__ = [
     "SqliteStreamStore",
@@ -137,11 +138,6 @@ class StreamStoreSpec:
             connect_timeout_s=timeouts.get("socket_connect_timeout", 1.0),
         )
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamStoreSpec:
-        env = os.environ if environ is None else environ
-        return cls.parse(env.get("RUTH_STREAM_STORE"), env.get("RUTH_STREAM_STORE_PASSWORD_FILE") or None)
-
     def describe(self) -> str:
         """For logs and error messages: never the password."""
         return "sqlite" if self.kind == "sqlite" else self.url
@@ -205,8 +201,8 @@ class SqliteStreamStore:
         self,
         path: Path,
         *,
-        max_streams: int = 10000,
-        idle_ttl_s: float = 300.0,
+        max_streams: int = DEFAULTS.state.max_streams,
+        idle_ttl_s: float = DEFAULTS.state.idle_ttl_s,
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 10.0,
     ) -> None:

@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from python_backends.errors import ModelLoadError, StreamStoreUnavailable
+from python_backends.params import DEFAULTS
 from python_backends.streams import StepFn, StreamStoreSpec, decode_state
 
 __all__ = ["RedisStreamStore"]
@@ -108,7 +109,14 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
 class RedisStreamStore:
     """`StreamStore` on one Redis (or a Redis reached through a proxy/sentinel address); thread-safe."""
 
-    def __init__(self, spec: StreamStoreSpec, namespace: str, *, max_streams: int = 10000, idle_ttl_s: float = 300.0):
+    def __init__(
+        self,
+        spec: StreamStoreSpec,
+        namespace: str,
+        *,
+        max_streams: int = DEFAULTS.state.max_streams,
+        idle_ttl_s: float = DEFAULTS.state.idle_ttl_s,
+    ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         if not idle_ttl_s > 0:

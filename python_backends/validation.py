@@ -1,10 +1,9 @@
 """Request-field validation: every rule a request must pass before a model sees it.
 
-The original runtime validated in a pydantic request model whose errors its own handler then turned into
-HTTP 500 (original-runtime.md §8.10), and it ignored each model's own frame limits (§8.14). Here every rule is a
-small pure function that raises `InvalidInput(<tensor name>, <message naming the limit>)`, so the edge
-(`base.RuthModel.execute`) answers INVALID_ARG with a message the client can act on, and a model can only
-*narrow* the global limits (`Limits.for_model`).
+Every rule is a small pure function that raises `InvalidInput(<tensor name>, <message naming the limit>)`, so
+the edge (`GuardedModel.execute` in python_backends/base.py) answers INVALID_ARG with a message the client can act
+on, and a model can only *narrow* the global limits (`Limits.for_model`), whose defaults are the `ruth.frame.*`
+defaults of python_backends/params.py.
 
 `validate_request` is the one entry point: it checks the cheap fields first and decodes the image last, so a
 request with a bad STREAM_ID never costs a JPEG decode.
@@ -13,24 +12,21 @@ request with a bad STREAM_ID never costs a JPEG decode.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
-import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from python_backends.contract import CONFIG, FRAME, IMAGE, METADATA, STREAM_ID, TIMESTAMP
-from python_backends.errors import InvalidInput
+from python_backends.errors import InvalidInput, first_error
+from python_backends.params import DEFAULTS
 
 __all__ = [
     "Limits",
-    "RequestFields",
     "ValidatedRequest",
     "check_frame_array",
     "check_frame_size",
@@ -41,42 +37,24 @@ __all__ = [
     "validate_timestamp",
 ]
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
 #: how much of a rejected value is echoed back in an error message
 _PREVIEW_CHARS = 64
-
-
-class _base_or_instance(Generic[_P, _R]):  # noqa: N801 - used as a decorator, named like one
-    """Bind a method to the instance it is called on, or to a default-constructed one when called on the class.
-
-    `Limits.for_model(...)` narrows the global defaults; `limits.for_model(...)` narrows `limits`. A plain
-    classmethod would silently ignore the instance in the second spelling.
-    """
-
-    def __init__(self, func: Callable[Concatenate[Any, _P], _R]) -> None:
-        self._func = func
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
-
-    def __get__(self, obj: object | None, objtype: type) -> Callable[_P, _R]:
-        return types.MethodType(self._func, obj if obj is not None else objtype())
 
 
 @dataclass(frozen=True)
 class Limits:
     """Every request limit in one immutable value. Defaults are the platform-wide (global) limits."""
 
-    min_width: int = 64
-    max_width: int = 7680
-    min_height: int = 64
-    max_height: int = 4320
+    min_width: int = DEFAULTS.frame.min_width
+    max_width: int = DEFAULTS.frame.max_width
+    min_height: int = DEFAULTS.frame.min_height
+    max_height: int = DEFAULTS.frame.max_height
     max_encoded_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 7680 * 4320
+    max_pixels: int = DEFAULTS.frame.max_width * DEFAULTS.frame.max_height
     max_json_bytes: int = 64 * 1024
     max_json_depth: int = 5
     max_string_len: int = 10_000
-    max_timestamp_drift_s: float = 86400.0
+    max_timestamp_drift_s: float = DEFAULTS.timestamp_max_drift_s
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -93,7 +71,6 @@ class Limits:
                 f"{self.min_width}x{self.min_height}"
             )
 
-    @_base_or_instance
     def for_model(
         self,
         *,
@@ -318,40 +295,6 @@ def check_frame_array(arr: np.ndarray, limits: Limits) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-# ---------------------------------------------------------------------------------------------- pydantic layer
-
-
-class RequestFields(BaseModel):
-    """The validated scalar fields of a request, as one typed record (also documents them as a schema)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    stream_id: str
-    timestamp: datetime
-    config: dict[str, Any]
-    metadata: dict[str, Any]
-
-    @field_validator("stream_id")
-    @classmethod
-    def _canonical_uuid(cls, value: str) -> str:
-        if not _UUID_RE.fullmatch(value):
-            raise ValueError("must be a hyphenated UUID")
-        return value.lower()
-
-    @field_validator("timestamp")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return _as_utc(value)
-
-
-def _error_message(error: Any) -> str:
-    """pydantic's message without its 'Value error, ' prefix, which says nothing to a client."""
-    ctx = error.get("ctx") or {}
-    if error.get("type") in ("value_error", "assertion_error") and "error" in ctx:
-        return str(ctx["error"])
-    return str(error.get("msg", "invalid"))
-
-
 def validate_config(config: dict[str, Any], schema: type[BaseModel] | None) -> BaseModel | dict[str, Any]:
     """The model's own CONFIG schema (zones, tank corners...) applied to the parsed JSON.
 
@@ -369,14 +312,7 @@ def validate_config(config: dict[str, Any], schema: type[BaseModel] | None) -> B
     except ValueError as exc:
         if not isinstance(exc, ValidationError):  # NaN/Infinity can't come from parse_json_field; be safe anyway
             raise InvalidInput(CONFIG, f"not valid JSON: {exc}") from None
-        errors = exc.errors(include_url=False)
-        first = errors[0]
-        loc = ".".join(str(part) for part in first.get("loc", ()))
-        message = _error_message(first)
-        text = f"{loc}: {message}" if loc else message
-        if len(errors) > 1:
-            text += f" (and {len(errors) - 1} more)"
-        raise InvalidInput(CONFIG, text) from None
+        raise InvalidInput(CONFIG, first_error(exc)) from None
 
 
 def check_config_against_frame(config: Any, width: int, height: int) -> None:
@@ -423,11 +359,6 @@ class ValidatedRequest:
     metadata: dict[str, Any]
     source: str
     encoded_bytes: int
-
-    @property
-    def fields(self) -> RequestFields:
-        config = self.config.model_dump() if isinstance(self.config, BaseModel) else dict(self.config)
-        return RequestFields(stream_id=self.stream_id, timestamp=self.timestamp, config=config, metadata=self.metadata)
 
 
 def _optional_json(raw: str | bytes | None, field: str, limits: Limits) -> dict[str, Any]:

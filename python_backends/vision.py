@@ -1,9 +1,10 @@
 """`RuthModel`: the base of every vision model speaking the wire contract of docs/contract.md.
 
 A concrete model declares its CONFIG schema and implements `infer(frame, ctx)` (and `load(device)` if it has
-weights). This class decodes and validates each request (possibly a client-side batch of frames), puts the
-spec's defaults under the request's CONFIG, runs the frames through the guarded path of `GuardedModel`, and
-encodes one RESULT per frame, validated against the contract's schema.
+weights). This class implements the hooks of the execute template of `GuardedModel` (python_backends/base.py):
+`decode` validates each request (possibly a client-side batch of frames) and puts the spec's defaults under the
+request's CONFIG, `run_batch` hands the frames to `infer_batch`, and `encode` makes one RESULT per frame,
+validated against the contract's schema.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from python_backends.errors import (
     StreamStoreUnavailable,
 )
 from python_backends.params import config_defaults
-from python_backends.streams import StreamStore, open_stream_store
+from python_backends.streams import StreamStore
 from python_backends.validation import (
     ValidatedRequest,
     check_config_against_frame,
@@ -41,7 +42,11 @@ from python_backends.validation import (
 log = logging.getLogger("ruth.model")
 
 
-class RuthModel(GuardedModel):
+#: what a vision work item carries to `infer_batch`: the decoded frame and what the model knows about it
+VisionPayload = tuple[np.ndarray, InferContext]
+
+
+class RuthModel(GuardedModel[VisionPayload]):
     """Base of every vision model speaking the wire contract of docs/contract.md."""
 
     #: pydantic model that validates the request's CONFIG JSON (None: any JSON object)
@@ -58,14 +63,13 @@ class RuthModel(GuardedModel):
             self.config_defaults = config_defaults(self.config_schema, self.params.model)
             self._defaults_dump = self.config_defaults.model_dump(mode="json")
         if self.stateful:
-            self.streams = open_stream_store(
-                self.env.stream_store,
-                state_dir=self.env.state_dir,
-                namespace=f"{self.name}-{self.version}",
-                max_streams=self.params.state_max_streams,
-                idle_ttl_s=self.params.state_idle_ttl_s,
+            state = self.params.runtime.state
+            self.streams = self.runtime.open_streams(
+                f"{self.name}-{self.version}", max_streams=state.max_streams, idle_ttl_s=state.idle_ttl_s
             )
-            log.info("%s v%s: stream state in %s", self.name, self.version, self.env.stream_store.describe())
+            log.info(
+                "%s v%s: stream state in %s", self.name, self.version, self.runtime.settings.stream_store.describe()
+            )
 
     def finalize_model(self) -> None:
         if self.streams is not None:
@@ -98,46 +102,13 @@ class RuthModel(GuardedModel):
                 results.append(exc)
         return results
 
-    # ---- execute ---------------------------------------------------------------------------------------------
-    def execute(self, requests: Sequence[Any]) -> list[Any]:
-        started = time.perf_counter()
-        responses: list[Any] = [None] * len(requests)
-        try:
-            items: list[WorkItem] = []
-            request_errors: dict[int, BaseException] = {}
-            for index, request in enumerate(requests):
-                try:
-                    items.extend(self._decode(index, request))
-                except Exception as exc:
-                    request_errors[index] = exc
-            self._run_guarded(items, self._work)
-            by_request: dict[int, list[WorkItem]] = {}
-            for item in items:
-                by_request.setdefault(item.request_index, []).append(item)
-            for index in range(len(requests)):
-                error = request_errors.get(index)
-                if error is None:
-                    error = next((i.error for i in by_request.get(index, []) if i.error is not None), None)
-                if error is None:
-                    try:
-                        responses[index] = self._ok_response(by_request[index])
-                    except Exception as exc:
-                        error = exc
-                if error is not None:
-                    responses[index] = self._error_response(error)
-                self._count(error)
-                self.metrics.request_latency(time.perf_counter() - started)
-            self._report_health()
-        except BaseException as exc:
-            self._answer_unanswered(responses, exc)
-        return responses
+    # ---- the hooks of the execute template (python_backends/base.py) ------------------------------------------
+    batch_hook = "infer_batch"
 
-    def _work(self, items: list[WorkItem]) -> None:
-        if not items:
-            return
-        self._settle(items, self.infer_batch([i.frame for i in items], [i.ctx for i in items]), "infer_batch")
+    def run_batch(self, payloads: list[VisionPayload]) -> Sequence[Any]:
+        return self.infer_batch([frame for frame, _ in payloads], [ctx for _, ctx in payloads])
 
-    def _decode(self, index: int, request: Any) -> list[WorkItem]:
+    def decode(self, index: int, request: Any) -> list[WorkItem[VisionPayload]]:
         """Validate and decode one request (possibly carrying a client-side batch of several frames)."""
         pb = triton.pb()
 
@@ -167,7 +138,15 @@ class RuthModel(GuardedModel):
             )
             ctx = self._context(validated, request_id)
             check_config_against_frame(ctx.config, int(validated.frame.shape[1]), int(validated.frame.shape[0]))
-            items.append(WorkItem(index, validated.frame, ctx, time.perf_counter()))
+            items.append(
+                WorkItem(
+                    index,
+                    (validated.frame, ctx),
+                    time.perf_counter(),
+                    client_config=ctx.client_config,
+                    stream_id=ctx.stream_id,
+                )
+            )
         return items
 
     def _effective_config(self, requested: Any) -> Any:
@@ -213,19 +192,20 @@ class RuthModel(GuardedModel):
                 self.metrics.stream_states(self.streams.count())
         return state
 
-    def _ok_response(self, items: list[WorkItem]) -> Any:
+    def encode(self, items: list[WorkItem[VisionPayload]]) -> Any:
         pb = triton.pb()
         encoded = []
         for item in items:
+            ctx = item.payload[1]
             metadata = {
                 "model_name": self.name,
                 "model_version": self.version,
                 "inference_time_ms": round((time.perf_counter() - item.received) * 1000.0, 3),
-                "stream_id": item.ctx.stream_id,
-                "timestamp": item.ctx.timestamp.isoformat(),
+                "stream_id": ctx.stream_id,
+                "timestamp": ctx.timestamp.isoformat(),
                 "device": self.device.device,
                 "placement": self.device.placement,
-                "request_id": item.ctx.request_id,
+                "request_id": ctx.request_id,
             }
             encoded.append([contract.encode_result(item.result, metadata)])
         out = pb.Tensor(contract.RESULT, np.array(encoded, dtype=np.object_))

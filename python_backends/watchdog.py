@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from python_backends.errors import InferenceTimeout
+from python_backends.params import DEFAULTS
 
 __all__ = ["Watchdog"]
 
@@ -52,7 +53,7 @@ class Watchdog:
         self,
         name: str,
         *,
-        zombie_limit: int = 4,
+        zombie_limit: int = DEFAULTS.watchdog.zombie_limit,
         clock: Callable[[], float] = time.monotonic,
         max_idle_workers: int = 2,
     ) -> None:

@@ -3,7 +3,7 @@
 Shared by `activate`/`deactivate` and by `repair`/`watch`, so an operator's activation and an automatic recovery
 follow the same steps and leave the same audit trail: claim the transition in the registry first (a concurrent
 claimant gets `IllegalTransition`), then talk to Triton, then record the outcome, including on failure. The load
-sends the config ruthctl rendered with the request (the repository API's config override, pytriton §1.10), so
+sends the config ruthctl rendered with the request (the repository API's config override), so
 what runs is what was validated, whatever the file on disk says.
 """
 

@@ -1,7 +1,7 @@
 """Spec + profile -> Triton `ModelConfig` protobuf -> config.pbtxt, and the typed comparisons reconcile needs.
 
 Configs are built as `model_config_pb2.ModelConfig` messages (the schema tritonclient ships), never by string
-templates, so a field Triton doesn't know can't be written (style anchor pytriton §1.5). Desired-vs-actual checks
+templates, so a field Triton doesn't know can't be written. Desired-vs-actual checks
 compare messages, never text: `config_differences` walks the fields we render and reports each one that differs,
 because Triton's live config adds dozens of defaults we never set.
 """
@@ -18,6 +18,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as pb
 
+from python_backends.params import MODEL_PREFIX, FrameParams, RuntimeParams, parameter_text
 from python_backends.storage import atomic_write_bytes
 from ruthctl.settings import Profile
 from ruthctl.spec import Contract, ModelSpec, ProfileSpec, TensorSpec
@@ -37,6 +38,7 @@ __all__ = [
     "render_config",
     "render_files",
     "render_parameters",
+    "runtime_params",
     "sync_files",
     "to_pbtxt",
 ]
@@ -65,44 +67,28 @@ VISION_OUTPUTS: tuple[TensorSpec, ...] = (
 )
 
 
-def _number(value: float) -> str:
-    """30 rather than 30.0: the parameters are read back by humans too."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _parameter_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float):
-        return _number(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def runtime_params(spec: ModelSpec, profile: Profile) -> RuntimeParams:
+    """The spec's `ruth.*` parameters on `profile` (python_backends/params.py holds every key and default)."""
+    limits = spec.limits
+    fields: dict[str, Any] = {
+        "inference_timeout_ms": limits.inference_timeout_ms,
+        "frame": FrameParams.model_validate(limits.model_dump(exclude={"inference_timeout_ms"})),
+        "breaker": spec.breaker,
+        "watchdog": spec.watchdog,
+        "memory_estimate_mb": spec.memory_for(profile),
+        "weights": spec.weights,
+    }
+    if spec.state is not None:
+        fields["state"] = spec.state
+    return RuntimeParams(**fields)
 
 
 def render_parameters(spec: ModelSpec, profile: Profile, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """config.pbtxt `parameters`, the keys of docs/model-spec.md that `python_backends.params` reads."""
-    limits, breaker = spec.limits, spec.breaker
-    params = {
-        "ruth.inference_timeout_ms": str(limits.inference_timeout_ms),
-        "ruth.frame.min_width": str(limits.min_width),
-        "ruth.frame.min_height": str(limits.min_height),
-        "ruth.frame.max_width": str(limits.max_width),
-        "ruth.frame.max_height": str(limits.max_height),
-        "ruth.breaker.failure_threshold": str(breaker.failure_threshold),
-        "ruth.breaker.cooldown_s": _number(breaker.cooldown_s),
-        "ruth.breaker.max_cooldown_s": _number(breaker.max_cooldown_s),
-        "ruth.breaker.half_open_max_trials": str(breaker.half_open_max_trials),
-        "ruth.watchdog.zombie_limit": str(spec.watchdog.zombie_limit),
-        "ruth.memory_estimate_mb": str(spec.memory_for(profile)),
-        "ruth.weights": json.dumps([w.model_dump() for w in spec.weights], sort_keys=True, separators=(",", ":")),
-    }
-    if spec.state is not None:
-        params["ruth.state.idle_ttl_s"] = _number(spec.state.idle_ttl_s)
-        params["ruth.state.max_streams"] = str(spec.state.max_streams)
+    """config.pbtxt `parameters`: the spec's `RuntimeParams` as `ruth.*` keys, its own as `model.*` keys."""
+    params = runtime_params(spec, profile).to_parameters()
     group = spec.profiles.get(profile)
     for key, value in {**spec.parameters, **(group.parameters if group is not None else {})}.items():
-        params[f"model.{key}"] = _parameter_value(value)
+        params[f"{MODEL_PREFIX}{key}"] = parameter_text(value)
     params.update(overrides or {})
     return params
 

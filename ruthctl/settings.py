@@ -2,7 +2,8 @@
 
 The runtime we replace declared most of these and read few. Here each one is either used by `ruthctl serve`
 itself, mapped to a tritonserver flag, or passed on to the model processes (which read it through
-`python_backends.params.RuntimeEnv`). `docs/configuration.md` lists them with defaults and effects.
+`python_backends.runtime.RuntimeSettings`). The configuration table of README.md lists them with defaults and
+effects.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
         env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True, hide_input_in_errors=True
     )
 
+    #: a label of the deployment, reported by `serve` at start and in its endpoint table; nothing else reads it
     ruth_ai_env: Literal["development", "test", "staging", "production"] = "production"
     ruth_ai_profile: Profile = Profile.CPU
     ai_runtime_hardware: Hardware = Hardware.AUTO
@@ -139,7 +141,6 @@ class Settings(BaseSettings):
             "RUTH_STATE_DIR": str(self.ruth_state_dir.resolve()),
             "RUTH_WEIGHTS_DIR": str(self.ruth_weights_dir.resolve()),
             "RUTH_AI_PROFILE": self.ruth_ai_profile.value,
-            "RUTH_AI_ENV": self.ruth_ai_env,
             "AI_RUNTIME_HARDWARE": hardware.value,
             # a CPU host never grants a GPU, whatever the profile says
             "ENABLE_GPU": "1" if self.enable_gpu and hardware is not Hardware.CPU else "0",

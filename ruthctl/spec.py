@@ -1,22 +1,34 @@
 """Model specs and deployment profiles: the YAML files an operator edits, as frozen pydantic models.
 
-A spec is the user layer of the two-layer config (style anchor pytriton §1.3): what a model needs, in the words of
-`docs/model-spec.md`. `render.py` maps it onto Triton's `ModelConfig` protobuf. Every model here is frozen with
-`extra="forbid"`, so a typo in a YAML key is an error at `ruthctl generate` instead of a silently ignored setting,
-and cross-field rules (batching needs a batch size, a CPU profile can't place a GPU instance) are checked when the
-object is built: an invalid spec can't exist.
+A spec is the user layer of the two-layer config (the spec, then its rendered config.pbtxt): what a model needs,
+in the words of `docs/model-spec.md`. `render.py` maps it onto Triton's `ModelConfig` protobuf. Every model here
+is frozen with `extra="forbid"`, so a typo in a YAML key is an error at `ruthctl generate` instead of a silently
+ignored setting, and cross-field rules (batching needs a batch size, a CPU profile can't place a GPU instance) are
+checked when the object is built: an invalid spec can't exist. The `breaker`, `watchdog`, `state` and `weights`
+groups are the `ruth.*` parameter groups of python_backends/params.py, so the spec and the model that parses the
+rendered config share one definition of each key, bound and default.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from python_backends.errors import first_error
+from python_backends.params import (
+    DEFAULTS,
+    BreakerParams,
+    FrameParams,
+    StateParams,
+    TimeoutMs,
+    WatchdogParams,
+    WeightPin,
+)
 from ruthctl.settings import Profile
 
 __all__ = [
@@ -90,54 +102,18 @@ class DynamicBatching(_Frozen):
         return sizes
 
 
-class Limits(_Frozen):
-    inference_timeout_ms: int = Field(default=5000, ge=1, le=600_000)
-    min_width: int = Field(default=64, ge=1)
-    min_height: int = Field(default=64, ge=1)
-    max_width: int = Field(default=7680, ge=1)
-    max_height: int = Field(default=4320, ge=1)
+class Limits(FrameParams):
+    """`limits:`: the inference deadline and the frame sizes (`ruth.inference_timeout_ms`, `ruth.frame.*`)."""
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Limits:
-        if self.min_width > self.max_width or self.min_height > self.max_height:
-            raise ValueError("min_width/min_height must not exceed max_width/max_height")
-        return self
+    inference_timeout_ms: TimeoutMs = DEFAULTS.inference_timeout_ms
 
 
-class BreakerSpec(_Frozen):
-    failure_threshold: int = Field(default=5, ge=1)
-    cooldown_s: float = Field(default=30, gt=0)
-    max_cooldown_s: float = Field(default=600, gt=0)
-    half_open_max_trials: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BreakerSpec:
-        if self.max_cooldown_s < self.cooldown_s:
-            raise ValueError("max_cooldown_s must be >= cooldown_s")
-        return self
-
-
-class WatchdogSpec(_Frozen):
-    zombie_limit: int = Field(default=4, ge=1)
-
-
-class StateSpec(_Frozen):
-    idle_ttl_s: float = Field(default=300, gt=0)
-    max_streams: int = Field(default=10000, ge=1)
-
-
-class WeightFile(_Frozen):
-    path: str = Field(min_length=1, description="relative to the weights dir (RUTH_WEIGHTS_DIR)")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str = Field(default="", description="how to obtain the file; shown when it is missing or corrupt")
-
-    @field_validator("path")
-    @classmethod
-    def _inside_weights_dir(cls, path: str) -> str:
-        parts = PurePosixPath(path).parts
-        if PurePosixPath(path).is_absolute() or ".." in parts:
-            raise ValueError(f"weight path {path!r} must be relative to the weights dir, without '..'")
-        return path
+#: `breaker:`, `watchdog:`, `state:` and `weights:` are the `ruth.*` groups themselves (python_backends/params.py):
+#: one definition of every key, bound and default, for the spec and for the model that parses the rendered config
+BreakerSpec = BreakerParams
+WatchdogSpec = WatchdogParams
+StateSpec = StateParams
+WeightFile = WeightPin
 
 
 class InstanceGroupSpec(_Frozen):
@@ -182,7 +158,7 @@ class ModelSpec(_Frozen):
     limits: Limits = Limits()
     breaker: BreakerSpec = BreakerSpec()
     watchdog: WatchdogSpec = WatchdogSpec()
-    memory_estimate_mb: int = Field(default=256, ge=0)
+    memory_estimate_mb: int = Field(default=DEFAULTS.memory_estimate_mb, ge=0)
     state: StateSpec | None = None
     weights: tuple[WeightFile, ...] = ()
     profiles: dict[Profile, InstanceGroupSpec] = Field(default_factory=dict)
@@ -283,20 +259,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = ".".join(str(part) for part in first.get("loc", ()))
-    message = str(first["msg"]).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc}: {message}{more}" if loc else f"{message}{more}"
-
-
 def parse_spec(data: Mapping[str, Any], source: str = "<spec>") -> ModelSpec:
     try:
         return ModelSpec.model_validate(dict(data))
     except ValidationError as exc:
-        raise SpecError(f"{source}: {_first_error(exc)}") from None
+        raise SpecError(f"{source}: {first_error(exc)}") from None
 
 
 def load_spec(path: Path) -> ModelSpec:
@@ -332,7 +299,7 @@ def load_profiles(directory: Path) -> dict[Profile, ProfileSpec]:
         try:
             loaded = ProfileSpec.model_validate(_read_yaml(path))
         except ValidationError as exc:
-            raise SpecError(f"{path}: {_first_error(exc)}") from None
+            raise SpecError(f"{path}: {first_error(exc)}") from None
         if loaded.name is not profile:
             raise SpecError(f"{path}: name {loaded.name.value!r} differs from the file name {profile.value!r}")
         profiles[profile] = loaded

@@ -173,3 +173,18 @@ def test_every_custom_metric_family_is_served_with_the_expected_values(triton_fa
     assert metric_value(text, "ruth_model_health", model=TANK) == 2  # 1 per healthy instance
     assert metric_value(text, "ruth_zombie_threads", model=TANK) == 0
     assert metric_value(text, "ruth_stream_states", model=TANK) >= 1
+
+
+def test_a_misspelt_ruth_parameter_fails_the_load_naming_the_key(triton_factory: Any) -> None:
+    """A typo in a `ruth.*` key must not fall back to a default unnoticed: Triton refuses the load, and its reason
+    (the load call's error and the repository index) names the key and the one it resembles."""
+    handle = triton_factory([])
+    config = config_with(handle, breaker__failure_treshold=3)
+    with pytest.raises(InferenceServerException) as raised:
+        handle.load(TANK, config)
+    assert "ruth.breaker.failure_treshold is not a known ruth.* parameter" in str(raised.value)
+    assert "did you mean ruth.breaker.failure_threshold?" in str(raised.value)
+    entry = handle.wait_state(TANK, "UNAVAILABLE")
+    assert "ruth.breaker.failure_treshold" in entry.get("reason", "")
+    handle.load(TANK, config_with(handle, breaker__failure_threshold=3))  # spelt right, the same config loads
+    assert handle.wait_state(TANK, "READY")["state"] == "READY"

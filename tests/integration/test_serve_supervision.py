@@ -143,7 +143,7 @@ class Serve:
             "GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS": "10",
             **(env or {}),
         }
-        if seed_port_names:  # the seed runtime's SERVER_PORT instead of RUTH_HTTP_PORT
+        if seed_port_names:  # SERVER_PORT, the name of the runtime we replace, instead of RUTH_HTTP_PORT
             self.env["SERVER_PORT"] = self.env.pop("RUTH_HTTP_PORT")
         self.proc = subprocess.Popen(
             [*RUTHCTL, "serve", "--log-file", str(root / "triton.log"), *args],
@@ -381,7 +381,7 @@ def test_a_second_sigterm_during_the_drain_kills_tritonserver_and_exits(tmp_path
 
 @pytest.fixture(scope="module")
 def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    """A fresh serve started the way the README and the seed runtime's names suggest."""
+    """A fresh serve started the way the README and the names of the runtime we replace suggest."""
     root = build(tmp_path_factory.mktemp("newcomer") / "d", {"slowpoke": {}})
     serve = Serve(
         root,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -16,72 +15,24 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from backend_support import QUIET_RESULT, FakeRequest, FakeResponse, FakeTensor, fake_backend, initialize, make_runtime
 
-from python_backends import triton
 from python_backends.base import InferContext
 from python_backends.errors import InvalidInput, ModelLoadError
 from python_backends.gpu import Allocation
+from python_backends.runtime import Runtime
 from python_backends.vision import RuthModel
 
 
-# ---- a minimal stand-in for triton_python_backend_utils ---------------------------------------------------------
-class FakeTensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self._name, self._array = name, array
-
-    def name(self) -> str:
-        return self._name
-
-    def as_numpy(self) -> np.ndarray:
-        return self._array
-
-
-class FakeError:
-    INVALID_ARG, UNAVAILABLE, INTERNAL, NOT_FOUND, UNSUPPORTED = "INVALID_ARG", "UNAVAILABLE", "INTERNAL", "NF", "UNS"
-
-    def __init__(self, message: str, code: str = "INTERNAL") -> None:
-        self._message, self.code = message, code
-
-    def message(self) -> str:
-        return self._message
-
-
-class FakeResponse:
-    def __init__(self, output_tensors: list[FakeTensor], error: FakeError | None = None) -> None:
-        self.outputs, self.error = output_tensors, error
-
-
-class FakeRequest:
-    def __init__(self, tensors: dict[str, np.ndarray]) -> None:
-        self.tensors = {k: FakeTensor(k, v) for k, v in tensors.items()}
-
-    def inputs(self) -> list[FakeTensor]:
-        return list(self.tensors.values())
-
-    def request_id(self) -> str:
-        return ""
-
-
-def _input(request: FakeRequest, name: str) -> FakeTensor | None:
-    return request.tensors.get(name)
-
-
-FAKE_PB = types.SimpleNamespace(
-    Tensor=FakeTensor,
-    TritonError=FakeError,
-    InferenceResponse=FakeResponse,
-    get_input_tensor_by_name=_input,
-)
-
-
 @pytest.fixture(autouse=True)
-def fake_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("RUTH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("ENABLE_GPU", "0")
-    monkeypatch.setenv("METRICS_ENABLED", "0")
-    triton.use_backend_module(FAKE_PB)
-    yield
-    triton.use_backend_module(None)
+def backend() -> Iterator[None]:
+    with fake_backend():
+        yield
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Runtime:
+    return make_runtime(tmp_path)
 
 
 # ---- a tiny model: brightness of the frame ---------------------------------------------------------------------
@@ -103,11 +54,7 @@ class Brightness(RuthModel):
             raise InvalidInput("METADATA", "the algorithm found this request unusable")
         seen = ctx.update_state(lambda s: {"frames": (s or {}).get("frames", 0) + 1})
         return {
-            "violation_detected": False,
-            "violation_type": None,
-            "severity": "low",
-            "confidence": 1.0,
-            "detections": [],
+            **QUIET_RESULT,
             "brightness": float(frame.mean()),
             "frames_seen": seen["frames"],
         }
@@ -132,19 +79,8 @@ def model_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def make_model(config: dict[str, Any] | None = None) -> Brightness:
-    model = Brightness()
-    model.initialize(
-        {
-            "model_config": json.dumps(config or model_config()),
-            "model_name": "brightness",
-            "model_version": "1",
-            "model_instance_name": "brightness_0_0",
-            "model_instance_kind": "CPU",
-            "model_instance_device_id": "0",
-        }
-    )
-    return model
+def make_model(runtime: Runtime, config: dict[str, Any] | None = None) -> Brightness:
+    return initialize(Brightness(runtime), config or model_config(), "brightness")  # type: ignore[no-any-return]
 
 
 def strings(value: str | bytes) -> np.ndarray:
@@ -169,8 +105,8 @@ def result(response: FakeResponse) -> dict[str, Any]:
 
 
 # ---- tests ------------------------------------------------------------------------------------------------------
-def test_a_mixed_batch_gets_one_response_per_request_in_order() -> None:
-    model = make_model()
+def test_a_mixed_batch_gets_one_response_per_request_in_order(runtime: Runtime) -> None:
+    model = make_model(runtime)
     responses = model.execute(
         [request(level=10), request(image=b"not an image"), request(stream="cam-1"), request(level=200)]
     )
@@ -181,30 +117,30 @@ def test_a_mixed_batch_gets_one_response_per_request_in_order() -> None:
     assert result(responses[3])["brightness"] == pytest.approx(200)
 
 
-def test_a_model_failure_on_one_frame_leaves_the_other_requests_alone() -> None:
-    model = make_model()
+def test_a_model_failure_on_one_frame_leaves_the_other_requests_alone(runtime: Runtime) -> None:
+    model = make_model(runtime)
     responses = model.execute([request(level=5), request(explode=True), request(level=6)])
     assert result(responses[0])["brightness"] == pytest.approx(5)
     assert responses[1].error.code == "INTERNAL" and "boom" in responses[1].error.message()
     assert result(responses[2])["brightness"] == pytest.approx(6)
 
 
-def test_a_result_breaking_the_wire_contract_is_an_internal_error_not_a_silent_success() -> None:
-    responses = make_model().execute([request(break_contract=True)])
+def test_a_result_breaking_the_wire_contract_is_an_internal_error_not_a_silent_success(runtime: Runtime) -> None:
+    responses = make_model(runtime).execute([request(break_contract=True)])
     assert responses[0].error.code == "INTERNAL"
     assert "wire contract" in responses[0].error.message()
 
 
-def test_an_invalid_input_found_by_the_algorithm_is_the_clients_error_and_spares_the_breaker() -> None:
-    model = make_model()
+def test_an_invalid_input_found_by_the_algorithm_is_the_clients_error_and_spares_the_breaker(runtime: Runtime) -> None:
+    model = make_model(runtime)
     for _ in range(5):
         (response,) = model.execute([request(reject=True)])
         assert response.error.code == "INVALID_ARG"
     assert model.breaker.state.value == "closed"
 
 
-def test_consecutive_model_failures_open_the_breaker_which_then_fails_fast_with_unavailable() -> None:
-    model = make_model()  # failure_threshold 2
+def test_consecutive_model_failures_open_the_breaker_which_then_fails_fast_with_unavailable(runtime: Runtime) -> None:
+    model = make_model(runtime)  # failure_threshold 2
     for _ in range(2):
         assert model.execute([request(explode=True)])[0].error.code == "INTERNAL"
     (response,) = model.execute([request(level=1)])
@@ -212,18 +148,18 @@ def test_consecutive_model_failures_open_the_breaker_which_then_fails_fast_with_
     assert "OPEN" in response.error.message()
 
 
-def test_execute_never_raises_even_when_a_request_object_is_broken() -> None:
+def test_execute_never_raises_even_when_a_request_object_is_broken(runtime: Runtime) -> None:
     class Broken(FakeRequest):
         def request_id(self) -> str:
             raise RuntimeError("corrupted request handle")
 
-    responses = make_model().execute([Broken({"STREAM_ID": strings("x")}), request(level=3)])
+    responses = make_model(runtime).execute([Broken({"STREAM_ID": strings("x")}), request(level=3)])
     assert responses[0].error.code == "INTERNAL"
     assert result(responses[1])["brightness"] == pytest.approx(3)
 
 
-def test_a_client_side_batch_in_one_request_gets_one_result_per_frame() -> None:
-    model = make_model()
+def test_a_client_side_batch_in_one_request_gets_one_result_per_frame(runtime: Runtime) -> None:
+    model = make_model(runtime)
     frames = np.stack([np.full((64, 64, 3), 20, np.uint8), np.full((64, 64, 3), 40, np.uint8)])
     stream = str(uuid.uuid4())
     now = datetime.now(timezone.utc).isoformat()
@@ -240,8 +176,8 @@ def test_a_client_side_batch_in_one_request_gets_one_result_per_frame() -> None:
     assert [json.loads(row[0])["brightness"] for row in out] == [pytest.approx(20), pytest.approx(40)]
 
 
-def test_per_stream_state_is_kept_per_stream_and_metadata_names_the_stream() -> None:
-    model = make_model()
+def test_per_stream_state_is_kept_per_stream_and_metadata_names_the_stream(runtime: Runtime) -> None:
+    model = make_model(runtime)
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     model.execute([request(stream=a)])
     model.execute([request(stream=a)])
@@ -251,73 +187,47 @@ def test_per_stream_state_is_kept_per_stream_and_metadata_names_the_stream() -> 
     assert third_a["metadata"]["stream_id"] == a and third_a["metadata"]["model_name"] == "brightness"
 
 
-def test_a_config_that_breaks_the_wire_contract_fails_the_load_with_the_reason() -> None:
+def test_a_config_that_breaks_the_wire_contract_fails_the_load_with_the_reason(runtime: Runtime) -> None:
     config = model_config(output=[{"name": "SCORES", "data_type": "TYPE_FP32", "dims": [1]}])
     with pytest.raises(ModelLoadError, match="RESULT"):
-        make_model(config)
+        make_model(runtime, config)
 
 
-def test_an_invalid_parameter_fails_the_load_naming_the_key() -> None:
+def test_an_invalid_parameter_fails_the_load_naming_the_key(runtime: Runtime) -> None:
     config = model_config(parameters={"ruth.inference_timeout_ms": {"string_value": "soon"}})
     with pytest.raises(ModelLoadError, match=r"ruth\.inference_timeout_ms"):
-        make_model(config)
+        make_model(runtime, config)
 
 
-def test_a_load_failure_becomes_a_model_load_error_and_releases_the_device() -> None:
+def test_a_load_failure_becomes_a_model_load_error_and_releases_the_device(runtime: Runtime) -> None:
     class NoWeights(Brightness):
         def load(self, device: Allocation) -> None:
             raise FileNotFoundError("weights/missing.tflite")
 
-    model = NoWeights()
+    model = NoWeights(runtime)
     with pytest.raises(ModelLoadError, match=r"missing\.tflite"):
         model.initialize({"model_config": json.dumps(model_config()), "model_name": "nw", "model_version": "1"})
 
 
-def test_finalize_is_safe_to_call_twice() -> None:
-    model = make_model()
+def test_finalize_is_safe_to_call_twice(runtime: Runtime) -> None:
+    model = make_model(runtime)
     model.finalize()
     model.finalize()
     assert model.loaded_on is not None and model.loaded_on.placement == "cpu"
 
 
-def test_swap_resources_waits_for_in_flight_inference_and_blocks_new_ones() -> None:
-    import threading
-
-    model = make_model()
-    inside, release, order = threading.Event(), threading.Event(), []
-
-    original = model.infer
-
-    def slow_infer(frame: np.ndarray, ctx: InferContext) -> dict[str, Any]:
-        inside.set()
-        release.wait(5)
-        order.append("infer")
-        return original(frame, ctx)
-
-    model.infer = slow_infer  # type: ignore[method-assign]
-    runner = threading.Thread(target=lambda: model.execute([request(level=9)]))
-    runner.start()
-    assert inside.wait(5)
-    swapper = threading.Thread(target=lambda: model.swap_resources(lambda: order.append("swap")))
-    swapper.start()
-    swapper.join(0.2)
-    assert swapper.is_alive(), "the swap must wait for the running inference"
-    release.set()
-    runner.join(5)
-    swapper.join(5)
-    assert order == ["infer", "swap"]
-
-
-def test_state_gauges_follow_the_persisted_breaker_without_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_gauges_follow_the_persisted_breaker_without_traffic(tmp_path: Path) -> None:
     """A reset (or a sibling's trip) reaches the gauges by the refresher, not by the next request."""
     from python_backends.breaker import BreakerPolicy, CircuitBreaker
     from python_backends.breaker_storage import FileBreakerStorage
     from python_backends.metrics import RecordingMetrics
 
-    monkeypatch.setattr(Brightness, "gauge_refresh_s", 0.05)
-    model = make_model()
+    class QuickGauges(Brightness):
+        gauge_refresh_s = 0.05
+
+    recording = RecordingMetrics()
+    model = initialize(QuickGauges(make_runtime(tmp_path, metrics=lambda *_: recording)), model_config(), "brightness")
     try:
-        model.metrics = recording = RecordingMetrics()
         sibling = CircuitBreaker("brightness:1", BreakerPolicy(failure_threshold=1), model.breaker._storage)
         assert isinstance(model.breaker._storage, FileBreakerStorage)
         sibling.record_failure(sibling.admit())  # another instance trips the shared breaker
@@ -339,8 +249,8 @@ def with_config(req: FakeRequest, config: dict[str, Any]) -> FakeRequest:
     return req
 
 
-def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_the_breaker() -> None:
-    model = make_model()  # failure_threshold 2
+def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_the_breaker(runtime: Runtime) -> None:
+    model = make_model(runtime)  # failure_threshold 2
     for _ in range(5):
         (response,) = model.execute([with_config(request(overflow=True), {"radius": 1e10})])
         assert response.error.code == "INVALID_ARG"
@@ -349,15 +259,15 @@ def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_t
     assert result(model.execute([request(level=3)])[0])["brightness"] == pytest.approx(3)
 
 
-def test_the_same_error_with_the_deployments_defaults_is_the_models_failure_and_counts() -> None:
-    model = make_model()
+def test_the_same_error_with_the_deployments_defaults_is_the_models_failure_and_counts(runtime: Runtime) -> None:
+    model = make_model(runtime)
     for _ in range(2):
         assert model.execute([request(overflow=True)])[0].error.code == "INTERNAL"
     assert model.breaker.state.value == "open"
 
 
-def test_a_non_value_error_counts_even_with_a_client_config() -> None:
-    model = make_model()
+def test_a_non_value_error_counts_even_with_a_client_config(runtime: Runtime) -> None:
+    model = make_model(runtime)
     for _ in range(2):
         assert model.execute([with_config(request(explode=True), {"x": 1})])[0].error.code == "INTERNAL"
     assert model.breaker.state.value == "open"

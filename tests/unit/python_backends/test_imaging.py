@@ -266,7 +266,7 @@ def test_model_limits_narrow_the_accepted_sizes() -> None:
     data = _encode(Image.new("RGB", (300, 240)), "JPEG")
     assert decode_image(data, LIMITS).shape == (240, 300, 3)
     with pytest.raises(InvalidInput, match=r"width 300 px is outside the allowed 320..7680 px"):
-        decode_image(data, Limits.for_model(min_width=320, min_height=240))
+        decode_image(data, Limits().for_model(min_width=320, min_height=240))
 
 
 def test_forged_png_header_declaring_huge_dimensions_is_refused_before_decoding() -> None:

@@ -17,6 +17,7 @@ import pytest
 from redis_support import RedisServer, redis_available, running_redis
 
 from python_backends.errors import ModelLoadError, StreamStoreUnavailable
+from python_backends.runtime import RuntimeSettings
 from python_backends.streams import SqliteStreamStore, StreamStore, StreamStoreSpec, open_stream_store
 
 pytestmark = pytest.mark.skipif(
@@ -59,7 +60,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisSer
 # ---- the setting -------------------------------------------------------------------------------------------------
 def test_sqlite_is_the_default() -> None:
     assert StreamStoreSpec.parse(None).kind == "sqlite"
-    assert StreamStoreSpec.from_env({}).kind == "sqlite"
+    assert RuntimeSettings.from_environ({}).stream_store.kind == "sqlite"
     assert StreamStoreSpec.parse(" SQLite ").kind == "sqlite"
 
 

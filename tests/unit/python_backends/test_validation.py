@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field, field_validator
 from python_backends.errors import ErrorCode, InvalidInput
 from python_backends.validation import (
     Limits,
-    RequestFields,
     ValidatedRequest,
     check_frame_array,
     check_frame_size,
@@ -61,19 +60,19 @@ def test_inconsistent_limits_are_refused(kwargs: dict[str, int]) -> None:
 
 
 def test_for_model_narrows_the_global_limits() -> None:
-    narrowed = Limits.for_model(min_width=320, min_height=240, max_width=4096, max_height=4096)
+    narrowed = Limits().for_model(min_width=320, min_height=240, max_width=4096, max_height=4096)
     assert (narrowed.min_width, narrowed.min_height) == (320, 240)
     assert (narrowed.max_width, narrowed.max_height) == (4096, 4096)
     assert narrowed.max_pixels == 4096 * 4096
 
 
 def test_for_model_never_widens_a_limit() -> None:
-    widened = Limits.for_model(min_width=1, max_width=100_000, max_json_depth=50, max_timestamp_drift_s=1e9)
+    widened = Limits().for_model(min_width=1, max_width=100_000, max_json_depth=50, max_timestamp_drift_s=1e9)
     assert widened == Limits()
 
 
 def test_for_model_without_opinions_keeps_the_limits() -> None:
-    assert Limits.for_model() == Limits()
+    assert Limits().for_model() == Limits()
 
 
 def test_for_model_on_an_instance_narrows_that_instance() -> None:
@@ -86,7 +85,7 @@ def test_for_model_on_an_instance_narrows_that_instance() -> None:
 
 def test_for_model_rejects_a_model_whose_limits_do_not_overlap() -> None:
     with pytest.raises(ValueError, match=r"do not overlap"):
-        Limits.for_model(min_width=10_000)
+        Limits().for_model(min_width=10_000)
 
 
 # ---------------------------------------------------------------------------------------------- STREAM_ID
@@ -287,7 +286,7 @@ def test_frame_size_rejects_too_many_pixels() -> None:
 
 
 def test_frame_size_applies_a_models_narrowed_limits() -> None:
-    model = Limits.for_model(min_width=320, min_height=240)
+    model = Limits().for_model(min_width=320, min_height=240)
     check_frame_size(320, 240, model)
     with pytest.raises(InvalidInput, match=r"width 319 px is outside the allowed 320..7680 px"):
         check_frame_size(319, 240, model)
@@ -381,16 +380,6 @@ def test_validate_config_uses_pydantics_message_for_builtin_constraints() -> Non
         validate_config({"conf_threshold": 2}, _GeoConfig)
 
 
-def test_request_fields_canonicalise_and_freeze() -> None:
-    fields = RequestFields(stream_id=UUID.upper(), timestamp=datetime(2024, 5, 1, 12), config={}, metadata={"k": 1})
-    assert fields.stream_id == UUID
-    assert fields.timestamp == NOW
-    with pytest.raises(ValueError):
-        fields.stream_id = "x"
-    with pytest.raises(ValueError, match=r"UUID"):
-        RequestFields(stream_id="nope", timestamp=NOW, config={}, metadata={})
-
-
 # ---------------------------------------------------------------------------------------------- validate_request
 
 
@@ -426,7 +415,6 @@ def test_request_with_an_image_is_decoded_to_bgr() -> None:
     assert request.timestamp == NOW
     assert request.config == {"alert_threshold": 80}
     assert request.metadata == {"session": "s1"}
-    assert request.fields.metadata == {"session": "s1"}
 
 
 def test_request_with_a_frame_is_checked_not_decoded() -> None:
@@ -448,7 +436,7 @@ def test_request_config_goes_through_the_models_schema() -> None:
     config = json.dumps({"zones": [{"points": [[0, 0], [1, 0], [1, 1]]}]})
     request = _request(config=config, config_schema=_GeoConfig)
     assert isinstance(request.config, _GeoConfig)
-    assert request.fields.config["zones"][0]["points"][1] == (1.0, 0.0)
+    assert request.config.model_dump()["zones"][0]["points"][1] == (1.0, 0.0)
     with pytest.raises(InvalidInput, match=r"^CONFIG: zones\.0\.points: at least 3 points$"):
         _request(config='{"zones": [{"points": [[0, 0]]}]}', config_schema=_GeoConfig)
 
@@ -490,7 +478,7 @@ def test_request_applies_the_timestamp_drift_of_its_limits() -> None:
 
 def test_request_applies_frame_limits_to_frames() -> None:
     with pytest.raises(InvalidInput, match=r"^FRAME: width 64 px is outside the allowed 320..7680 px"):
-        _request(image=None, frame=np.zeros((240, 64, 3), np.uint8), limits=Limits.for_model(min_width=320))
+        _request(image=None, frame=np.zeros((240, 64, 3), np.uint8), limits=Limits().for_model(min_width=320))
 
 
 # ---- strict CONFIG, frame geometry, request ids (docs/security.md) -------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import skimage.data
 import yaml
+from backend_support import make_runtime
 from matplotlib import cbook
 from support import load_model_module
 
@@ -141,31 +142,34 @@ class FakeOrt:
         )
 
 
+class GpuHost:
+    """A host with two 80 GiB GPUs as NVML would report them (`devices` may be changed); `state` holds the ledger."""
+
+    def __init__(self, root: Path, weights_dir: Path) -> None:
+        self.state = root / "state"
+        self.devices = [DeviceInfo(i, "Fake H100", 80 * GIB, 70 * GIB) for i in (0, 1)]
+        self.runtime = make_runtime(root, weights_dir=weights_dir, enable_gpu=True, probe=self.probe)
+
+    def probe(self) -> FakeProbe:
+        return FakeProbe(self.devices)
+
+
 @pytest.fixture()
-def gpu_host(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A host with two 80 GiB GPUs as NVML would report them; returns the state dir (where the ledger lives)."""
-    state = tmp_path / "state"
-    monkeypatch.setenv("RUTH_STATE_DIR", str(state))
-    monkeypatch.setenv("RUTH_WEIGHTS_DIR", str(weights_dir))
-    monkeypatch.setenv("ENABLE_GPU", "1")
-    monkeypatch.setenv("GPU_FALLBACK_TO_CPU", "1")
-    monkeypatch.setenv("METRICS_ENABLED", "0")
-    devices = [DeviceInfo(i, "Fake H100", 80 * GIB, 70 * GIB) for i in (0, 1)]
-    monkeypatch.setattr("python_backends.base.default_probe", lambda: FakeProbe(devices))
+def gpu_host(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GpuHost]:
     triton.use_backend_module(types.SimpleNamespace())
-    logs.configure()  # the model calls it too: it stops `ruth` records propagating, so caplog would see none
-    monkeypatch.setattr(logging.getLogger("ruth"), "propagate", True)
-    yield state
+    logs.configure()  # a model process does it (Runtime.from_process): `ruth` records stop propagating, so
+    monkeypatch.setattr(logging.getLogger("ruth"), "propagate", True)  # caplog would see none without this
+    yield GpuHost(tmp_path, weights_dir)
     triton.use_backend_module(None)
 
 
-def _initialize(device_id: int, kind: str = "GPU") -> Any:
+def _initialize(host: GpuHost, device_id: int, kind: str = "GPU") -> Any:
     text = (REPO / "model_repository/pose_estimator/configs/gpu.pbtxt").read_text()
     parsed = json.loads(config_to_json(parse_pbtxt(text)))
     # these tests are about MoveNet's provider; the profile's person detector would share the stand-in onnxruntime
     parsed["parameters"]["model.person_detector"] = {"string_value": ""}
     config = json.dumps(parsed)
-    model = load_model_module("pose_estimator").TritonPythonModel()
+    model = load_model_module("pose_estimator").TritonPythonModel(host.runtime)
     model.initialize(
         {
             "model_config": config,
@@ -180,12 +184,12 @@ def _initialize(device_id: int, kind: str = "GPU") -> Any:
 
 
 def test_a_gpu_instance_runs_onnx_on_the_cuda_provider_of_its_granted_device(
-    gpu_host: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gpu_host: GpuHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     ort = FakeOrt(["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
     with caplog.at_level(logging.INFO):
-        model = _initialize(device_id=1)
+        model = _initialize(gpu_host, device_id=1)
     (record,) = [r for r in caplog.records if r.name == "ruth.model.pose_estimator"]
     assert "engine onnx" in record.getMessage() and "'device_id': 1" in record.getMessage()
     assert record.getMessage().endswith("on cuda:1")
@@ -194,39 +198,39 @@ def test_a_gpu_instance_runs_onnx_on_the_cuda_provider_of_its_granted_device(
     assert session["providers"] == [("CUDAExecutionProvider", {"device_id": 1})]  # no CPU provider to fall back to
     assert Path(session["path"]).name == w.MOVENET_ONNX.path
     assert ort.preloads == 1
-    (entry,) = GpuLedger(gpu_host / "gpu-ledger.json").reservations()
+    (entry,) = GpuLedger(gpu_host.state / "gpu-ledger.json").reservations()
     assert (entry.device_index, entry.model, entry.bytes) == (1, "pose_estimator", 512 * 1024 * 1024)
     model.finalize()
-    assert GpuLedger(gpu_host / "gpu-ledger.json").reservations() == []
+    assert GpuLedger(gpu_host.state / "gpu-ledger.json").reservations() == []
 
 
 def test_a_gpu_instance_refuses_an_onnx_runtime_that_quietly_fell_back_to_the_cpu(
-    gpu_host: Path, monkeypatch: pytest.MonkeyPatch
+    gpu_host: GpuHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ort = FakeOrt(["CUDAExecutionProvider", "CPUExecutionProvider"], enables=["CPUExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
     with pytest.raises(ModelLoadError, match=r"did not enable CUDAExecutionProvider"):
-        _initialize(device_id=0)
-    assert GpuLedger(gpu_host / "gpu-ledger.json").reservations() == []  # the failed load gave its booking back
+        _initialize(gpu_host, device_id=0)
+    assert GpuLedger(gpu_host.state / "gpu-ledger.json").reservations() == []  # the failed load gave its booking back
 
 
 def test_a_gpu_instance_with_the_cpu_only_onnxruntime_fails_its_load_naming_onnxruntime_gpu(
-    gpu_host: Path, monkeypatch: pytest.MonkeyPatch
+    gpu_host: GpuHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", FakeOrt(["CPUExecutionProvider"]))
     with pytest.raises(ModelLoadError, match=r"CUDAExecutionProvider is not available.*onnxruntime-gpu"):
-        _initialize(device_id=0)
+        _initialize(gpu_host, device_id=0)
 
 
 def test_a_gpu_instance_the_allocator_put_on_the_cpu_runs_litert_and_logs_the_fallback(
-    gpu_host: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gpu_host: GpuHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     full = [DeviceInfo(0, "Fake H100", 80 * GIB, 256 * 1024 * 1024)]  # 256 MiB free: the 512 MiB estimate can't fit
-    monkeypatch.setattr("python_backends.base.default_probe", lambda: FakeProbe(full))
+    gpu_host.devices[:] = full
     ort = FakeOrt(["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
     with caplog.at_level(logging.INFO):
-        model = _initialize(device_id=0)
+        model = _initialize(gpu_host, device_id=0)
     assert (model.device.device, model.device.placement) == ("cpu", "fallback")
     assert ort.sessions == []  # engine auto chose LiteRT, not ONNX Runtime
     (record,) = [r for r in caplog.records if r.name == "ruth.model.pose_estimator"]
@@ -235,7 +239,7 @@ def test_a_gpu_instance_the_allocator_put_on_the_cpu_runs_litert_and_logs_the_fa
     assert "not enough GPU memory" in record.getMessage()  # the allocator's reason travels with it
     people = model.engine.infer(frames()["astronaut"])  # the real network, on the CPU
     assert len(people) == 1
-    assert GpuLedger(gpu_host / "gpu-ledger.json").reservations() == []  # nothing booked for a CPU placement
+    assert GpuLedger(gpu_host.state / "gpu-ledger.json").reservations() == []  # nothing booked for a CPU placement
     model.finalize()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from backend_support import make_runtime
 from onnx import TensorProto, helper, numpy_helper
 from support import load_model_module
 
@@ -209,26 +210,23 @@ def test_a_class_index_beyond_the_network_fails_the_build(weights: Path) -> None
 
 
 @pytest.fixture()
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def host(tmp_path: Path) -> Iterator[Path]:
     """A CPU host; returns the weights dir."""
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
-    monkeypatch.setenv("RUTH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("RUTH_WEIGHTS_DIR", str(weights_dir))
-    monkeypatch.setenv("METRICS_ENABLED", "0")
     triton.use_backend_module(types.SimpleNamespace())
     yield weights_dir
     triton.use_backend_module(None)
 
 
-def _initialize(params: dict[str, str], pinned: list[dict[str, str]]) -> Any:
+def _initialize(host: Path, params: dict[str, str], pinned: list[dict[str, str]]) -> Any:
     config = json.loads(config_to_json(parse_pbtxt((REPO / "model_repository/ppe_detection/config.pbtxt").read_text())))
     config["parameters"] = {
         **config["parameters"],
         **{f"model.{k}": {"string_value": v} for k, v in params.items()},
         "ruth.weights": {"string_value": json.dumps(pinned)},
     }
-    model = load_model_module("ppe_detection").TritonPythonModel()
+    model = load_model_module("ppe_detection").TritonPythonModel(make_runtime(host.parent, weights_dir=host))
     model.initialize(
         {
             "model_config": json.dumps(config),
@@ -252,7 +250,7 @@ ONNX_PARAMS = {
 
 def test_the_model_loads_a_pinned_detector_and_judges_with_it(host: Path) -> None:
     digest = hashlib.sha256(write_constant_detector(host / "ppe.onnx").read_bytes()).hexdigest()
-    model = _initialize(ONNX_PARAMS, [{"path": "ppe.onnx", "sha256": digest}])
+    model = _initialize(host, ONNX_PARAMS, [{"path": "ppe.onnx", "sha256": digest}])
     ctx = types.SimpleNamespace(config=ppe.PpeConfig())
     payload = model.judge(frame(), [person(0), person(300)], ctx)
     assert statuses(payload)[0] == {"hardhat": "present", "vest": "missing"}
@@ -260,7 +258,7 @@ def test_the_model_loads_a_pinned_detector_and_judges_with_it(host: Path) -> Non
 
 
 def test_the_default_colour_path_needs_no_detector(host: Path) -> None:
-    model = _initialize({}, [])
+    model = _initialize(host, {}, [])
     assert model.detector is None
     model.finalize()
 
@@ -279,11 +277,11 @@ def test_a_detector_that_is_not_pinned_or_not_valid_fails_the_load_with_the_reas
 ) -> None:
     write_constant_detector(host / "ppe.onnx")
     with pytest.raises(ModelLoadError, match=reason):
-        _initialize(params, pinned)
+        _initialize(host, params, pinned)
 
 
 def test_a_class_map_the_network_cannot_serve_fails_the_load(host: Path) -> None:
     digest = hashlib.sha256(write_constant_detector(host / "ppe.onnx").read_bytes()).hexdigest()
     params = {**ONNX_PARAMS, "detector_classes": '{"hardhat": 0, "vest": 9}'}
     with pytest.raises(ModelLoadError, match=r"PPE detector ppe\.onnx: .*index 9"):
-        _initialize(params, [{"path": "ppe.onnx", "sha256": digest}])
+        _initialize(host, params, [{"path": "ppe.onnx", "sha256": digest}])

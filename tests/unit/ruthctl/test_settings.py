@@ -110,9 +110,11 @@ def test_legacy_profile_names_reach_commands(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "prod-tpu" in unknown.output
 
 
-def test_the_environment_name_reaches_the_model_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_name_is_a_label_for_serve_not_for_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUTH_AI_ENV", "staging")
-    assert Settings(_env_file=None).model_env()["RUTH_AI_ENV"] == "staging"  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.ruth_ai_env == "staging"  # accepted, and reported by serve at start
+    assert "RUTH_AI_ENV" not in settings.model_env()  # no model process reads it
 
 
 @pytest.mark.parametrize(
