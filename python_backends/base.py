@@ -39,6 +39,7 @@ from python_backends.errors import (
     counts_as_failure,
     outcome_for,
     triton_code_for,
+    wire_message,
 )
 from python_backends.faults import FaultInjector, InjectedFault
 from python_backends.gpu import Allocation, DeviceAllocator
@@ -330,8 +331,7 @@ class GuardedModel:
     def _error_response(self, error: BaseException) -> Any:
         pb = triton.pb()
         code = getattr(pb.TritonError, triton_code_for(error).value)
-        message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
-        return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
+        return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(wire_message(error), code))
 
     def _settle(self, items: list[WorkItem], results: Sequence[Any], hook: str) -> None:
         """Give each item its own result or error from a batch hook's list (one entry per item, in order)."""
