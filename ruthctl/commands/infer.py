@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import fail, print_json, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import fail, print_json
 from ruthctl.exit_codes import ExitCode
 
 
@@ -52,7 +53,7 @@ def infer(
         fail("--protocol must be http or grpc", ExitCode.USAGE)
     data = sys.stdin.buffer.read() if str(image) == "-" else _read(image)
     cfg, meta = _json_object(config, "--config"), _json_object(metadata, "--metadata")
-    env = resolve(ctx, token=False)
+    env = app_of(ctx).env(token=False)
     results: dict[str, Any] = {}
     code = ExitCode.OK
     for url in env.urls:

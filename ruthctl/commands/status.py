@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import adapters, out, print_json, reconciler, resolve, state_style
+from ruthctl.app import app_of
+from ruthctl.commands._common import print_json, state_style
 from ruthctl.exit_codes import ExitCode
 
 
@@ -22,9 +23,10 @@ def status(
 
     Exit codes: 0 shown, 4 a server unreachable (its rows say so).
     """
-    env = resolve(ctx)
-    with adapters(env) as clients:
-        rec = reconciler(env, clients, "status")
+    app = app_of(ctx)
+    env = app.env()
+    with app.adapters(env) as clients:
+        rec = app.reconciler(env, clients, "status")
         local = rec.gather_local(thorough=False)
         servers = [rec.gather_server(client, local) for client in clients]
         devices = {str(c.endpoint): live_devices(c, facts) for c, facts in zip(clients, servers, strict=True)}
@@ -56,7 +58,7 @@ def status(
                 row["breaker"],
                 row["error"],
             )
-        out().print(table)
+        app.out().print(table)
     raise typer.Exit(int(code))
 
 

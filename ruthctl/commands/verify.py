@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import adapters, out, print_json, reconciler, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import out, print_json
 from ruthctl.exit_codes import ExitCode
 
 
@@ -30,9 +31,10 @@ def verify(
 
     Exit codes: 0 no violation, 1 violations found, 4 only unreachable servers.
     """
-    env = resolve(ctx)
-    with adapters(env) as clients:
-        violations = reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
+    app = app_of(ctx)
+    env = app.env()
+    with app.adapters(env) as clients:
+        violations = app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
     if json_out:
         print_json({"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]})
     else:

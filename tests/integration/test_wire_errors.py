@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from support import jpeg, tank_frame, vision_inputs
-from test_hardening import TANK, config_with
+from support import config_with, jpeg, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
 
 from python_backends.wire import WireCode, decode
 
 pytestmark = pytest.mark.integration
 
+TANK = "tank_overflow_monitoring"
 STREAM = "3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11"
 PROTOCOLS = ("http", "grpc")
 STATUS = {  # Triton's status for each class of our codes, as tritonclient reports it per protocol

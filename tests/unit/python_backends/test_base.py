@@ -177,8 +177,10 @@ def test_a_mixed_batch_gets_one_response_per_request_in_order() -> None:
     )
     assert len(responses) == 4
     assert result(responses[0])["brightness"] == pytest.approx(10)
-    assert responses[1].error.code == "INVALID_ARG" and responses[1].error.message().startswith("[RUTH:INVALID_INPUT] IMAGE")
-    assert responses[2].error.code == "INVALID_ARG" and responses[2].error.message().startswith("[RUTH:INVALID_INPUT] STREAM_ID")
+    assert responses[1].error.code == "INVALID_ARG"
+    assert responses[1].error.message().startswith("[RUTH:INVALID_INPUT] IMAGE")
+    assert responses[2].error.code == "INVALID_ARG"
+    assert responses[2].error.message().startswith("[RUTH:INVALID_INPUT] STREAM_ID")
     assert result(responses[3])["brightness"] == pytest.approx(200)
 
 
@@ -347,7 +349,8 @@ def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_t
     for _ in range(5):
         (response,) = model.execute([with_config(request(overflow=True), {"radius": 1e10})])
         assert response.error.code == "INVALID_ARG"
-        assert response.error.message().startswith("[RUTH:INVALID_INPUT] CONFIG") and "OverflowError" in response.error.message()
+        assert response.error.message().startswith("[RUTH:INVALID_INPUT] CONFIG")
+        assert "OverflowError" in response.error.message()
     assert model.breaker.state.value == "closed"
     assert result(model.execute([request(level=3)])[0])["brightness"] == pytest.approx(3)
 
