@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +33,7 @@ class RuthGroup(TyperGroup):
             verbose = isinstance(ctx.obj, App) and ctx.obj.options.verbose
             STDERR.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
             if verbose and not isinstance(exc, CommandFailed):
-                STDERR.print("".join(traceback.format_exception(exc)), highlight=False, markup=False)
+                sys.stderr.write("".join(traceback.format_exception(exc)))
             raise typer.Exit(int(exit_code_for(exc))) from None
 
 

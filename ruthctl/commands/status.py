@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ruthctl.app import app_of
 from ruthctl.commands._common import print_json, state_style
 from ruthctl.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from ruthctl.invariants import LocalFacts, ServerFacts
+    from ruthctl.triton_client import TritonAdapter
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +66,7 @@ def status(
     raise typer.Exit(int(code))
 
 
-def live_devices(client: Any, facts: Any) -> dict[str, str]:
+def live_devices(client: TritonAdapter, facts: ServerFacts) -> dict[str, str]:
     """`KIND_CPU x2` per READY model from its live config, plus where the instances actually landed (metrics)."""
     from ruthctl.triton_client import TritonAPIError
 
@@ -84,7 +88,9 @@ def live_devices(client: Any, facts: Any) -> dict[str, str]:
     return devices
 
 
-def build_rows(local: Any, servers: list[Any], devices: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+def build_rows(
+    local: LocalFacts, servers: list[ServerFacts], devices: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
     from ruthctl.invariants import desired_version
 
     registry = local.registry.models if local.registry else {}

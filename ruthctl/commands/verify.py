@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ruthctl.app import app_of
 from ruthctl.commands._common import out, print_json
 from ruthctl.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from ruthctl.invariants import Violation
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +45,7 @@ def verify(
     raise typer.Exit(int(exit_code(violations)))
 
 
-def exit_code(violations: Sequence[Any]) -> ExitCode:
+def exit_code(violations: Sequence[Violation]) -> ExitCode:
     from ruthctl.invariants import Kind
 
     if not violations:
@@ -52,7 +55,7 @@ def exit_code(violations: Sequence[Any]) -> ExitCode:
     return ExitCode.ERROR
 
 
-def render_violations(violations: Sequence[Any], title: str) -> None:
+def render_violations(violations: Sequence[Violation], title: str) -> None:
     from rich.table import Table
 
     console = out()
