@@ -48,45 +48,35 @@ class CommandFailed(Exception):
         self.code = code
 
 
-def error_codes() -> tuple[tuple[type[BaseException], ExitCode], ...]:
-    """The errors that may escape a command, most specific first, and their exit code (the first match wins).
-
-    Imported here, when an error is being handled, so that `ruthctl --help` stays fast.
-    """
+def error_codes() -> tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...]:
+    """The errors that may escape a command and their exit code, in order (the first row that matches wins); the
+    last row is everything else: a bug. Imported here, when an error is being handled, so `--help` stays fast."""
     from pydantic import ValidationError
 
     from ruthctl.activation import NotActivatable, StaleFiles
     from ruthctl.registry import RegistryError
     from ruthctl.spec import SpecError
-    from ruthctl.triton_client import Forbidden, TritonAPIError, Unreachable
+    from ruthctl.triton_client import TritonAPIError, Unreachable
 
     return (
-        (KeyboardInterrupt, ExitCode.INTERRUPTED),
-        (StaleFiles, ExitCode.DRIFT),
-        (NotActivatable, ExitCode.ERROR),
-        (Unreachable, ExitCode.UNREACHABLE),
-        (TimeoutError, ExitCode.UNREACHABLE),
-        (Forbidden, ExitCode.ERROR),
-        (TritonAPIError, ExitCode.ERROR),
-        (RegistryError, ExitCode.ERROR),
-        (SpecError, ExitCode.ERROR),
-        (ValidationError, ExitCode.USAGE),
-        (OSError, ExitCode.ERROR),
-        (Exception, ExitCode.ERROR),
+        ((KeyboardInterrupt,), ExitCode.INTERRUPTED),
+        ((StaleFiles,), ExitCode.DRIFT),  # before NotActivatable, its base
+        ((Unreachable, TimeoutError), ExitCode.UNREACHABLE),  # before TritonAPIError and OSError, their bases
+        ((ValidationError,), ExitCode.USAGE),  # settings
+        ((NotActivatable, TritonAPIError, RegistryError, SpecError, OSError), ExitCode.ERROR),
+        ((Exception,), ExitCode.ERROR),
     )
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
     if isinstance(error, CommandFailed):
         return error.code
-    return next((code for kind, code in error_codes() if isinstance(error, kind)), ExitCode.ERROR)
+    return next((code for kinds, code in error_codes() if isinstance(error, kinds)), ExitCode.ERROR)
 
 
 def expected(error: BaseException) -> bool:
-    """Whether `error` is one of the table's named errors (an operator's problem), not a bug of ruthctl."""
-    if isinstance(error, (CommandFailed, KeyboardInterrupt)):
-        return True
-    return any(isinstance(error, kind) for kind, _ in error_codes()[:-1])
+    """Whether `error` is one the table names (an operator's problem), not a bug of ruthctl (the last row)."""
+    return isinstance(error, CommandFailed) or any(isinstance(error, kinds) for kinds, _ in error_codes()[:-1])
 
 
 def error_line(error: BaseException) -> str:

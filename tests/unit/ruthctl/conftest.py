@@ -7,6 +7,7 @@ exercised against the real server in tests/integration/test_ruthctl_*.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import shutil
 import textwrap
@@ -19,6 +20,10 @@ from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
 from ruthctl.app import Services
+from ruthctl.host import ProcessTable
+from ruthctl.reconcile import Reconciler
+from ruthctl.registry import Registry
+from ruthctl.settings import Profile
 from ruthctl.triton_client import Endpoint, IndexEntry, LoadFailed, RequestFailed, Unreachable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -212,6 +217,24 @@ class FakeTriton:
 @pytest.fixture
 def fake_triton() -> Callable[..., FakeTriton]:
     return FakeTriton
+
+
+#: the reconciler fixture's clock
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def reconciler(deployment: Deployment, tmp_path: Path) -> Reconciler:
+    """A reconciler over the test deployment and one fake server at 127.0.0.1:8000, at a fixed time."""
+    registry = Registry(deployment.state, actor="test", clock=lambda: NOW)
+    return Reconciler(
+        deployment.paths(),
+        Profile.CPU,
+        registry,
+        [FakeTriton("127.0.0.1:8000")],
+        processes=ProcessTable(tmp_path / "noproc"),
+        clock=lambda: NOW,
+    )
 
 
 @pytest.fixture

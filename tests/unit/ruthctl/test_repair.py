@@ -3,35 +3,19 @@ dry run, and the exit code each report calls for."""
 
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ruthctl.exit_codes import ExitCode
-from ruthctl.host import ProcessTable
 from ruthctl.invariants import ActionKind, Kind
 from ruthctl.reconcile import Reconciler
-from ruthctl.registry import Registry
 from ruthctl.repair import repair
-from ruthctl.settings import Profile
-
-S = "127.0.0.1:8000"
-NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture
-def rec(deployment: Any, fake_triton: Any, tmp_path: Path) -> Reconciler:
-    registry = Registry(deployment.state, actor="test", clock=lambda: NOW)
-    return Reconciler(
-        deployment.paths(),
-        Profile.CPU,
-        registry,
-        [fake_triton(S)],
-        processes=ProcessTable(tmp_path / "noproc"),
-        clock=lambda: NOW,
-    )
+def rec(reconciler: Reconciler) -> Reconciler:
+    return reconciler
 
 
 def test_a_dry_run_plans_changes_nothing_and_exits_drift(rec: Reconciler, deployment: Any) -> None:
