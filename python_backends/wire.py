@@ -3,9 +3,9 @@
 An error we send reads `[RUTH:<CODE>] <message>` or, with fields, `[RUTH:<CODE> key=value ...] <message>`:
 `[RUTH:BREAKER_OPEN retry_after=12.5] circuit breaker for tank:1 is OPEN ...`. The prefix is part of the message
 string because the message is the only thing Triton's Python backend carries from `pb_utils.TritonError` to the
-client besides the status (HTTP: the `{"error": ...}` body; gRPC: the status message), and it reaches both protocols
-unchanged (tests/integration/test_wire_errors.py). The code names *which* error, the status only its class
-(several of ours are UNAVAILABLE); clients branch on the code, people read the message.
+client besides the status (HTTP: the `{"error": ...}` body; gRPC: the status message), and it reaches both
+protocols unchanged (docs/triton-notes.md §5, tests/integration/test_wire_errors.py). The code names *which* error,
+the status only its class (several of ours are UNAVAILABLE); clients branch on the code, people read the message.
 
 This module imports nothing of the model library, so the client SDK (`ruthctl.client`) uses it as is. Codes are a
 contract: add new ones, never rename or reuse one.

@@ -119,7 +119,7 @@ def _triton_own_error(status: str, message: str) -> RuthClientError:
     """An answer Triton wrote itself (no model of ours ran, or its process is gone), typed by its status.
 
     Triton's status alone misreads two of them, so only these are recognised by their text (Triton 2.51 wording,
-    docs/triton-notes.md): an unknown or unloaded model is HTTP 400 "Request for unknown model: ... is not found" /
+    docs/triton-notes.md §5): an unknown or unloaded model is HTTP 400 "Request for unknown model: ... is not found" /
     "... has no available versions" (not a client mistake: ModelNotFound), and a request routed to a dead stub
     process is HTTP 500 / INTERNAL "Stub process '<instance>' is not healthy." (not the model failing on the
     request: ModelUnavailable, retry).
