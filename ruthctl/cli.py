@@ -31,7 +31,8 @@ class RuthGroup(TyperGroup):
             raise
         except (Exception, KeyboardInterrupt) as exc:
             verbose = isinstance(ctx.obj, App) and ctx.obj.options.verbose
-            STDERR.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
+            console = ctx.obj.err if isinstance(ctx.obj, App) else STDERR
+            console.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
             if verbose and not isinstance(exc, CommandFailed):
                 sys.stderr.write("".join(traceback.format_exception(exc)))
             raise typer.Exit(int(exit_code_for(exc))) from None

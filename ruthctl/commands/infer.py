@@ -12,7 +12,7 @@ import typer
 
 from ruthctl.app import app_of
 from ruthctl.commands._common import fail, print_json
-from ruthctl.exit_codes import ExitCode
+from ruthctl.exit_codes import ExitCode, worst
 
 
 def register(app: typer.Typer) -> None:
@@ -75,10 +75,15 @@ def infer(
                 )
             except ServerUnreachable as exc:
                 results[url] = {"error": type(exc).__name__, "message": exc.message}
-                code = max(code, ExitCode.UNREACHABLE)
+                code = worst([code, ExitCode.UNREACHABLE])
             except RuthClientError as exc:
-                results[url] = {"error": type(exc).__name__, "message": exc.message, "status": exc.status}
-                code = max(code, ExitCode.ERROR)
+                results[url] = {
+                    "error": type(exc).__name__,
+                    "code": exc.code.value if exc.code else None,
+                    "message": exc.message,
+                    "status": exc.status,
+                }
+                code = worst([code, ExitCode.ERROR])
     for url, result in results.items():
         if "error" in result:
             typer.echo(f"error: {url}: {result['error']}: {result['message']}", err=True)
