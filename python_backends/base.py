@@ -41,6 +41,7 @@ from python_backends.errors import (
     counts_as_failure,
     outcome_for,
     triton_code_for,
+    wire_message,
 )
 from python_backends.faults import FaultInjector, InjectedFault
 from python_backends.gpu import Allocation, DeviceAllocator
@@ -158,11 +159,11 @@ class ModelParams:
 
 
 def error_response(error: BaseException) -> Any:
-    """The one mapping from an exception to what its client gets: a response with Triton's code and our message."""
+    """The one mapping from an exception to what its client gets: a response with Triton's code and our message,
+    its stable wire code in front (python_backends/wire.py)."""
     pb = triton.pb()
     code = getattr(pb.TritonError, triton_code_for(error).value)
-    message = str(error) if isinstance(error, RuthError) else f"internal error: {type(error).__name__}: {error}"
-    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, code))
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(wire_message(error), code))
 
 
 class GuardedModel(Generic[P]):

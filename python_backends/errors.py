@@ -1,14 +1,16 @@
 """The error hierarchy of the model library, and the one table that maps it onto Triton's error codes.
 
 Callers branch on the exception *type*, never on message text. Every error that reaches a client is
-translated exactly once, at the edge (`GuardedModel.error_response` in python_backends/base.py), through
-`triton_code_for`.
+translated exactly once, at the edge (`error_response` in python_backends/base.py), through
+`triton_code_for` (the status) and `wire_message` (its stable code in front of the message, python_backends/wire.py).
 """
 
 from __future__ import annotations
 
 import enum
 from typing import Any
+
+from python_backends.wire import WireCode, encode
 
 
 class ErrorCode(str, enum.Enum):
@@ -25,6 +27,8 @@ class RuthError(Exception):
     """Root of every error the model library raises on purpose."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    #: stable machine-readable identity sent in front of the message (python_backends/wire.py)
+    wire: WireCode = WireCode.INTERNAL
     #: label used in metrics (`ruth_requests_total{code=...}`); stable, low-cardinality
     outcome: str = "internal"
 
@@ -35,10 +39,15 @@ class RuthError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def wire_fields(self) -> dict[str, str]:
+        """Machine-readable details sent with the code (none by default)."""
+        return {}
+
 
 class InvalidInput(RuthError):
     """The request is malformed or out of limits. Never counts against the circuit breaker."""
 
+    wire = WireCode.INVALID_INPUT
     code = ErrorCode.INVALID_ARG
     outcome = "invalid_arg"
 
@@ -50,6 +59,7 @@ class InvalidInput(RuthError):
 class Unavailable(RuthError):
     """The model can't serve this request now; the client may retry later."""
 
+    wire = WireCode.UNAVAILABLE
     code = ErrorCode.UNAVAILABLE
     outcome = "unavailable"
 
@@ -57,6 +67,7 @@ class Unavailable(RuthError):
 class BreakerOpen(Unavailable):
     """The circuit breaker is open: fail fast instead of queueing work on a failing model."""
 
+    wire = WireCode.BREAKER_OPEN
     outcome = "breaker_open"
 
     def __init__(self, name: str, retry_at: float, retry_in_s: float) -> None:
@@ -67,10 +78,14 @@ class BreakerOpen(Unavailable):
         self.retry_at = retry_at
         self.retry_in_s = retry_in_s
 
+    def wire_fields(self) -> dict[str, str]:
+        return {"retry_after": f"{max(self.retry_in_s, 0.0):.1f}"}
+
 
 class InferenceTimeout(Unavailable):
     """Inference ran past its deadline. The work may still be running (a zombie) but the client is answered."""
 
+    wire = WireCode.TIMEOUT
     outcome = "timeout"
 
     def __init__(self, name: str, timeout_s: float) -> None:
@@ -82,12 +97,14 @@ class StreamStoreUnavailable(Unavailable):
     """The shared per-stream state store (Redis) can't be reached in time. Not the model's fault: it doesn't count
     against the breaker, and the next frame tries again (docs/deployment.md, fleet section)."""
 
+    wire = WireCode.STORE_UNAVAILABLE
     outcome = "store_unavailable"
 
 
 class Internal(RuthError):
     """The model failed while running a valid request. Counts against the circuit breaker."""
 
+    wire = WireCode.INTERNAL
     code = ErrorCode.INTERNAL
     outcome = "internal"
 
@@ -95,6 +112,7 @@ class Internal(RuthError):
 class ModelLoadError(RuthError):
     """The model can't be loaded. Raised from `initialize()` so Triton's repository index shows the reason."""
 
+    wire = WireCode.LOAD_FAILED
     outcome = "load_failed"
 
 
@@ -103,6 +121,14 @@ def triton_code_for(error: BaseException) -> ErrorCode:
     if isinstance(error, RuthError):
         return error.code
     return ErrorCode.INTERNAL
+
+
+def wire_message(error: BaseException) -> str:
+    """The message a client gets for `error`: its wire code (and fields) in front of the text people read.
+    Anything unexpected is INTERNAL, named by its type."""
+    if isinstance(error, RuthError):
+        return encode(error.wire, error.message, error.wire_fields())
+    return encode(WireCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
 
 def outcome_for(error: BaseException | None) -> str:

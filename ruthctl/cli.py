@@ -1,19 +1,45 @@
-"""Root of the `ruthctl` command line: global options, then one module per command."""
+"""Root of the `ruthctl` command line: global options build the app context (ruthctl/app.py), then one module per
+command; every error that escapes a command ends here as one line and an exit code (ruthctl/exit_codes.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
+import sys
+import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from ruthctl.app import STDERR, App, RootOptions, Services
 from ruthctl.commands._common import profile_option
-from ruthctl.settings import Profile
+from ruthctl.exit_codes import CommandFailed, error_line, exit_code_for
+
+
+class RuthGroup(TyperGroup):
+    """The top-level error handler: a short `error:` line on stderr and the code of the exit-code table, never a raw
+    traceback (with --verbose the traceback follows the line)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override] # typer's contexts are all typer.Context
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exits, and usage errors: Click's own (code 2)
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            verbose = isinstance(ctx.obj, App) and ctx.obj.options.verbose
+            console = ctx.obj.err if isinstance(ctx.obj, App) else STDERR
+            console.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
+            if verbose and not isinstance(exc, CommandFailed):
+                sys.stderr.write("".join(traceback.format_exception(exc)))
+            raise typer.Exit(int(exit_code_for(exc))) from None
+
 
 app = typer.Typer(
+    cls=RuthGroup,
     name="ruthctl",
     help="Serve, configure and reconcile the Ruth AI runtime on NVIDIA Triton.",
     no_args_is_help=True,
@@ -43,16 +69,6 @@ SUBAPP_MODULES: dict[str, str] = {
 }
 
 
-@dataclasses.dataclass
-class Context:
-    """What the root callback resolved, handed to every command through `typer.Context.obj`."""
-
-    urls: list[str]
-    state_dir: Path | None
-    profile: Profile | None
-    verbose: bool
-
-
 def _print_version(value: bool) -> None:
     if value:
         from ruthctl import __version__
@@ -79,14 +95,18 @@ def root(
             envvar="RUTH_AI_PROFILE", help="cpu, gpu or jetson (or prod-cpu, prod-gpu, edge-jetson, dev, test)."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging on stderr, and the traceback of an error.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     urls = [u for raw in (url or []) for u in raw.split(",") if u] or ["127.0.0.1:8000"]
-    ctx.obj = Context(urls=urls, state_dir=state_dir, profile=profile_option(profile), verbose=verbose)
+    options = RootOptions(urls=tuple(urls), state_dir=state_dir, profile=profile_option(profile), verbose=verbose)
+    # a test hands its Services (e.g. a fake adapter factory) in as `obj`; everyone else gets the real ones
+    ctx.obj = App(options, ctx.obj if isinstance(ctx.obj, Services) else None)
 
 
 def _register_commands() -> None:

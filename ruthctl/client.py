@@ -1,17 +1,22 @@
 """A small client for the platform's backend: the familiar fields in, the parsed RESULT or a typed error out.
 
 It speaks the wire contract of docs/contract.md over HTTP or gRPC through tritonclient, so callers don't build
-tensors or read Triton's status codes. Errors are translated once, here, from Triton's status (HTTP code or gRPC
-code) and, where one status covers several causes, from the message the model library writes:
+tensors or read Triton's status codes. Errors are translated once, here: an error our models send carries a stable
+code in front of its message (`[RUTH:BREAKER_OPEN retry_after=12.5] ...`, python_backends/wire.py), and the code
+alone picks the type; an answer without one comes from Triton itself and is typed by its status, in
+`_triton_own_error` (the one place that knows Triton's messages):
 
-| error | HTTP | gRPC | when |
+| error | our code | Triton's own answer (no code) | meaning |
 |---|---|---|---|
-| `InvalidInput` | 400 | INVALID_ARGUMENT | the request is wrong (bad image, stream id, CONFIG...) |
-| `BreakerOpen` | 503 | UNAVAILABLE | the model's circuit breaker is open; `retry_in_s` says when to retry |
-| `ModelUnavailable` | 503; 500 "Stub process ... not healthy" | UNAVAILABLE | timeout, queue full, dead process |
-| `ModelNotFound` | 404, 400 "unknown model" | NOT_FOUND | no such model, or it isn't loaded |
-| `ServerUnreachable` | - | - | nothing answered |
-| `InferenceFailed` | 500 | INTERNAL | the model failed on a valid request |
+| `InvalidInput` | INVALID_INPUT | 400, INVALID_ARGUMENT | the request is wrong (image, stream id, CONFIG) |
+| `BreakerOpen` | BREAKER_OPEN | - | the breaker is open; `retry_in_s` from retry_after |
+| `ModelUnavailable` | TIMEOUT, STORE_UNAVAILABLE, UNAVAILABLE, LOAD_FAILED | 503, UNAVAILABLE, a dead stub | retry |
+| `ModelNotFound` | - | 404, NOT_FOUND, 400 "unknown model" | no such model, or it isn't loaded |
+| `ServerUnreachable` | - | nothing answered | - |
+| `InferenceFailed` | INTERNAL | 500, INTERNAL, anything else | the model failed on a valid request |
+
+Every error has `code` (our wire code, None for Triton's own), `status` (Triton's status as tritonclient reported
+it) and `message` (the text, without the code).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from python_backends.wire import WireCode, decode
 
 __all__ = [
     "BreakerOpen",
@@ -40,12 +46,14 @@ __all__ = [
 
 
 class RuthClientError(Exception):
-    """Root of the client's errors; `status` is Triton's status as tritonclient reported it."""
+    """Root of the client's errors: `code` is the wire code of our models' errors (None for Triton's own answers
+    and for errors raised here), `status` Triton's status as tritonclient reported it."""
 
-    def __init__(self, message: str, status: str = "") -> None:
+    def __init__(self, message: str, status: str = "", code: WireCode | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
 
 
 class InvalidInput(RuthClientError):
@@ -59,8 +67,10 @@ class ModelUnavailable(RuthClientError):
 class BreakerOpen(ModelUnavailable):
     """The model's circuit breaker is open; `retry_in_s` is the breaker's own estimate, when it gave one."""
 
-    def __init__(self, message: str, status: str = "", retry_in_s: float | None = None) -> None:
-        super().__init__(message, status)
+    def __init__(
+        self, message: str, status: str = "", code: WireCode | None = None, retry_in_s: float | None = None
+    ) -> None:
+        super().__init__(message, status, code)
         self.retry_in_s = retry_in_s
 
 
@@ -76,7 +86,15 @@ class InferenceFailed(RuthClientError):
     """The model failed on a valid request (INTERNAL)."""
 
 
-_RETRY = re.compile(r"retry in ([0-9.]+)s")
+#: our wire codes -> error type (BREAKER_OPEN is built apart: it carries the retry estimate)
+_BY_CODE: dict[WireCode, type[RuthClientError]] = {
+    WireCode.INVALID_INPUT: InvalidInput,
+    WireCode.TIMEOUT: ModelUnavailable,
+    WireCode.STORE_UNAVAILABLE: ModelUnavailable,
+    WireCode.UNAVAILABLE: ModelUnavailable,
+    WireCode.LOAD_FAILED: ModelUnavailable,
+    WireCode.INTERNAL: InferenceFailed,
+}
 _STATUS = {
     "400": "INVALID_ARGUMENT",
     "404": "NOT_FOUND",
@@ -87,11 +105,26 @@ _STATUS = {
 
 
 def error_for(status: str, message: str) -> RuthClientError:
-    """Triton's (status, message) -> our error type: the one translation table of this client."""
+    """Triton's (status, message) -> our error type: by the wire code when the message carries one, else as one of
+    Triton's own answers."""
+    wire = decode(message)
+    if wire is None:
+        return _triton_own_error(status, message)
+    if wire.code is WireCode.BREAKER_OPEN:
+        return BreakerOpen(wire.message, status, wire.code, wire.number("retry_after"))
+    return _BY_CODE[wire.code](wire.message, status, wire.code)
+
+
+def _triton_own_error(status: str, message: str) -> RuthClientError:
+    """An answer Triton wrote itself (no model of ours ran, or its process is gone), typed by its status.
+
+    Triton's status alone misreads two of them, so only these are recognised by their text (Triton 2.51 wording,
+    docs/triton-notes.md §5): an unknown or unloaded model is HTTP 400 "Request for unknown model: ... is not found" /
+    "... has no available versions" (not a client mistake: ModelNotFound), and a request routed to a dead stub
+    process is HTTP 500 / INTERNAL "Stub process '<instance>' is not healthy." (not the model failing on the
+    request: ModelUnavailable, retry).
+    """
     code = _STATUS.get(status, status.removeprefix("StatusCode."))
-    if "circuit breaker" in message and "OPEN" in message:
-        match = _RETRY.search(message)
-        return BreakerOpen(message, status, float(match[1]) if match else None)
     if code == "NOT_FOUND" or "unknown model" in message or "has no available versions" in message:
         return ModelNotFound(message, status)
     if "Stub process" in message and "not healthy" in message:

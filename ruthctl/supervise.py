@@ -268,7 +268,7 @@ class Supervised:
 
 
 def _spec_versions(settings: Settings) -> dict[str, int]:
-    from ruthctl.commands._common import config_root
+    from ruthctl.app import config_root
     from ruthctl.spec import load_specs
 
     try:

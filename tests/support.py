@@ -145,6 +145,31 @@ def start_triton(
     return handle
 
 
+def config_with(
+    handle: Any,
+    *,
+    model: str = "tank_overflow_monitoring",
+    instances: int = 1,
+    queue_delay_us: int | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """A model's on-disk config (default: the tank's) with extra `ruth.*` parameters (faults, breaker, timeout)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = (handle.repository / model / "config.pbtxt").read_text()
+    message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    config = dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
+    if queue_delay_us is not None:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": queue_delay_us}
+    parameters = dict(config.get("parameters", {}))
+    for key, value in params.items():
+        parameters["ruth." + key.replace("__", ".")] = {"string_value": str(value)}
+    config["parameters"] = parameters
+    return config
+
+
 # ---- request helpers shared by integration tests ---------------------------------------------------------------
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()

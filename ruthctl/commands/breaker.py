@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import fail, out, print_json, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import fail, out, print_json
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="Circuit breakers: list their state, reset them.", no_args_is_help=True)
@@ -41,7 +42,7 @@ def list_breakers(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Every breaker with a state file: closed, half_open or open, failures, trips, time to the next trial."""
-    env = resolve(ctx, token=False)
+    env = app_of(ctx).env(token=False)
     found = rows(env.state_dir, time.time())
     if json_out:
         print_json({"state_dir": str(env.state_dir), "breakers": found})
@@ -81,7 +82,7 @@ def reset(
     if (model is None) == (not all_):
         fail("give MODEL[:VERSION] or --all (not both)", ExitCode.USAGE)
     name, _, version = (model or "").partition(":")
-    env = resolve(ctx, token=False)
+    env = app_of(ctx).env(token=False)
     matched = [
         b
         for b in breaker_files(env.state_dir)

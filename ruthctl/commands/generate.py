@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ruthctl.commands._common import err, fail, out, print_json, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import err, fail, out, print_json
 from ruthctl.exit_codes import ExitCode
 
 
@@ -34,7 +35,7 @@ def generate(
     from ruthctl.render import render_files, stale_generated_files, sync_files
     from ruthctl.spec import SpecError, load_profiles, load_specs
 
-    env = resolve(ctx, token=False)
+    env = app_of(ctx).env(token=False)
     spec_dir = specs or env.specs
     repo = (repository or env.repository).resolve()
     try:

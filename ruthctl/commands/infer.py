@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import fail, print_json, resolve
-from ruthctl.exit_codes import ExitCode
+from ruthctl.app import app_of
+from ruthctl.commands._common import fail, print_json
+from ruthctl.exit_codes import ExitCode, worst
 
 
 def register(app: typer.Typer) -> None:
@@ -52,7 +53,7 @@ def infer(
         fail("--protocol must be http or grpc", ExitCode.USAGE)
     data = sys.stdin.buffer.read() if str(image) == "-" else _read(image)
     cfg, meta = _json_object(config, "--config"), _json_object(metadata, "--metadata")
-    env = resolve(ctx, token=False)
+    env = app_of(ctx).env(token=False)
     results: dict[str, Any] = {}
     code = ExitCode.OK
     for url in env.urls:
@@ -74,10 +75,15 @@ def infer(
                 )
             except ServerUnreachable as exc:
                 results[url] = {"error": type(exc).__name__, "message": exc.message}
-                code = max(code, ExitCode.UNREACHABLE)
+                code = worst([code, ExitCode.UNREACHABLE])
             except RuthClientError as exc:
-                results[url] = {"error": type(exc).__name__, "message": exc.message, "status": exc.status}
-                code = max(code, ExitCode.ERROR)
+                results[url] = {
+                    "error": type(exc).__name__,
+                    "code": exc.code.value if exc.code else None,
+                    "message": exc.message,
+                    "status": exc.status,
+                }
+                code = worst([code, ExitCode.ERROR])
     for url, result in results.items():
         if "error" in result:
             typer.echo(f"error: {url}: {result['error']}: {result['message']}", err=True)

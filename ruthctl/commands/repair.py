@@ -1,4 +1,4 @@
-"""`ruthctl repair [--dry-run]`: fix what `verify` finds, report what can't be fixed and why."""
+"""`ruthctl repair [--dry-run]`: fix what `verify` finds (ruthctl/repair.py), report what can't be fixed and why."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from typing import Annotated
 
 import typer
 
-from ruthctl.commands._common import adapters, err, out, print_json, reconciler, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import print_json
 from ruthctl.commands.verify import render_violations
-from ruthctl.exit_codes import ExitCode
 
 
 def register(app: typer.Typer) -> None:
-    app.command("repair")(repair)
+    app.command("repair")(repair_command)
 
 
-def repair(
+def repair_command(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
     stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
@@ -31,71 +31,42 @@ def repair(
 
     Exit codes: 0 nothing left to fix, 1 violations remain (unfixable or a repair failed), 3 --dry-run found work.
     """
-    from ruthctl.invariants import plan_repairs
+    from ruthctl.invariants import ActionResult
+    from ruthctl.repair import repair
 
-    env = resolve(ctx)
-    with adapters(env, load_timeout_s=timeout) as clients:
-        rec = reconciler(
+    app = app_of(ctx)
+    env = app.env()
+    with app.adapters(env, load_timeout_s=timeout) as clients:
+        rec = app.reconciler(
             env, clients, "repair", stuck_after_s=stuck_after, load_timeout_s=timeout, unload_timeout_s=timeout
         )
-        before = rec.verify()
-        plan = plan_repairs(before)
-        results = [] if dry_run else rec.execute(plan)
-        # a missing/damaged registry is fixed alone first (everything else depends on it): then plan again
-        if not dry_run and plan and all(a.kind.value in ("rebuild_registry", "adopt") for a in plan):
-            results += rec.execute(plan_repairs(rec.verify()))
-        after = before if dry_run else rec.verify()
-    unfixable = [v for v in after if not v.fixable]
-    if dry_run:
-        code = ExitCode.DRIFT if plan else (ExitCode.ERROR if unfixable else ExitCode.OK)
-    else:
-        code = ExitCode.OK if not after else ExitCode.ERROR
+        report = repair(rec, dry_run=dry_run)
     if json_out:
-        print_json(
-            {
-                "dry_run": dry_run,
-                "found": [v.to_json() for v in before],
-                "plan": [a.to_json() for a in plan],
-                "results": [r.to_json() for r in results],
-                "remaining": [v.to_json() for v in after],
-            }
-        )
+        print_json(report.to_json())
     else:
         from rich.table import Table
 
-        console = out()
-        if not before:
+        def shown(result: ActionResult | None) -> str:
+            if result is None:
+                return "-"
+            return f"[green]ok[/green] {result.detail}" if result.ok else f"[red]failed[/red] {result.detail}"
+
+        console = app.out()
+        if not report.found:
             console.print("[green]ok[/green]: nothing to repair")
         else:
             table = Table(title="repair plan" + (" (dry run: nothing changed)" if dry_run else ""))
             for column in ("action", "model", "server", "because", "result"):
                 table.add_column(column, overflow="fold")
-            done = {id(r.action): r for r in results}
-            for action in plan:
-                result = done.get(id(action))
-                shown = (
-                    "-"
-                    if result is None
-                    else (f"[green]ok[/green] {result.detail}" if result.ok else f"[red]failed[/red] {result.detail}")
-                )
-                table.add_row(
-                    action.kind.value,
-                    action.model or "-",
-                    action.server or "-",
-                    ", ".join(c.value for c in action.causes),
-                    shown,
-                )
-            for result in results[len(plan) :]:
-                table.add_row(
-                    result.action.kind.value,
-                    result.action.model or "-",
-                    result.action.server or "-",
-                    ", ".join(c.value for c in result.action.causes),
-                    f"[green]ok[/green] {result.detail}" if result.ok else f"[red]failed[/red] {result.detail}",
-                )
+            done = {id(r.action): r for r in report.results}
+            rows = [(action, done.get(id(action))) for action in report.plan]
+            rows += [(r.action, r) for r in report.results[len(report.plan) :]]
+            for action, result in rows:
+                causes = ", ".join(c.value for c in action.causes)
+                table.add_row(action.kind.value, action.model or "-", action.server or "-", causes, shown(result))
             console.print(table)
-            if not dry_run and after:
-                render_violations(after, title="still violated after repair")
-        if unfixable:
-            err.print(f"{len(unfixable)} violation(s) need a person (see the repair column)")
-    raise typer.Exit(int(code))
+            if not dry_run and report.remaining:
+                render_violations(report.remaining, title="still violated after repair")
+        if report.unfixable:
+            app.err.print(f"{len(report.unfixable)} violation(s) need a person (see the repair column)")
+    raise typer.Exit(int(report.exit_code))

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ruthctl.access import WeakToken, admin_token, auth_headers, keyed_apis, secure_state_dir
+from ruthctl.app import app_of
 from ruthctl.commands._common import profile_option
 from ruthctl.exit_codes import ExitCode
 from ruthctl.keyshim import KeyShimUnavailable, shim_library
@@ -65,7 +66,7 @@ def serve(
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for each model load.")] = 120.0,
 ) -> None:
     """Start tritonserver, load the models the desired state marks active, and stay up until SIGTERM/SIGINT."""
-    root = ctx.obj
+    root = app_of(ctx).options
     try:
         settings = load_settings(
             ruth_host=host,
@@ -75,8 +76,8 @@ def serve(
             models_root=model_repository,
             graceful_shutdown_timeout_seconds=exit_timeout,
             log_format=log_format,
-            ruth_ai_profile=profile_option(profile) or (root.profile if root is not None else None),
-            ruth_state_dir=state_dir or (root.state_dir if root is not None else None),
+            ruth_ai_profile=profile_option(profile) or root.profile,
+            ruth_state_dir=state_dir or root.state_dir,
             ruth_tritonserver=tritonserver,
             ruth_backend_directory=backend_directory,
         )

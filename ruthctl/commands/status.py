@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ruthctl.commands._common import adapters, out, print_json, reconciler, resolve, state_style
+from ruthctl.app import app_of
+from ruthctl.commands._common import print_json, state_style
 from ruthctl.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from ruthctl.invariants import LocalFacts, ServerFacts
+    from ruthctl.triton_client import TritonAdapter
 
 
 def register(app: typer.Typer) -> None:
@@ -22,9 +27,10 @@ def status(
 
     Exit codes: 0 shown, 4 a server unreachable (its rows say so).
     """
-    env = resolve(ctx)
-    with adapters(env) as clients:
-        rec = reconciler(env, clients, "status")
+    app = app_of(ctx)
+    env = app.env()
+    with app.adapters(env) as clients:
+        rec = app.reconciler(env, clients, "status")
         local = rec.gather_local(thorough=False)
         servers = [rec.gather_server(client, local) for client in clients]
         devices = {str(c.endpoint): live_devices(c, facts) for c, facts in zip(clients, servers, strict=True)}
@@ -56,11 +62,11 @@ def status(
                 row["breaker"],
                 row["error"],
             )
-        out().print(table)
+        app.out().print(table)
     raise typer.Exit(int(code))
 
 
-def live_devices(client: Any, facts: Any) -> dict[str, str]:
+def live_devices(client: TritonAdapter, facts: ServerFacts) -> dict[str, str]:
     """`KIND_CPU x2` per READY model from its live config, plus where the instances actually landed (metrics)."""
     from ruthctl.triton_client import TritonAPIError
 
@@ -82,7 +88,9 @@ def live_devices(client: Any, facts: Any) -> dict[str, str]:
     return devices
 
 
-def build_rows(local: Any, servers: list[Any], devices: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+def build_rows(
+    local: LocalFacts, servers: list[ServerFacts], devices: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
     from ruthctl.invariants import desired_version
 
     registry = local.registry.models if local.registry else {}

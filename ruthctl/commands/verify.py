@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ruthctl.commands._common import adapters, out, print_json, reconciler, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import out, print_json
 from ruthctl.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from ruthctl.invariants import Violation
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +34,10 @@ def verify(
 
     Exit codes: 0 no violation, 1 violations found, 4 only unreachable servers.
     """
-    env = resolve(ctx)
-    with adapters(env) as clients:
-        violations = reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
+    app = app_of(ctx)
+    env = app.env()
+    with app.adapters(env) as clients:
+        violations = app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
     if json_out:
         print_json({"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]})
     else:
@@ -40,7 +45,7 @@ def verify(
     raise typer.Exit(int(exit_code(violations)))
 
 
-def exit_code(violations: Sequence[Any]) -> ExitCode:
+def exit_code(violations: Sequence[Violation]) -> ExitCode:
     from ruthctl.invariants import Kind
 
     if not violations:
@@ -50,7 +55,7 @@ def exit_code(violations: Sequence[Any]) -> ExitCode:
     return ExitCode.ERROR
 
 
-def render_violations(violations: Sequence[Any], title: str) -> None:
+def render_violations(violations: Sequence[Violation], title: str) -> None:
     from rich.table import Table
 
     console = out()

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ruthctl.commands._common import adapters, err, fail, reconciler, resolve
+from ruthctl.app import app_of
+from ruthctl.commands._common import err, fail
 from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def watch(
         )
     except ValueError as exc:
         fail(str(exc), ExitCode.USAGE)
-    env = resolve(ctx)
+    app = app_of(ctx)
+    env = app.env()
     metrics = WatchMetrics()
     if metrics_port:
         try:
@@ -96,8 +98,8 @@ def watch(
 
     @contextlib.contextmanager
     def connect() -> Iterator[Reconciler]:
-        with adapters(env, load_timeout_s=timeout) as clients:
-            yield reconciler(
+        with app.adapters(env, load_timeout_s=timeout) as clients:
+            yield app.reconciler(
                 env, clients, "watch", stuck_after_s=stuck_after, load_timeout_s=timeout, unload_timeout_s=timeout
             )
 

@@ -11,29 +11,12 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from support import jpeg, metric_value, result_of, tank_frame, vision_inputs
+from support import config_with, jpeg, metric_value, result_of, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 
 TANK = "tank_overflow_monitoring"
-
-
-def config_with(handle: Any, *, instances: int = 1, queue_delay_us: int | None = None, **params: Any) -> dict[str, Any]:
-    """The tank model's on-disk config with extra `ruth.*` parameters (fault injection, breaker, timeout)."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    message = text_format.Parse((handle.repository / TANK / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    config = dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
-    config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
-    if queue_delay_us is not None:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": queue_delay_us}
-    parameters = dict(config.get("parameters", {}))
-    for key, value in params.items():
-        parameters["ruth." + key.replace("__", ".")] = {"string_value": str(value)}
-    config["parameters"] = parameters
-    return config
 
 
 def infer_http(handle: Any, **request: Any) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import tritonclient.http as httpclient
 from support import TritonHandle, person_weights, result_of, start_triton, vision_inputs
 from tritonclient.utils import InferenceServerException
 
+from python_backends.wire import WireCode, decode
+
 pytestmark = pytest.mark.integration
 
 PERSON_MODELS = ["pose_estimator", "fall_detection", "geo_fencing", "ppe_detection"]
@@ -208,5 +210,7 @@ def test_missing_weights_fail_the_load_and_callers_answer_503(tmp_path: Path) ->
             with pytest.raises(InferenceServerException) as caught:
                 infer(c, "fall_detection", frame=UPRIGHT)
         assert caught.value.status() == "503" and "pose_estimator" in caught.value.message()
+        wire = decode(str(caught.value.message()))  # a model it calls failed: UNAVAILABLE (python_backends/wire.py)
+        assert wire is not None and wire.code is WireCode.UNAVAILABLE, caught.value.message()
     finally:
         handle.server.stop(grace_s=30)

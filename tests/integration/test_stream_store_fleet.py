@@ -23,6 +23,8 @@ from redis_support import RedisServer, running_redis
 from support import TritonHandle, opening_frame, person_weights, result_of, start_triton, tank_frame, vision_inputs
 from tritonclient.utils import InferenceServerException
 
+from python_backends.wire import WireCode, decode
+
 pytestmark = pytest.mark.integration
 
 TANK, CHANE, FALL = "tank_overflow_monitoring", "chane_tank_monitor", "fall_detection"
@@ -160,6 +162,8 @@ def expect_store_unavailable(call: Callable[[], Any], redis_server: RedisServer)
         call()
     assert raised.value.status() == "503", raised.value  # UNAVAILABLE over HTTP: retry later
     assert f"stream store redis://127.0.0.1:{redis_server.port}/0 unavailable" in str(raised.value)
+    wire = decode(str(raised.value.message()))
+    assert wire is not None and wire.code is WireCode.STORE_UNAVAILABLE, raised.value  # python_backends/wire.py
     return time.monotonic() - started
 
 

@@ -5,6 +5,7 @@ directly. The same behaviour through the real server is in tests/integration/tes
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,8 +113,10 @@ def test_a_mixed_batch_gets_one_response_per_request_in_order(runtime: Runtime) 
     )
     assert len(responses) == 4
     assert result(responses[0])["brightness"] == pytest.approx(10)
-    assert responses[1].error.code == "INVALID_ARG" and responses[1].error.message().startswith("IMAGE")
-    assert responses[2].error.code == "INVALID_ARG" and responses[2].error.message().startswith("STREAM_ID")
+    assert responses[1].error.code == "INVALID_ARG"
+    assert responses[1].error.message().startswith("[RUTH:INVALID_INPUT] IMAGE")
+    assert responses[2].error.code == "INVALID_ARG"
+    assert responses[2].error.message().startswith("[RUTH:INVALID_INPUT] STREAM_ID")
     assert result(responses[3])["brightness"] == pytest.approx(200)
 
 
@@ -122,6 +125,7 @@ def test_a_model_failure_on_one_frame_leaves_the_other_requests_alone(runtime: R
     responses = model.execute([request(level=5), request(explode=True), request(level=6)])
     assert result(responses[0])["brightness"] == pytest.approx(5)
     assert responses[1].error.code == "INTERNAL" and "boom" in responses[1].error.message()
+    assert responses[1].error.message().startswith("[RUTH:INTERNAL] ")
     assert result(responses[2])["brightness"] == pytest.approx(6)
 
 
@@ -146,6 +150,7 @@ def test_consecutive_model_failures_open_the_breaker_which_then_fails_fast_with_
     (response,) = model.execute([request(level=1)])
     assert response.error.code == "UNAVAILABLE"
     assert "OPEN" in response.error.message()
+    assert re.match(r"\[RUTH:BREAKER_OPEN retry_after=[0-9.]+\] circuit breaker", response.error.message())
 
 
 def test_execute_never_raises_even_when_a_request_object_is_broken(runtime: Runtime) -> None:
@@ -254,7 +259,8 @@ def test_a_value_error_caused_by_the_requests_own_config_is_its_400_and_spares_t
     for _ in range(5):
         (response,) = model.execute([with_config(request(overflow=True), {"radius": 1e10})])
         assert response.error.code == "INVALID_ARG"
-        assert response.error.message().startswith("CONFIG") and "OverflowError" in response.error.message()
+        assert response.error.message().startswith("[RUTH:INVALID_INPUT] CONFIG")
+        assert "OverflowError" in response.error.message()
     assert model.breaker.state.value == "closed"
     assert result(model.execute([request(level=3)])[0])["brightness"] == pytest.approx(3)
 

@@ -28,8 +28,16 @@ from python_backends.metrics import RecordingMetrics
 from python_backends.raw import RawRuthModel, Tensors
 from python_backends.runtime import Runtime
 from python_backends.vision import RuthModel
+from python_backends.wire import decode
 
 WEIGHTS = REPO_ROOT / "weights"
+
+
+def said(error: Any) -> tuple[str, str]:
+    """The wire code and the text of an error response's message (python_backends/wire.py)."""
+    decoded = decode(error.message())
+    assert decoded is not None, error.message()
+    return decoded.code.value, decoded.message
 
 
 def strings(value: str, rows: int = 1) -> np.ndarray:
@@ -90,8 +98,11 @@ def test_a_raw_model_answers_each_request_with_its_tensors_or_its_own_typed_erro
     )
     assert good.error is None
     assert good.output("POSES").shape[0] == 1 and good.output("COUNT").tolist() == [[0]]
-    assert (missing.error.code, missing.error.message()) == ("INVALID_ARG", "FRAME: required input missing")
-    assert tiny.error.code == "INVALID_ARG" and tiny.error.message().startswith("FRAME: width 8 px")
+    assert (missing.error.code, said(missing.error)) == (
+        "INVALID_ARG",
+        ("INVALID_INPUT", "FRAME: required input missing"),
+    )
+    assert tiny.error.code == "INVALID_ARG" and said(tiny.error)[1].startswith("FRAME: width 8 px")
     recorded = sinks.by_model["pose_estimator"]
     assert recorded.counters[("requests", "ok")] == 1 and recorded.counters[("requests", "invalid_arg")] == 2
     assert recorded.counters[("rejections", "FRAME")] == 2
@@ -116,7 +127,9 @@ def test_a_pose_model_that_cannot_answer_is_the_person_models_unavailable(models
     fall.pose_model = "no_such_pose_model"
     (response,) = fall.execute([vision_request(np.full((240, 320, 3), 90, np.uint8))])
     assert response.error.code == "UNAVAILABLE"
-    assert response.error.message().startswith("no_such_pose_model failed: ")
+    assert said(response.error)[0] == "UNAVAILABLE" and said(response.error)[1].startswith(
+        "no_such_pose_model failed: "
+    )
     assert sinks.by_model["fall_detection"].counters[("requests", "unavailable")] == 1
 
 
@@ -166,7 +179,7 @@ def test_every_kind_maps_a_model_failure_to_internal_and_opens_its_breaker_the_s
             first = model.execute([good])[0].error
             assert first is None, first.message()
             messages = [model.execute([failing])[0].error for _ in range(2)]
-            assert [(e.code, e.message()) for e in messages] == [("INTERNAL", "RuntimeError: negative")] * 2
+            assert [(e.code, said(e)) for e in messages] == [("INTERNAL", ("INTERNAL", "RuntimeError: negative"))] * 2
             (refused,) = model.execute([good])
             assert refused.error.code == "UNAVAILABLE" and "is OPEN" in refused.error.message()
             recorded = sinks.by_model[model.name]

@@ -7,10 +7,11 @@ exercised against the real server in tests/integration/test_ruthctl_*.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import shutil
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,11 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
+from ruthctl.app import Services
+from ruthctl.host import ProcessTable
+from ruthctl.reconcile import Reconciler
+from ruthctl.registry import Registry
+from ruthctl.settings import Profile
 from ruthctl.triton_client import Endpoint, IndexEntry, LoadFailed, RequestFailed, Unreachable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -213,34 +219,62 @@ def fake_triton() -> Callable[..., FakeTriton]:
     return FakeTriton
 
 
+#: the reconciler fixture's clock
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def reconciler(deployment: Deployment, tmp_path: Path) -> Reconciler:
+    """A reconciler over the test deployment and one fake server at 127.0.0.1:8000, at a fixed time."""
+    registry = Registry(deployment.state, actor="test", clock=lambda: NOW)
+    return Reconciler(
+        deployment.paths(),
+        Profile.CPU,
+        registry,
+        [FakeTriton("127.0.0.1:8000")],
+        processes=ProcessTable(tmp_path / "noproc"),
+        clock=lambda: NOW,
+    )
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
 
 
-@pytest.fixture
-def with_fakes(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[FakeTriton]], None]:
-    """Make the commands talk to these fakes instead of tritonclient (`_common.adapters` is the one seam)."""
-    import contextlib
+@dataclasses.dataclass
+class Wiring:
+    """The services the `cli` fixture hands the app (None: the real ones)."""
 
-    from ruthctl.commands import _common
+    services: Services | None = None
+
+
+@pytest.fixture
+def wiring() -> Wiring:
+    return Wiring()
+
+
+@pytest.fixture
+def with_fakes(wiring: Wiring) -> Callable[[list[FakeTriton]], None]:
+    """Make every command talk to these fakes instead of tritonclient, through the app's adapter factory (the one
+    seam); a URL with no fake fails the test instead of reaching a real client."""
 
     def install(fakes: list[FakeTriton]) -> None:
-        @contextlib.contextmanager
-        def adapters(env: Any, **_: Any) -> Iterator[list[FakeTriton]]:
-            yield fakes
+        by_server = {str(f.endpoint): f for f in fakes}
 
-        monkeypatch.setattr(_common, "adapters", adapters)
-        for module in ("activate", "deactivate", "verify", "repair", "status", "health", "watch"):
-            mod = __import__(f"ruthctl.commands.{module}", fromlist=["adapters"])
-            if hasattr(mod, "adapters"):
-                monkeypatch.setattr(mod, "adapters", adapters)
+        def factory(endpoint: Endpoint, token: str | None, *, timeout_s: float, load_timeout_s: float) -> FakeTriton:
+            assert str(endpoint) in by_server, f"no fake Triton for {endpoint} (have {sorted(by_server)})"
+            return by_server[str(endpoint)]
+
+        wiring.services = Services(adapter_factory=factory)
 
     return install
 
 
 @pytest.fixture
-def cli(runner: CliRunner, deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+def cli(
+    runner: CliRunner, deployment: Deployment, wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
     """Invoke `ruthctl ARGS` against the test deployment; returns Click's Result (stdout and stderr apart)."""
     from ruthctl.cli import app
 
@@ -248,6 +282,8 @@ def cli(runner: CliRunner, deployment: Deployment, monkeypatch: pytest.MonkeyPat
         monkeypatch.delenv(key, raising=False)
 
     def invoke(*args: str, url: str = "127.0.0.1:1", env: Mapping[str, str] | None = None) -> Any:
-        return runner.invoke(app, list(args), env={**deployment.env(url), **(env or {})}, catch_exceptions=False)
+        return runner.invoke(
+            app, list(args), env={**deployment.env(url), **(env or {})}, obj=wiring.services, catch_exceptions=False
+        )
 
     return invoke

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from python_backends.wire import WireCode
 from ruthctl.client import (
     BreakerOpen,
     InferenceFailed,
@@ -21,37 +22,58 @@ from ruthctl.client import (
 
 
 @pytest.mark.parametrize(
-    ("status", "message", "expected"),
+    ("status", "message", "expected", "code", "text"),
     [
-        ("400", "IMAGE: not a JPEG, PNG or WebP image", InvalidInput),
-        ("StatusCode.INVALID_ARGUMENT", "STREAM_ID: not a UUID", InvalidInput),
-        ("503", "circuit breaker for tank:1 is OPEN after repeated failures; retry in 12.5s", BreakerOpen),
+        # ours: the code picks the type, whatever the status and the words
+        ("400", "[RUTH:INVALID_INPUT] IMAGE: not a JPEG", InvalidInput, WireCode.INVALID_INPUT, "IMAGE: not a JPEG"),
         (
-            "StatusCode.UNAVAILABLE",
-            "circuit breaker for tank:1 is OPEN after repeated failures; retry in 3.0s",
-            BreakerOpen,
+            "StatusCode.INVALID_ARGUMENT",
+            "[RUTH:INVALID_INPUT] STREAM_ID: x",
+            InvalidInput,
+            WireCode.INVALID_INPUT,
+            None,
         ),
-        ("503", "inference of tank exceeded its deadline of 2000 ms", ModelUnavailable),
-        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ModelUnavailable),
-        ("500", "Stub process 'tank_0_0' is not healthy.", ModelUnavailable),
-        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", ModelUnavailable),
-        ("404", "Request for unknown model: 'nope' is not found", ModelNotFound),
-        ("StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found", ModelNotFound),
-        ("400", "Request for unknown model: 'slow' has no available versions", ModelNotFound),
-        ("500", "tank: RuntimeError: boom", InferenceFailed),
-        ("StatusCode.INTERNAL", "tank: RuntimeError: boom", InferenceFailed),
+        ("503", "[RUTH:BREAKER_OPEN retry_after=12.5] open", BreakerOpen, WireCode.BREAKER_OPEN, "open"),
+        ("StatusCode.UNAVAILABLE", "[RUTH:BREAKER_OPEN retry_after=3.0] x", BreakerOpen, WireCode.BREAKER_OPEN, None),
+        ("503", "[RUTH:TIMEOUT] inference of tank exceeded", ModelUnavailable, WireCode.TIMEOUT, None),
+        ("503", "[RUTH:STORE_UNAVAILABLE] redis", ModelUnavailable, WireCode.STORE_UNAVAILABLE, None),
+        ("503", "[RUTH:UNAVAILABLE] pose_estimator failed", ModelUnavailable, WireCode.UNAVAILABLE, None),
+        ("500", "[RUTH:INTERNAL] tank: RuntimeError: boom", InferenceFailed, WireCode.INTERNAL, None),
+        (
+            "StatusCode.INTERNAL",
+            "[RUTH:INTERNAL] circuit breaker OPEN",
+            InferenceFailed,
+            WireCode.INTERNAL,
+            None,
+        ),
+        # Triton's own answers: no code, typed by status (and two known texts)
+        ("503", "circuit breaker for tank:1 is OPEN; retry in 12.5s", ModelUnavailable, None, None),
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ModelUnavailable, None, None),
+        ("500", "Stub process 'tank_0_0' is not healthy.", ModelUnavailable, None, None),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", ModelUnavailable, None, None),
+        ("404", "Request for unknown model: 'nope' is not found", ModelNotFound, None, None),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found", ModelNotFound, None, None),
+        ("400", "Request for unknown model: 'slow' has no available versions", ModelNotFound, None, None),
+        ("400", "unexpected shape for input 'IMAGE'", InvalidInput, None, None),
+        ("500", "tank: RuntimeError: boom", InferenceFailed, None, None),
+        ("StatusCode.INTERNAL", "tank: RuntimeError: boom", InferenceFailed, None, None),
+        ("500", "[RUTH:FROM_A_NEWER_SERVER] x", InferenceFailed, None, None),
     ],
 )
-def test_each_triton_answer_maps_to_one_error_type(status: str, message: str, expected: type) -> None:
+def test_each_answer_maps_to_one_error_type(
+    status: str, message: str, expected: type, code: WireCode | None, text: str | None
+) -> None:
     error = error_for(status, message)
     assert type(error) is expected
-    assert (error.status, error.message) == (status, message)
+    assert (error.status, error.code) == (status, code)
+    assert error.message == (text if text is not None else message if code is None else message.split("] ", 1)[1])
 
 
-def test_breaker_open_carries_the_retry_estimate() -> None:
-    error = error_for("503", "circuit breaker for tank:1 is OPEN after repeated failures; retry in 12.5s")
+def test_breaker_open_carries_the_retry_estimate_from_its_field_not_its_text() -> None:
+    error = error_for("503", "[RUTH:BREAKER_OPEN retry_after=12.5] circuit breaker ... retry in 99.0s")
     assert isinstance(error, BreakerOpen) and isinstance(error, ModelUnavailable)
     assert error.retry_in_s == 12.5
+    assert error_for("503", "[RUTH:BREAKER_OPEN] no estimate").retry_in_s is None  # type: ignore[attr-defined]
 
 
 class FakeConnection:

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ruthctl.host import ProcessTable
 from ruthctl.invariants import Action, ActionKind, Kind, plan_repairs
 from ruthctl.reconcile import Reconciler
@@ -20,18 +18,7 @@ S = "127.0.0.1:8000"
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
-# -- the reconciler's I/O, on a real deployment folder and a fake server ------------------------------------------
-@pytest.fixture
-def reconciler(deployment: Any, fake_triton: Any, tmp_path: Path) -> Reconciler:
-    registry = Registry(deployment.state, actor="test", clock=lambda: NOW)
-    return Reconciler(
-        deployment.paths(),
-        Profile.CPU,
-        registry,
-        [fake_triton(S)],
-        processes=ProcessTable(tmp_path / "noproc"),
-        clock=lambda: NOW,
-    )
+# -- the reconciler's I/O, on a real deployment folder and a fake server (the `reconciler` fixture) -------------
 
 
 def triton_of(reconciler: Reconciler) -> Any:

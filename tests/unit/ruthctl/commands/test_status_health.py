@@ -1,4 +1,4 @@
-"""`ruthctl status` and `health` through the CLI (fake Triton); health's exit code is 0/1/2."""
+"""`ruthctl status` and `health` through the CLI (fake Triton); health exits 0/1/5."""
 
 from __future__ import annotations
 
@@ -87,10 +87,10 @@ def test_a_wanted_model_that_is_down_is_degraded_and_all_down_is_unhealthy(
     Registry(deployment.state).set_desired("beta", Desired.ACTIVE)
     assert cli("health", url=S).exit_code == 1
     triton.entries["alpha"] = IndexEntry("alpha", "1", "UNAVAILABLE", "unloaded")
-    assert cli("health", url=S).exit_code == 2
+    assert cli("health", url=S).exit_code == 5  # ExitCode.UNHEALTHY (was 2, the usage code)
 
 
 def test_an_unreachable_server_is_unhealthy(cli: Any, triton: Any) -> None:
     triton.unreachable = True
     result = cli("health", "--json", url=S)
-    assert result.exit_code == 2 and json.loads(result.stdout)["status"] == "unhealthy"
+    assert result.exit_code == 5 and json.loads(result.stdout)["status"] == "unhealthy"
