@@ -47,6 +47,7 @@ from python_backends.gpu_probe import NoGpuProbe, default_probe
 from python_backends.metrics import BreakerMetricsListener, MetricsSink, NullMetrics, TritonMetrics
 from python_backends.params import ModelParams, RuntimeEnv, parameters_of
 from python_backends.rwlock import FairRWLock
+from python_backends.state import StateLayout
 from python_backends.watchdog import Watchdog
 from python_backends.weights import pinned_weights
 
@@ -165,7 +166,7 @@ class GuardedModel:
             self.device.reason,
         )
         self.metrics.device(self.device.placement, self.device.reserved_bytes)
-        breaker_file = self.env.state_dir / "breakers" / f"{self.name}-{self.version}.json"
+        breaker_file = StateLayout(self.env.state_dir).breaker(self.name, self.version)
         self.breaker = CircuitBreaker(
             f"{self.name}:{self.version}",
             self.params.breaker,
@@ -192,7 +193,7 @@ class GuardedModel:
 
     def _make_allocator(self) -> DeviceAllocator:
         probe = default_probe() if self.env.enable_gpu else NoGpuProbe()
-        ledger = GpuLedger(self.env.state_dir / "gpu-ledger.json")
+        ledger = GpuLedger(StateLayout(self.env.state_dir).gpu_ledger)
         return DeviceAllocator(
             probe,
             ledger,
@@ -227,7 +228,8 @@ class GuardedModel:
             )
 
     def weights_path(self, relative: str) -> Path:
-        """A weights file pinned in the spec, verified against its SHA-256 (ModelLoadError with the fix otherwise)."""
+        """A weights file pinned in the spec, verified against its SHA-256 (WeightsError, a ModelLoadError, with the
+        fix otherwise)."""
         return pinned_weights(self.env.weights_dir, self.params.weights, relative, self.name)
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------

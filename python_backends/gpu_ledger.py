@@ -182,6 +182,11 @@ class GpuLedger:
         live, _ = self._split(self._store.read())
         return [r for r in live if device_index is None or r.device_index == device_index]
 
+    def stale(self) -> list[Reservation]:
+        """The entries of dead processes, not removed (reading takes no lock)."""
+        _, dead = self._split(self._store.read())
+        return dead
+
     def reap(self) -> list[Reservation]:
         """Remove the entries of dead processes and return them."""
         reaped: list[Reservation] = []

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ValidationError
 from python_backends.breaker import BreakerPolicy
 from python_backends.errors import ModelLoadError
 from python_backends.faults import FaultPlan
+from python_backends.state import default_state_dir
 from python_backends.streams import StreamStoreSpec
 from python_backends.validation import Limits
+from python_backends.weights import default_weights_dir
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -120,8 +122,8 @@ class RuntimeEnv:
         env = os.environ if environ is None else environ
         try:
             return cls(
-                state_dir=Path(env.get("RUTH_STATE_DIR", ".ruth-state")).resolve(),
-                weights_dir=Path(env.get("RUTH_WEIGHTS_DIR", "weights")).resolve(),
+                state_dir=default_state_dir(env).resolve(),
+                weights_dir=default_weights_dir(env).resolve(),
                 enable_gpu=_bool(env.get("ENABLE_GPU", "1")),
                 fallback_to_cpu=_bool(env.get("GPU_FALLBACK_TO_CPU", "1")),
                 reserve_mb=int(env.get("GPU_MEMORY_RESERVE_MB", "512")),

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from filelock import FileLock
 
 from python_backends.errors import ModelLoadError
+from python_backends.state import StateLayout
 
 __all__ = [
     "SqliteStreamStore",
@@ -175,7 +176,7 @@ def open_stream_store(
 
         return RedisStreamStore(spec, namespace, max_streams=max_streams, idle_ttl_s=idle_ttl_s)
     return SqliteStreamStore(
-        state_dir / "streams" / f"{namespace}.sqlite", max_streams=max_streams, idle_ttl_s=idle_ttl_s
+        StateLayout(state_dir).stream_db(namespace), max_streams=max_streams, idle_ttl_s=idle_ttl_s
     )
 
 

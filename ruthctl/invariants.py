@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ruthctl import host
+from python_backends.weights import WeightProblem
+from ruthctl.gauges import HealthGauges
+from ruthctl.procs import StubMatch
 from ruthctl.registry import Desired, ModelEntry, RegistryFile, ServerEntry, State
 from ruthctl.server import order_for_loading, pid_alive
 from ruthctl.spec import ModelSpec
+from ruthctl.state_files import BreakerFile
 from ruthctl.triton_client import IndexEntry
 
 __all__ = [
@@ -131,8 +134,8 @@ class LocalFacts:
     registry: RegistryFile | None = None  # None: missing or corrupt
     registry_error: str | None = None  # set when corrupt
     disk_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
-    weights: Sequence[host.WeightProblem] = ()
-    breakers: Sequence[host.BreakerFile] = ()
+    weights: Sequence[WeightProblem] = ()
+    breakers: Sequence[BreakerFile] = ()
     stale_ledger: Sequence[Mapping[str, Any]] = ()
 
 
@@ -144,9 +147,9 @@ class ServerFacts:
     index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
     live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
     stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
-    stub_matches: Mapping[str, host.StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
+    stub_matches: Mapping[str, StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
     stubs_unseen: str | None = None  # why a server on this host has no stub facts (no shared process namespace)
-    gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
+    gauges: Mapping[str, HealthGauges] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +429,7 @@ def _model_violations(
     return found
 
 
-def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
+def _hung(gauges: HealthGauges, zombie_limit: int | None) -> bool:
     """Zombies at the model's limit on a live instance, or any zombie behind an open breaker.
 
     A hang opens the breaker too (every hung call is a timeout, a failure), and with the shipped settings (5

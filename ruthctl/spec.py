@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
+from python_backends.weights import WeightPin, WeightsError, known_pins
 from ruthctl.settings import Profile
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "load_profiles",
     "load_spec",
     "load_specs",
+    "weight_pins",
 ]
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{2,63}$"
@@ -126,20 +128,6 @@ class StateSpec(_Frozen):
     max_streams: int = Field(default=10000, ge=1)
 
 
-class WeightFile(_Frozen):
-    path: str = Field(min_length=1, description="relative to the weights dir (RUTH_WEIGHTS_DIR)")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str = Field(default="", description="how to obtain the file; shown when it is missing or corrupt")
-
-    @field_validator("path")
-    @classmethod
-    def _inside_weights_dir(cls, path: str) -> str:
-        parts = PurePosixPath(path).parts
-        if PurePosixPath(path).is_absolute() or ".." in parts:
-            raise ValueError(f"weight path {path!r} must be relative to the weights dir, without '..'")
-        return path
-
-
 class InstanceGroupSpec(_Frozen):
     """A profile's instance group, with optional per-profile overrides of batching and memory."""
 
@@ -184,7 +172,7 @@ class ModelSpec(_Frozen):
     watchdog: WatchdogSpec = WatchdogSpec()
     memory_estimate_mb: int = Field(default=256, ge=0)
     state: StateSpec | None = None
-    weights: tuple[WeightFile, ...] = ()
+    weights: tuple[WeightPin, ...] = ()
     profiles: dict[Profile, InstanceGroupSpec] = Field(default_factory=dict)
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
     inputs: tuple[TensorSpec, ...] = ()
@@ -337,3 +325,17 @@ def load_profiles(directory: Path) -> dict[Profile, ProfileSpec]:
             raise SpecError(f"{path}: name {loaded.name.value!r} differs from the file name {profile.value!r}")
         profiles[profile] = loaded
     return profiles
+
+
+def weight_pins(directory: Path) -> tuple[WeightPin, ...]:
+    """The known weights: the union of every spec's pins in `directory` (the only list of them). A spec that can't
+    be read is a SpecError, as its pins would go unchecked; so are two specs pinning one file to different bytes."""
+    specs, errors = load_specs(directory)
+    if errors:
+        raise SpecError("; ".join(errors.values()))
+    if not specs:
+        raise SpecError(f"no model specs in {directory}")
+    try:
+        return known_pins(specs.values())
+    except WeightsError as exc:
+        raise SpecError(f"{directory}: {exc}") from None

@@ -359,13 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO_ROOT))
-    from ruth_vision import weights as w
+    from python_backends import weights as w
+    from ruthctl.spec import weight_pins
 
+    movenet = w.pin_named(weight_pins(REPO_ROOT / "config" / "models"), "movenet")
     weights_dir = args.weights_dir or w.default_weights_dir()
-    tflite = weights_dir / w.MOVENET.path
-    w.verify(tflite, w.MOVENET.sha256)
+    tflite = w.verify(weights_dir / movenet.path, movenet)
     metadata = {
-        "source": f"{w.MOVENET.path} sha256 {w.MOVENET.sha256} (MoveNet MultiPose Lightning, Apache-2.0)",
+        "source": f"{movenet.path} sha256 {movenet.sha256} (MoveNet MultiPose Lightning, Apache-2.0)",
         "converter": f"{' '.join(CONVERTER_PINS)} opset {OPSET}, scripts/convert_movenet_onnx.py",
     }
     with tempfile.TemporaryDirectory(prefix="ruth-onnx-") as tmp:

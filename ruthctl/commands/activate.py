@@ -93,7 +93,7 @@ def activate(
 
 def prepare(env: Env, name: str, version: int | None, overrides: dict[str, str]) -> Any:
     """Everything checkable before touching a server; fails with the exit code the check calls for."""
-    from ruthctl.host import check_weights
+    from python_backends.weights import check_models
     from ruthctl.lifecycle import Target
     from ruthctl.render import parse_pbtxt, render_files
     from ruthctl.spec import SpecError, load_profiles, load_spec
@@ -110,7 +110,7 @@ def prepare(env: Env, name: str, version: int | None, overrides: dict[str, str])
     chosen = version or spec.version
     if not (env.repository / name / str(chosen)).is_dir():
         fail(f"{name}: no version directory {env.repository / name / str(chosen)}")
-    problems = check_weights([spec], env.weights)
+    problems = check_models([spec], env.weights)
     if problems:
         fail("; ".join(p.detail for p in problems))
     for relative, text in rendered.items():

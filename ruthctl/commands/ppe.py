@@ -36,16 +36,19 @@ err = Console(stderr=True)
 
 def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
     """The CalibrationReport for the frames a YAML file lists (see the module doc)."""
+    from python_backends.weights import default_weights_dir, pin_named, verify
     from ruth_vision import ppe
     from ruth_vision.pose import PoseEngineConfig, build_engine
     from ruth_vision.ppe_calibration import LabelledWorker, fit_colours, match_heads
-    from ruth_vision.weights import MOVENET, default_weights_dir, verify
+    from ruthctl.commands._common import config_root
+    from ruthctl.settings import load_settings
+    from ruthctl.spec import weight_pins
 
     data = yaml.safe_load(frames_yaml.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise ValueError(f"{frames_yaml}: expected `frames:` with at least one entry")
-    weights = (weights_dir or default_weights_dir()) / MOVENET.path
-    verify(weights, MOVENET.sha256)
+    movenet = pin_named(weight_pins(config_root(load_settings().models_root.resolve()) / "models"), "movenet")
+    weights = verify((weights_dir or default_weights_dir()) / movenet.path, movenet)
     engine = build_engine(PoseEngineConfig(weights=weights, extra_input_sizes=(512,)))
     workers: list[LabelledWorker] = []
     for entry in data["frames"]:

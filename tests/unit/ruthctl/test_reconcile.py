@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ruthctl.host import ProcessTable
 from ruthctl.invariants import Action, ActionKind, Kind, plan_repairs
+from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, Registry, State
 from ruthctl.settings import Profile

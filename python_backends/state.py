@@ -1,0 +1,132 @@
+"""The state directory: its one layout, its permissions and the formats of the files in it.
+
+Both sides of the runtime share one state dir (`RUTH_STATE_DIR`): the models inside Triton write breaker files,
+the GPU ledger and the stream store; ruthctl writes the registry, its audit log, command locks, the admin key,
+the private backends folder and the key shim, and reads (or repairs) what the models wrote. Every path of it is
+spelled here and nowhere else, so a reader and its writer can't drift apart:
+
+    <state>/                          0700, owner-only (docs/security.md); files in it 0600
+      breakers/<model>-<version>.json   one circuit breaker, shared by the model's instances (+ `.lock`)
+      gpu-ledger.json                   the cross-process GPU reservations (+ `.lock`)
+      streams/<model>-<version>.sqlite  per-stream state (the sqlite stream store)
+      registry.json                     which model should be where (+ `.lock`)
+      registry-audit.jsonl              every registry transition, append-only
+      locks/<model>.lock                one ruthctl command per model at a time
+      admin-token                       the generated admin key
+      backends/                         symlinks completing the wheel's Python backend
+      lib/keyshim-<hash>.so             the key shim compiled from this checkout
+
+The formats of the files that more than one process reads are defined once, beside this layout, and serve the
+writer and every reader: the breaker file (`BreakerRecord`) and the GPU ledger (`LedgerRecord`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "STATE_DIR_MODE",
+    "STATE_FILE_MODE",
+    "StateLayout",
+    "default_state_dir",
+    "lock_file_of",
+]
+
+#: the one default of RUTH_STATE_DIR: relative, i.e. in the working directory of whoever starts the server
+DEFAULT_STATE_DIR = Path(".ruth-state")
+#: the state dir and every directory in it: owner only
+STATE_DIR_MODE = 0o700
+#: files in the state dir (breakers, ledger, registry, audit log, key): readable by their owner only
+STATE_FILE_MODE = 0o600
+
+_BREAKER_NAME = re.compile(r"^(?P<model>[A-Za-z0-9_]+)-(?P<version>\d+)\.json$")
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`RUTH_STATE_DIR`, else `.ruth-state` in the working directory."""
+    env = os.environ if environ is None else environ
+    value = env.get("RUTH_STATE_DIR", "").strip()
+    return Path(value) if value else DEFAULT_STATE_DIR
+
+
+def lock_file_of(path: Path) -> Path:
+    """The OS lock beside a shared state file: `<name>.lock`."""
+    return path.with_name(path.name + ".lock")
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerFileName:
+    model: str
+    version: int
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Where each thing lives in one state dir. Paths only: nothing is created or read here."""
+
+    root: Path
+
+    # -- written by the models --------------------------------------------------------------------------------------
+    @property
+    def breakers(self) -> Path:
+        return self.root / "breakers"
+
+    def breaker(self, model: str, version: str | int) -> Path:
+        return self.breakers / f"{model}-{version}.json"
+
+    def breaker_files(self) -> list[BreakerFileName]:
+        """Every breaker file in `breakers/` whose name parses (`<model>-<version>.json`), sorted."""
+        found: list[BreakerFileName] = []
+        for path in sorted(self.breakers.glob("*.json")):
+            match = _BREAKER_NAME.match(path.name)
+            if match is not None:
+                found.append(BreakerFileName(match["model"], int(match["version"]), path))
+        return found
+
+    def is_breaker_file(self, path: Path) -> bool:
+        return path.parent == self.breakers and _BREAKER_NAME.match(path.name) is not None
+
+    @property
+    def gpu_ledger(self) -> Path:
+        return self.root / "gpu-ledger.json"
+
+    @property
+    def streams(self) -> Path:
+        return self.root / "streams"
+
+    def stream_db(self, namespace: str) -> Path:
+        """The sqlite stream store of one model version (`namespace`, e.g. `fall_detection-1`)."""
+        return self.streams / f"{namespace}.sqlite"
+
+    # -- written by ruthctl -------------------------------------------------------------------------------------------
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry.json"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "registry-audit.jsonl"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def command_lock(self, model: str) -> Path:
+        return self.locks / f"{model}.lock"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin-token"
+
+    @property
+    def backends(self) -> Path:
+        return self.root / "backends"
+
+    def key_shim(self, digest: str) -> Path:
+        return self.root / "lib" / f"keyshim-{digest}.so"
