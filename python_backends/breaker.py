@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from python_backends.errors import BreakerOpen
+from python_backends.state import BreakerRecord
 
 __all__ = [
     "BREAKER_GAUGE",
@@ -44,8 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-_SCHEMA = 1
 
 
 class BreakerState(str, enum.Enum):
@@ -118,46 +119,25 @@ class BreakerSnapshot:
         return cls(state=BreakerState.CLOSED, updated_at=now)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["state"] = self.state.value
-        data["schema"] = _SCHEMA
-        return data
+        """The breaker file's content (`python_backends.state.BreakerRecord`)."""
+        fields = dataclasses.asdict(self)
+        return BreakerRecord(**{**fields, "state": self.state.value}).model_dump(by_alias=True)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BreakerSnapshot:
         """Parse a stored snapshot; `ValueError` for anything that isn't one (callers fall back to CLOSED)."""
         try:
-            snap = cls(
-                state=BreakerState(data["state"]),
-                consecutive_failures=_int(data.get("consecutive_failures", 0)),
-                trips=_int(data.get("trips", 0)),
-                total_trips=_int(data.get("total_trips", 0)),
-                opened_at=_opt_float(data.get("opened_at")),
-                retry_at=_opt_float(data.get("retry_at")),
-                trials_in_flight=_int(data.get("trials_in_flight", 0)),
-                updated_at=float(data.get("updated_at", 0.0)),
-                last_trial_at=_opt_float(data.get("last_trial_at")),
-                seq=_int(data.get("seq", 0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a breaker snapshot: {exc!r}") from exc
-        if snap.state is BreakerState.OPEN and snap.retry_at is None:
-            raise ValueError("not a breaker snapshot: OPEN without retry_at")
-        return snap
+            record = BreakerRecord.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"not a breaker snapshot: {_first_error(exc)}") from None
+        fields = record.model_dump(exclude={"schema_version"})
+        return cls(**{**fields, "state": BreakerState(record.state)})
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
-    return value
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number or null, got {value!r}")
-    return float(value)
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from python_backends.state import LedgerEntry
 from python_backends.storage import JsonFileStore
 
 __all__ = [
@@ -83,22 +84,13 @@ class Reservation:
     settled: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The ledger entry's content (`python_backends.state.LedgerEntry`)."""
+        return LedgerEntry(**dataclasses.asdict(self)).model_dump()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Reservation:
-        return cls(
-            owner=str(data["owner"]),
-            pid=int(data["pid"]),
-            device_index=int(data["device_index"]),
-            bytes=int(data["bytes"]),
-            model=str(data["model"]),
-            version=str(data["version"]),
-            instance=str(data["instance"]),
-            created_at=float(data["created_at"]),
-            token=None if data.get("token") is None else str(data["token"]),
-            settled=bool(data.get("settled", False)),
-        )
+        """Parse a stored entry; `ValueError` (a pydantic ValidationError) for anything that isn't one."""
+        return cls(**LedgerEntry.model_validate(data).model_dump())
 
 
 class LedgerFullError(Exception):

@@ -23,15 +23,22 @@ writer and every reader: the breaker file (`BreakerRecord`) and the GPU ledger (
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 __all__ = [
+    "BREAKER_SCHEMA",
     "DEFAULT_STATE_DIR",
     "STATE_DIR_MODE",
     "STATE_FILE_MODE",
+    "BreakerRecord",
+    "LedgerEntry",
     "StateLayout",
     "default_state_dir",
     "lock_file_of",
@@ -130,3 +137,64 @@ class StateLayout:
 
     def key_shim(self, digest: str) -> Path:
         return self.root / "lib" / f"keyshim-{digest}.so"
+
+
+# -- file formats --------------------------------------------------------------------------------------------------
+#: the breaker file's format version (its `schema` key)
+BREAKER_SCHEMA = 1
+
+
+class _Record(BaseModel):
+    """A state file's content: frozen, strict (no coercion of a damaged value), unknown keys refused. Whatever
+    fails validation is damaged state: its reader sets it aside with a warning, never crashes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return value
+
+
+class BreakerRecord(_Record):
+    """`breakers/<model>-<version>.json`: one circuit breaker's snapshot (`python_backends.breaker.BreakerSnapshot`),
+    written by `FileBreakerStorage` and read by it and by ruthctl."""
+
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    state: Literal["closed", "half_open", "open"]
+    consecutive_failures: NonNegativeInt = 0
+    trips: NonNegativeInt = 0
+    total_trips: NonNegativeInt = 0
+    opened_at: float | None = None
+    retry_at: float | None = None
+    trials_in_flight: NonNegativeInt = 0
+    updated_at: float = 0.0
+    last_trial_at: float | None = None
+    seq: NonNegativeInt = 0
+
+    _finite_times = field_validator("opened_at", "retry_at", "updated_at", "last_trial_at")(_finite)
+
+    @model_validator(mode="after")
+    def _open_has_retry(self) -> BreakerRecord:
+        if self.state == "open" and self.retry_at is None:
+            raise ValueError("OPEN without retry_at")
+        return self
+
+
+class LedgerEntry(_Record):
+    """One reservation in `gpu-ledger.json` (`{"reservations": {<owner>: <entry>}}`), written and read by
+    `python_backends.gpu_ledger.GpuLedger` (ruthctl reads and reaps through it too)."""
+
+    owner: str
+    pid: int
+    device_index: NonNegativeInt
+    bytes: NonNegativeInt
+    model: str
+    version: str
+    instance: str
+    created_at: float
+    #: `process_token(pid)` when reserved; None skips the pid-reuse check
+    token: str | None = None
+    #: the instance has loaded: its memory is now gone from the device's free memory
+    settled: bool = False
