@@ -14,17 +14,14 @@ breaker can't deadlock it (the runtime we replace hung on its first trip that wa
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from pydantic import ValidationError
-
 from python_backends.errors import BreakerOpen
-from python_backends.state import BreakerRecord
+from python_backends.state import BreakerSnapshot, BreakerState
 
 __all__ = [
     "BREAKER_GAUGE",
@@ -47,14 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-
-class BreakerState(str, enum.Enum):
-    """The persisted spelling of each state (the value is what the state file holds)."""
-
-    CLOSED = "closed"
-    HALF_OPEN = "half_open"
-    OPEN = "open"
 
 
 #: value of the `ruth_breaker_state` gauge per state
@@ -94,53 +83,6 @@ class BreakerPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
-class BreakerSnapshot:
-    """Everything the breaker knows, as stored. Immutable: transitions return a new snapshot.
-
-    `trips` counts consecutive trips (it drives the exponential cooldown and is reset on close); `total_trips` only
-    grows, so it also identifies a half-open episode. `seq` grows with every stored change (a cheap "has anything
-    changed" check for tooling). `last_trial_at` is when the newest half-open trial was admitted.
-    """
-
-    state: BreakerState
-    consecutive_failures: int = 0
-    trips: int = 0
-    total_trips: int = 0
-    opened_at: float | None = None
-    retry_at: float | None = None
-    trials_in_flight: int = 0
-    updated_at: float = 0.0
-    last_trial_at: float | None = None
-    seq: int = 0
-
-    @classmethod
-    def initial(cls, now: float) -> BreakerSnapshot:
-        """A breaker that has never failed."""
-        return cls(state=BreakerState.CLOSED, updated_at=now)
-
-    def to_json(self) -> dict[str, Any]:
-        """The breaker file's content (`python_backends.state.BreakerRecord`)."""
-        fields = dataclasses.asdict(self)
-        return BreakerRecord(**{**fields, "state": self.state.value}).model_dump(by_alias=True)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> BreakerSnapshot:
-        """Parse a stored snapshot; `ValueError` for anything that isn't one (callers fall back to CLOSED)."""
-        try:
-            record = BreakerRecord.model_validate(data)
-        except ValidationError as exc:
-            raise ValueError(f"not a breaker snapshot: {_first_error(exc)}") from None
-        fields = record.model_dump(exclude={"schema_version"})
-        return cls(**{**fields, "state": BreakerState(record.state)})
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
-@dataclasses.dataclass(frozen=True)
 class Admission:
     """Permission to run one request; hand it back to `record_success`/`record_failure`.
 
@@ -166,7 +108,7 @@ class Rejection:
 
 
 def _changed(snap: BreakerSnapshot, now: float, **fields: Any) -> BreakerSnapshot:
-    return dataclasses.replace(snap, updated_at=now, seq=snap.seq + 1, **fields)
+    return snap.model_copy(update={**fields, "updated_at": now, "seq": snap.seq + 1})
 
 
 def _trip(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, failures: int) -> BreakerSnapshot:

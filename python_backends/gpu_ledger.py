@@ -7,14 +7,13 @@ reserve, with the process start time guarding against reused pids.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from python_backends.state import LedgerEntry
+from python_backends.state import Reservation
 from python_backends.storage import JsonFileStore
 
 __all__ = [
@@ -64,33 +63,6 @@ def process_token(pid: int) -> str | None:
     if len(fields) < 20:
         return None
     return f"{boot_id}:{fields[19]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Reservation:
-    """Memory one instance process holds (or will hold) on one device."""
-
-    owner: str
-    pid: int
-    device_index: int
-    bytes: int
-    model: str
-    version: str
-    instance: str
-    created_at: float
-    #: `process_token(pid)` when reserved; None skips the reuse check
-    token: str | None = None
-    #: the instance has loaded: its memory is now gone from the device's free memory (see DeviceAllocator)
-    settled: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """The ledger entry's content (`python_backends.state.LedgerEntry`)."""
-        return LedgerEntry(**dataclasses.asdict(self)).model_dump()
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Reservation:
-        """Parse a stored entry; `ValueError` (a pydantic ValidationError) for anything that isn't one."""
-        return cls(**LedgerEntry.model_validate(data).model_dump())
 
 
 class LedgerFullError(Exception):

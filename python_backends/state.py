@@ -17,28 +17,29 @@ spelled here and nowhere else, so a reader and its writer can't drift apart:
       lib/keyshim-<hash>.so             the key shim compiled from this checkout
 
 The formats of the files that more than one process reads are defined once, beside this layout, and serve the
-writer and every reader: the breaker file (`BreakerRecord`) and the GPU ledger (`LedgerRecord`).
+writer and every reader: the breaker file (`BreakerSnapshot`) and the GPU ledger's entries (`Reservation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "BREAKER_SCHEMA",
     "DEFAULT_STATE_DIR",
     "STATE_DIR_MODE",
     "STATE_FILE_MODE",
-    "BreakerRecord",
-    "LedgerEntry",
+    "BreakerSnapshot",
+    "BreakerState",
+    "Reservation",
     "StateLayout",
     "default_state_dir",
     "lock_file_of",
@@ -140,10 +141,6 @@ class StateLayout:
 
 
 # -- file formats --------------------------------------------------------------------------------------------------
-#: the breaker file's format version (its `schema` key)
-BREAKER_SCHEMA = 1
-
-
 class _Record(BaseModel):
     """A state file's content: frozen, strict (no coercion of a damaged value), unknown keys refused. Whatever
     fails validation is damaged state: its reader sets it aside with a warning, never crashes."""
@@ -157,12 +154,26 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-class BreakerRecord(_Record):
-    """`breakers/<model>-<version>.json`: one circuit breaker's snapshot (`python_backends.breaker.BreakerSnapshot`),
-    written by `FileBreakerStorage` and read by it and by ruthctl."""
+class BreakerState(str, enum.Enum):
+    """The persisted spelling of each state (the value is what the breaker file holds)."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+class BreakerSnapshot(_Record):
+    """Everything a circuit breaker knows, as stored in `breakers/<model>-<version>.json`: written by
+    `FileBreakerStorage`, read by it and by ruthctl. Immutable: the breaker's transitions
+    (`python_backends.breaker`) return a new snapshot.
+
+    `trips` counts consecutive trips (it drives the exponential cooldown and is reset on close); `total_trips` only
+    grows, so it also identifies a half-open episode. `seq` grows with every stored change (a cheap "has anything
+    changed" check for tooling). `last_trial_at` is when the newest half-open trial was admitted.
+    """
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
-    state: Literal["closed", "half_open", "open"]
+    state: BreakerState
     consecutive_failures: NonNegativeInt = 0
     trips: NonNegativeInt = 0
     total_trips: NonNegativeInt = 0
@@ -175,16 +186,38 @@ class BreakerRecord(_Record):
 
     _finite_times = field_validator("opened_at", "retry_at", "updated_at", "last_trial_at")(_finite)
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_text(cls, value: object) -> object:
+        return BreakerState(value) if isinstance(value, str) and not isinstance(value, BreakerState) else value
+
     @model_validator(mode="after")
-    def _open_has_retry(self) -> BreakerRecord:
-        if self.state == "open" and self.retry_at is None:
+    def _open_has_retry(self) -> BreakerSnapshot:
+        if self.state is BreakerState.OPEN and self.retry_at is None:
             raise ValueError("OPEN without retry_at")
         return self
 
+    @classmethod
+    def initial(cls, now: float) -> BreakerSnapshot:
+        """A breaker that has never failed."""
+        return cls(state=BreakerState.CLOSED, updated_at=now)
 
-class LedgerEntry(_Record):
-    """One reservation in `gpu-ledger.json` (`{"reservations": {<owner>: <entry>}}`), written and read by
-    `python_backends.gpu_ledger.GpuLedger` (ruthctl reads and reaps through it too)."""
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BreakerSnapshot:
+        """Parse a stored snapshot; `ValueError` for anything that isn't one (callers fall back to CLOSED)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"not a breaker snapshot: {_first_error(exc)}") from None
+
+
+class Reservation(_Record):
+    """Memory one instance process holds (or will hold) on one device: an entry of `gpu-ledger.json`
+    (`{"reservations": {<owner>: <entry>}}`), written and read by `python_backends.gpu_ledger.GpuLedger` (ruthctl
+    reads and reaps through it too)."""
 
     owner: str
     pid: int
@@ -196,5 +229,19 @@ class LedgerEntry(_Record):
     created_at: float
     #: `process_token(pid)` when reserved; None skips the pid-reuse check
     token: str | None = None
-    #: the instance has loaded: its memory is now gone from the device's free memory
+    #: the instance has loaded: its memory is now gone from the device's free memory (see DeviceAllocator)
     settled: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Reservation:
+        """Parse a stored entry; `ValueError` (a pydantic ValidationError) for anything that isn't one."""
+        return cls.model_validate(data)
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
