@@ -74,16 +74,35 @@ class BreakerFileName:
     path: Path
 
 
+class _Below:
+    """A path below the state dir's root, read as an attribute of a `StateLayout`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layout: StateLayout | None, owner: type | None = None) -> Path:
+        if layout is None:
+            raise AttributeError(f"{self.name} is a path of a StateLayout instance")
+        return layout.root / self.name
+
+
 @dataclasses.dataclass(frozen=True)
 class StateLayout:
     """Where each thing lives in one state dir. Paths only: nothing is created or read here."""
 
     root: Path
 
-    # -- written by the models --------------------------------------------------------------------------------------
-    @property
-    def breakers(self) -> Path:
-        return self.root / "breakers"
+    # written by the models
+    breakers = _Below("breakers")
+    gpu_ledger = _Below("gpu-ledger.json")
+    streams = _Below("streams")
+    # written by ruthctl
+    registry = _Below("registry.json")
+    audit_log = _Below("registry-audit.jsonl")
+    locks = _Below("locks")
+    admin_token = _Below("admin-token")
+    backends = _Below("backends")
+    lib = _Below("lib")
 
     def breaker(self, model: str, version: str | int) -> Path:
         return self.breakers / f"{model}-{version}.json"
@@ -100,44 +119,17 @@ class StateLayout:
     def is_breaker_file(self, path: Path) -> bool:
         return path.parent == self.breakers and _BREAKER_NAME.match(path.name) is not None
 
-    @property
-    def gpu_ledger(self) -> Path:
-        return self.root / "gpu-ledger.json"
-
-    @property
-    def streams(self) -> Path:
-        return self.root / "streams"
-
     def stream_db(self, namespace: str) -> Path:
         """The sqlite stream store of one model version (`namespace`, e.g. `fall_detection-1`)."""
         return self.streams / f"{namespace}.sqlite"
 
-    # -- written by ruthctl -------------------------------------------------------------------------------------------
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry.json"
-
-    @property
-    def audit_log(self) -> Path:
-        return self.root / "registry-audit.jsonl"
-
-    @property
-    def locks(self) -> Path:
-        return self.root / "locks"
-
     def command_lock(self, model: str) -> Path:
+        """Held by the ruthctl command that changes `model` (activate, deactivate, a repair of it)."""
         return self.locks / f"{model}.lock"
 
-    @property
-    def admin_token(self) -> Path:
-        return self.root / "admin-token"
-
-    @property
-    def backends(self) -> Path:
-        return self.root / "backends"
-
     def key_shim(self, digest: str) -> Path:
-        return self.root / "lib" / f"keyshim-{digest}.so"
+        """The key shim compiled from the keyshim.c whose SHA-256 starts with `digest`."""
+        return self.lib / f"keyshim-{digest}.so"
 
 
 # -- file formats --------------------------------------------------------------------------------------------------
