@@ -182,6 +182,13 @@ def desired_version(name: str, spec: ModelSpec | None, entry: ModelEntry | None)
     return spec.version if spec is not None else 1
 
 
+#: a server whose facts carry an error, by whether it refused our key: what it is and how to fix it
+_UNANSWERED: Mapping[bool, tuple[Kind, str]] = {
+    True: (Kind.ACCESS_DENIED, "give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)"),
+    False: (Kind.SERVER_UNREACHABLE, "start the server, or check --url and the admin token"),
+}
+
+
 # -- rules -------------------------------------------------------------------------------------------------------------
 def find_violations(
     local: LocalFacts,
@@ -196,27 +203,9 @@ def find_violations(
     found += _local_violations(local)
     registry = local.registry
     for facts in servers:
-        if facts.error is not None and facts.forbidden:
-            found.append(
-                Violation(
-                    Kind.ACCESS_DENIED,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)",
-                )
-            )
-            continue
-        if facts.error is not None:
-            found.append(
-                Violation(
-                    Kind.SERVER_UNREACHABLE,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="start the server, or check --url and the admin token",
-                )
-            )
+        if facts.error is not None:  # nothing more to judge on a server that doesn't answer us
+            kind, fix = _UNANSWERED[facts.forbidden]
+            found.append(Violation(kind, facts.error, server=facts.server, fixable=False, fix=fix))
             continue
         if facts.stubs_unseen is not None:
             found.append(
