@@ -56,6 +56,8 @@ __all__ = [
     "pin_named",
     "pinned_weights",
     "sha256_of",
+    "source_of",
+    "status_of",
     "verify",
 ]
 
@@ -218,7 +220,7 @@ class WeightsStatus:
         return self.ok or (self.status == "missing" and self.pin.optional)
 
 
-def inspect(path: Path, pin: WeightPin, digest: Callable[[Path], str] = sha256_of) -> WeightsStatus:
+def status_of(path: Path, pin: WeightPin, digest: Callable[[Path], str] = sha256_of) -> WeightsStatus:
     """Whether `path` holds `pin`'s bytes; the detail says what is wrong and how to fix it."""
     source = f" [source: {pin.source}]" if pin.source else ""
     if not path.is_file():
@@ -242,7 +244,7 @@ def inspect(path: Path, pin: WeightPin, digest: Callable[[Path], str] = sha256_o
 
 def verify(path: Path, pin: WeightPin) -> Path:
     """`path`, or WeightsError unless it is a readable file with `pin`'s SHA-256."""
-    status = inspect(path, pin)
+    status = status_of(path, pin)
     if not status.ok:
         raise WeightsError(status.detail)
     return path
@@ -251,8 +253,8 @@ def verify(path: Path, pin: WeightPin) -> Path:
 def check(
     weights_dir: Path, pins: Iterable[WeightPin], digest: Callable[[Path], str] = sha256_of
 ) -> list[WeightsStatus]:
-    """`inspect` for every pin, collected instead of raised (for `ruthctl weights verify`)."""
-    return [inspect(weights_dir / pin.path, pin, digest) for pin in pins]
+    """`status_of` for every pin, collected instead of raised (for `ruthctl weights verify`)."""
+    return [status_of(weights_dir / pin.path, pin, digest) for pin in pins]
 
 
 def pinned_weights(weights_dir: Path, pins: Iterable[WeightPin | Mapping[str, Any]], relative: str, model: str) -> Path:
@@ -270,7 +272,7 @@ def pinned_weights(weights_dir: Path, pins: Iterable[WeightPin | Mapping[str, An
             f"{model}: {relative} is not pinned in the spec's weights list (path + sha256): weights are only loaded "
             "when their checksum is known"
         )
-    status = inspect(weights_dir / relative, pin)
+    status = status_of(weights_dir / relative, pin)
     if not status.ok:
         raise WeightsError(f"{model}: {status.detail}")
     return status.path
@@ -360,7 +362,7 @@ def fetch(pin: WeightPin, dest_dir: Path, source: Path | None = None, models_dir
     file to copy); the bytes are checked against the pin before anything is written, then written atomically
     (0600: an image build makes them readable afterwards)."""
     dest = dest_dir / pin.path
-    if inspect(dest, pin).ok:
+    if status_of(dest, pin).ok:
         return dest
     origin = source if source is not None else source_of(pin, models_dir)
     data = _read_source(pin, origin)
