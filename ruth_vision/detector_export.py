@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_yolox_as_yolov8", "yolox_as_yolov8"]
+__all__ = ["export_yolox_as_yolov8", "yolox_as_yolov8"]
 
 
 def _grid(size: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,14 +104,10 @@ def yolox_as_yolov8(model: Any, strides: tuple[int, ...] = (8, 16, 32)) -> Any:
     return wrapped
 
 
-def write_yolox_as_yolov8(source: Path, target: Path) -> Path:
-    """Wrap `source`, write `target` atomically; returns target. `source` is a checked copy of YOLOX-Nano: the one
-    `ruthctl weights fetch` put in the weights dir against the pose_estimator spec's pin (this package checks no
-    pins: it takes paths)."""
+def export_yolox_as_yolov8(source: Path) -> bytes:
+    """The wrapped network's bytes (deterministic). `source` is a checked copy of YOLOX-Nano: the one `ruthctl
+    weights fetch` put in the weights dir against the pose_estimator spec's pin (this package checks no pins and
+    writes no files: it takes paths and returns bytes)."""
     import onnx
 
-    wrapped = yolox_as_yolov8(onnx.load(str(source)))
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(wrapped.SerializeToString(deterministic=True))
-    tmp.replace(target)
-    return target
+    return yolox_as_yolov8(onnx.load(str(source))).SerializeToString(deterministic=True)

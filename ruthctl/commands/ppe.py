@@ -16,8 +16,6 @@ config/models/ppe_detection.yaml's `parameters` and run `ruthctl generate`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from python_backends.storage import atomic_write_bytes
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="PPE: fit the colour ranges to a site.", no_args_is_help=True)
@@ -84,10 +83,7 @@ def calibrate(
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         err.print(f"[red]calibration failed[/]: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(report.preset(), tmp, indent=1)
-    os.replace(tmp.name, output)
+    atomic_write_bytes(output, json.dumps(report.preset(), indent=1).encode(), mode=0o600)
     if as_json:
         out.print_json(json.dumps({"preset": str(output), **report.model_dump()}))
         return
