@@ -124,8 +124,8 @@ def local_pose_call(pose_model_py: Path) -> Callable[..., dict[str, np.ndarray]]
 
     from python_backends.base import ModelParams
     from python_backends.params import parameters_of
+    from python_backends.weights import default_weights_dir
     from ruth_vision.pose import PoseEngineConfig, build_engine, pack_pose_outputs
-    from ruth_vision.weights import default_weights_dir
 
     text = (pose_model_py.parent.parent / "config.pbtxt").read_text()
     config = json_format.MessageToDict(

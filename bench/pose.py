@@ -32,8 +32,8 @@ import numpy as np
 from bench import cpu, machine
 from bench.harness import MODEL_REPOSITORY, REPO_ROOT, TritonHandle, jpeg, now_iso, result_of, start_triton
 from bench.harness import vision_inputs as _vision_inputs
+from python_backends.weights import default_weights_dir
 from ruth_vision.pose import LiteRTRunner, OnnxRunner, PoseNetwork, PoseResult, TensorRunner
-from ruth_vision.weights import default_weights_dir
 
 MOVENET_TFLITE = "movenet_multipose_lightning_fp16.tflite"
 MOVENET_ONNX = "movenet_multipose_lightning.onnx"

@@ -30,7 +30,7 @@ from bench import cpu
 from bench.harness import MODEL_REPOSITORY, REPO_ROOT, TritonHandle, now_iso, start_triton, tank_frame
 from bench.harness import vision_inputs as _vision_inputs
 from bench.pose import camera_frame, person_frames
-from ruth_vision.weights import default_weights_dir
+from python_backends.weights import default_weights_dir
 
 DOC = REPO_ROOT / "docs" / "bench" / "profile.md"
 RATE = 250

@@ -75,14 +75,12 @@ def served(profile: str = "cpu") -> Iterator[Infer]:
     """The person models in a real tritonserver; yields infer(model, frame, stream, t, config) -> RESULT."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     import tritonclient.http as httpclient
-    from support import result_of, start_triton, vision_inputs
+    from support import person_weights, result_of, start_triton, vision_inputs
     from tritonclient.utils import InferenceServerException
 
-    from ruth_vision.weights import YOLOX_NANO, default_weights_dir, fetch_committed, fetch_movenet
+    from python_backends.weights import default_weights_dir
 
-    weights = default_weights_dir()
-    fetch_movenet(weights)
-    fetch_committed(YOLOX_NANO, weights)
+    weights = person_weights(default_weights_dir())
     with tempfile.TemporaryDirectory(prefix="ruth-accuracy-") as tmp:
         handle = start_triton(
             Path(tmp), PERSON_MODELS, env={"RUTH_WEIGHTS_DIR": str(weights)}, profile=profile, exit_timeout_s=30
@@ -289,8 +287,8 @@ def score_ppe(report: Report, still: ds.Still, frame: np.ndarray, infer: Infer) 
 
 # ---- deployment profiles: passes, counts, CPU per frame ----------------------------------------------------------
 def profile_costs(stills: list[tuple[ds.Still, np.ndarray]]) -> list[dict[str, Any]]:
+    from python_backends.weights import default_weights_dir
     from ruth_vision.pose import PoseEngineConfig, build_engine
-    from ruth_vision.weights import default_weights_dir
     from ruthctl.render import render_parameters
     from ruthctl.spec import Profile, load_spec
 

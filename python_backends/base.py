@@ -264,9 +264,9 @@ class GuardedModel(Generic[P]):
             )
 
     def weights_path(self, relative: str) -> Path:
-        """A weights file pinned in the spec, verified against its SHA-256 (ModelLoadError with the fix otherwise)."""
-        pins = [pin.model_dump() for pin in self.params.runtime.weights]
-        return pinned_weights(self.runtime.weights_dir, pins, relative, self.name)
+        """A weights file pinned in the spec, verified against its SHA-256 (WeightsError, a ModelLoadError, with the
+        fix otherwise)."""
+        return pinned_weights(self.runtime.weights_dir, self.params.runtime.weights, relative, self.name)
 
     # ---- hooks for concrete models ------------------------------------------------------------------------------
     def check_contract(self, model_config: Mapping[str, Any]) -> None:

@@ -14,7 +14,6 @@ breaker can't deadlock it (the runtime we replace hung on its first trip that wa
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from python_backends.errors import BreakerOpen
 from python_backends.params import DEFAULTS
+from python_backends.state import BreakerSnapshot, BreakerState
 
 __all__ = [
     "BREAKER_GAUGE",
@@ -45,16 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-_SCHEMA = 1
-
-
-class BreakerState(str, enum.Enum):
-    """The persisted spelling of each state (the value is what the state file holds)."""
-
-    CLOSED = "closed"
-    HALF_OPEN = "half_open"
-    OPEN = "open"
 
 
 #: value of the `ruth_breaker_state` gauge per state
@@ -94,74 +84,6 @@ class BreakerPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
-class BreakerSnapshot:
-    """Everything the breaker knows, as stored. Immutable: transitions return a new snapshot.
-
-    `trips` counts consecutive trips (it drives the exponential cooldown and is reset on close); `total_trips` only
-    grows, so it also identifies a half-open episode. `seq` grows with every stored change (a cheap "has anything
-    changed" check for tooling). `last_trial_at` is when the newest half-open trial was admitted.
-    """
-
-    state: BreakerState
-    consecutive_failures: int = 0
-    trips: int = 0
-    total_trips: int = 0
-    opened_at: float | None = None
-    retry_at: float | None = None
-    trials_in_flight: int = 0
-    updated_at: float = 0.0
-    last_trial_at: float | None = None
-    seq: int = 0
-
-    @classmethod
-    def initial(cls, now: float) -> BreakerSnapshot:
-        """A breaker that has never failed."""
-        return cls(state=BreakerState.CLOSED, updated_at=now)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["state"] = self.state.value
-        data["schema"] = _SCHEMA
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> BreakerSnapshot:
-        """Parse a stored snapshot; `ValueError` for anything that isn't one (callers fall back to CLOSED)."""
-        try:
-            snap = cls(
-                state=BreakerState(data["state"]),
-                consecutive_failures=_int(data.get("consecutive_failures", 0)),
-                trips=_int(data.get("trips", 0)),
-                total_trips=_int(data.get("total_trips", 0)),
-                opened_at=_opt_float(data.get("opened_at")),
-                retry_at=_opt_float(data.get("retry_at")),
-                trials_in_flight=_int(data.get("trials_in_flight", 0)),
-                updated_at=float(data.get("updated_at", 0.0)),
-                last_trial_at=_opt_float(data.get("last_trial_at")),
-                seq=_int(data.get("seq", 0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a breaker snapshot: {exc!r}") from exc
-        if snap.state is BreakerState.OPEN and snap.retry_at is None:
-            raise ValueError("not a breaker snapshot: OPEN without retry_at")
-        return snap
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
-    return value
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number or null, got {value!r}")
-    return float(value)
-
-
-@dataclasses.dataclass(frozen=True)
 class Admission:
     """Permission to run one request; hand it back to `record_success`/`record_failure`.
 
@@ -187,7 +109,7 @@ class Rejection:
 
 
 def _changed(snap: BreakerSnapshot, now: float, **fields: Any) -> BreakerSnapshot:
-    return dataclasses.replace(snap, updated_at=now, seq=snap.seq + 1, **fields)
+    return snap.model_copy(update={**fields, "updated_at": now, "seq": snap.seq + 1})
 
 
 def _trip(snap: BreakerSnapshot, policy: BreakerPolicy, now: float, failures: int) -> BreakerSnapshot:

@@ -7,13 +7,13 @@ reserve, with the process start time guarding against reused pids.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from python_backends.state import Reservation
 from python_backends.storage import JsonFileStore
 
 __all__ = [
@@ -63,42 +63,6 @@ def process_token(pid: int) -> str | None:
     if len(fields) < 20:
         return None
     return f"{boot_id}:{fields[19]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Reservation:
-    """Memory one instance process holds (or will hold) on one device."""
-
-    owner: str
-    pid: int
-    device_index: int
-    bytes: int
-    model: str
-    version: str
-    instance: str
-    created_at: float
-    #: `process_token(pid)` when reserved; None skips the reuse check
-    token: str | None = None
-    #: the instance has loaded: its memory is now gone from the device's free memory (see DeviceAllocator)
-    settled: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Reservation:
-        return cls(
-            owner=str(data["owner"]),
-            pid=int(data["pid"]),
-            device_index=int(data["device_index"]),
-            bytes=int(data["bytes"]),
-            model=str(data["model"]),
-            version=str(data["version"]),
-            instance=str(data["instance"]),
-            created_at=float(data["created_at"]),
-            token=None if data.get("token") is None else str(data["token"]),
-            settled=bool(data.get("settled", False)),
-        )
 
 
 class LedgerFullError(Exception):
@@ -181,6 +145,11 @@ class GpuLedger:
         """Live reservations (dead processes' entries are filtered out, not removed: reading takes no lock)."""
         live, _ = self._split(self._store.read())
         return [r for r in live if device_index is None or r.device_index == device_index]
+
+    def stale(self) -> list[Reservation]:
+        """The entries of dead processes, not removed (reading takes no lock)."""
+        _, dead = self._split(self._store.read())
+        return dead
 
     def reap(self) -> list[Reservation]:
         """Remove the entries of dead processes and return them."""

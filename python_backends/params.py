@@ -17,12 +17,12 @@ import difflib
 import json
 import math
 from collections.abc import Mapping
-from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from python_backends.errors import ModelLoadError, first_error
+from python_backends.weights import WeightPin
 
 __all__ = [
     "DEFAULTS",
@@ -124,22 +124,6 @@ class FaultPlan(_Params):
         )
 
 
-class WeightPin(_Params):
-    """One weights file a model may load: its path in the weights dir and its SHA-256 (python_backends/weights.py)."""
-
-    path: str = Field(min_length=1, description="relative to the weights dir (RUTH_WEIGHTS_DIR)")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    source: str = Field(default="", description="how to obtain the file; shown when it is missing or corrupt")
-
-    @field_validator("path")
-    @classmethod
-    def _inside_weights_dir(cls, path: str) -> str:
-        parts = PurePosixPath(path).parts
-        if PurePosixPath(path).is_absolute() or ".." in parts:
-            raise ValueError(f"weight path {path!r} must be relative to the weights dir, without '..'")
-        return path
-
-
 class RuntimeParams(_Params):
     """Every `ruth.*` key of config.pbtxt. Nested groups are key segments: `breaker.cooldown_s` is
     `ruth.breaker.cooldown_s`."""
@@ -222,7 +206,7 @@ def parameter_text(value: Any) -> str:
     if isinstance(value, int | float):
         return str(int(value)) if float(value).is_integer() else repr(float(value))
     if isinstance(value, tuple | list) and all(isinstance(v, BaseModel) for v in value):
-        value = [v.model_dump(mode="json") for v in value]
+        value = [v.model_dump(mode="json", exclude_defaults=True) for v in value]
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 

@@ -23,7 +23,9 @@ from python_backends.gpu import DeviceAllocator
 from python_backends.gpu_ledger import GpuLedger
 from python_backends.gpu_probe import DeviceProbe, NoGpuProbe, default_probe
 from python_backends.metrics import MetricsSink, NullMetrics, TritonMetrics
+from python_backends.state import StateLayout, default_state_dir
 from python_backends.streams import StreamStore, StreamStoreSpec, open_stream_store
+from python_backends.weights import default_weights_dir
 
 __all__ = ["Runtime", "RuntimeSettings"]
 
@@ -57,8 +59,8 @@ class RuntimeSettings:
         """ModelLoadError naming the problem for a value that can't be used."""
         try:
             return cls(
-                state_dir=Path(env.get("RUTH_STATE_DIR", ".ruth-state")).resolve(),
-                weights_dir=Path(env.get("RUTH_WEIGHTS_DIR", "weights")).resolve(),
+                state_dir=default_state_dir(env).resolve(),
+                weights_dir=default_weights_dir(env).resolve(),
                 enable_gpu=_flag(env.get("ENABLE_GPU", "1")),
                 fallback_to_cpu=_flag(env.get("GPU_FALLBACK_TO_CPU", "1")),
                 reserve_mb=int(env.get("GPU_MEMORY_RESERVE_MB", "512")),
@@ -116,13 +118,13 @@ class Runtime:
     # ---- state paths: where each piece of shared state lives under the state dir ------------------------------
     def breaker_storage(self, model: str, version: str) -> FileBreakerStorage:
         """The breaker file every instance of one model version shares."""
-        return FileBreakerStorage(self.state_dir / "breakers" / f"{model}-{version}.json")
+        return FileBreakerStorage(StateLayout(self.state_dir).breaker(model, version))
 
     def allocator(self) -> DeviceAllocator:
         """A device allocator over the server's GPU ledger (shared by every model process of the server)."""
         return DeviceAllocator(
             self.probe(),
-            GpuLedger(self.state_dir / "gpu-ledger.json"),
+            GpuLedger(StateLayout(self.state_dir).gpu_ledger),
             enable_gpu=self.settings.enable_gpu,
             fallback_to_cpu=self.settings.fallback_to_cpu,
             reserve_mb=self.settings.reserve_mb,

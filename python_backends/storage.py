@@ -21,14 +21,14 @@ from typing import Any
 
 import filelock
 
-__all__ = ["STATE_FILE_MODE", "JsonFileStore", "atomic_write_bytes"]
+from python_backends.state import STATE_FILE_MODE, lock_file_of
+
+__all__ = ["JsonFileStore", "atomic_write_bytes"]
 
 log = logging.getLogger(__name__)
 
 #: files are written 0644: operators (ruthctl) may read state that the server's user wrote
 _FILE_MODE = 0o644
-#: Files in the state dir (breakers, ledger, registry, audit log) are readable by their owner only (docs/security.md).
-STATE_FILE_MODE = 0o600
 #: how often a waiting process re-tries the OS lock; filelock polls, and its 50 ms default is a long stall per request
 _POLL_INTERVAL_S = 0.002
 
@@ -81,7 +81,7 @@ class JsonFileStore:
 
     def __init__(self, path: Path, lock_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_path = lock_file_of(self.path)
         self.lock_timeout_s = lock_timeout_s
         # The OS lock serialises processes; the thread lock makes threads of one process queue without polling.
         self._thread_lock = threading.Lock()

@@ -33,6 +33,7 @@ from filelock import FileLock
 
 from python_backends.errors import ModelLoadError
 from python_backends.params import DEFAULTS
+from python_backends.state import StateLayout
 
 __all__ = [
     "SqliteStreamStore",
@@ -171,7 +172,7 @@ def open_stream_store(
 
         return RedisStreamStore(spec, namespace, max_streams=max_streams, idle_ttl_s=idle_ttl_s)
     return SqliteStreamStore(
-        state_dir / "streams" / f"{namespace}.sqlite", max_streams=max_streams, idle_ttl_s=idle_ttl_s
+        StateLayout(state_dir).stream_db(namespace), max_streams=max_streams, idle_ttl_s=idle_ttl_s
     )
 
 

@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["YOLOX_NANO_SHA256", "write_yolox_as_yolov8", "yolox_as_yolov8"]
-
-#: models/yolox_nano.onnx: Kazuhito00/YOLOX-ONNX-TFLite-Sample@3d4f1119d069 model/yolox_nano.onnx (NOTICE)
-YOLOX_NANO_SHA256 = "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14"
+__all__ = ["export_yolox_as_yolov8", "yolox_as_yolov8"]
 
 
 def _grid(size: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -107,15 +104,10 @@ def yolox_as_yolov8(model: Any, strides: tuple[int, ...] = (8, 16, 32)) -> Any:
     return wrapped
 
 
-def write_yolox_as_yolov8(source: Path, target: Path) -> Path:
-    """Check the source against its pin, wrap it, write `target` atomically; returns target."""
+def export_yolox_as_yolov8(source: Path) -> bytes:
+    """The wrapped network's bytes (deterministic). `source` is a checked copy of YOLOX-Nano: the one `ruthctl
+    weights fetch` put in the weights dir against the pose_estimator spec's pin (this package checks no pins and
+    writes no files: it takes paths and returns bytes)."""
     import onnx
 
-    from ruth_vision.weights import verify
-
-    verify(source, YOLOX_NANO_SHA256)
-    wrapped = yolox_as_yolov8(onnx.load(str(source)))
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(wrapped.SerializeToString(deterministic=True))
-    tmp.replace(target)
-    return target
+    return yolox_as_yolov8(onnx.load(str(source))).SerializeToString(deterministic=True)

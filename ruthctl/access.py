@@ -18,10 +18,11 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from python_backends.state import STATE_DIR_MODE, STATE_FILE_MODE, StateLayout
+
 log = logging.getLogger(__name__)
 
 HEADER = "ruth-admin-token"
-TOKEN_FILE = "admin-token"
 MIN_TOKEN_CHARS = 32
 MAX_TOKEN_CHARS = 256
 #: base64 and URL-safe characters: the key travels in an HTTP header, gRPC metadata and Triton's `<apis>:<k>=<v>`
@@ -84,15 +85,15 @@ def admin_token(state_dir: Path, env_token: str | None = None) -> str:
     """The key from RUTH_ADMIN_TOKEN, else the state dir's file, created on first use. WeakToken when unsafe."""
     if env_token:  # set and empty (compose's `${RUTH_ADMIN_TOKEN:-}`) means "not chosen": the file's key is used
         return check_token(env_token, "RUTH_ADMIN_TOKEN")
-    path = state_dir / TOKEN_FILE
+    path = StateLayout(state_dir).admin_token
     try:
         return read_token_file(path)
     except FileNotFoundError:
         pass
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{TOKEN_FILE}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STATE_FILE_MODE)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
@@ -142,7 +143,7 @@ def secure_state_dir(state_dir: Path) -> Path:
 def _owned_entries(root: Path) -> Iterable[tuple[str, int]]:
     yield str(root), os.stat(root).st_mode
     uid = os.geteuid()
-    key_file = str(root / TOKEN_FILE)
+    key_file = str(StateLayout(root).admin_token)
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in (*dirs, *files):
             path = os.path.join(folder, name)

@@ -51,7 +51,7 @@ def exit_code(results: Sequence[ServerResult]) -> ExitCode:
 def prepare(paths: Paths, profile: Profile, name: str, version: int | None, overrides: dict[str, str]) -> Target:
     """Everything checkable before touching a server: the spec, the version directory, the weights' checksums and
     the generated files (StaleFiles when they differ from the rendering)."""
-    from ruthctl.host import check_weights
+    from python_backends.weights import check_models
     from ruthctl.render import parse_pbtxt, render_files
     from ruthctl.spec import SpecError, load_profiles, load_spec
 
@@ -68,7 +68,7 @@ def prepare(paths: Paths, profile: Profile, name: str, version: int | None, over
     chosen = version or spec.version
     if not (repository / name / str(chosen)).is_dir():
         raise NotActivatable(f"{name}: no version directory {repository / name / str(chosen)}")
-    problems = check_weights([spec], paths.weights)
+    problems = check_models([spec], paths.weights)
     if problems:
         raise NotActivatable("; ".join(p.detail for p in problems))
     for relative, text in rendered.items():

@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ruthctl import host
+from python_backends.weights import WeightProblem
+from ruthctl.gauges import HealthGauges
+from ruthctl.procs import StubMatch
 from ruthctl.registry import Desired, ModelEntry, RegistryFile, ServerEntry, State
 from ruthctl.server import order_for_loading, pid_alive
 from ruthctl.spec import ModelSpec
+from ruthctl.state_files import BreakerFile
 from ruthctl.triton_client import IndexEntry
 
 __all__ = [
@@ -131,8 +134,8 @@ class LocalFacts:
     registry: RegistryFile | None = None  # None: missing or corrupt
     registry_error: str | None = None  # set when corrupt
     disk_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
-    weights: Sequence[host.WeightProblem] = ()
-    breakers: Sequence[host.BreakerFile] = ()
+    weights: Sequence[WeightProblem] = ()
+    breakers: Sequence[BreakerFile] = ()
     stale_ledger: Sequence[Mapping[str, Any]] = ()
 
 
@@ -144,9 +147,9 @@ class ServerFacts:
     index: Mapping[str, IndexEntry] = dataclasses.field(default_factory=dict)
     live_drift: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
     stubs: Mapping[str, tuple[int, int]] | None = None  # model -> (alive, expected); None: not on this host
-    stub_matches: Mapping[str, host.StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
+    stub_matches: Mapping[str, StubMatch] = dataclasses.field(default_factory=dict)  # by instance name
     stubs_unseen: str | None = None  # why a server on this host has no stub facts (no shared process namespace)
-    gauges: Mapping[str, host.HealthGauges] = dataclasses.field(default_factory=dict)
+    gauges: Mapping[str, HealthGauges] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +182,13 @@ def desired_version(name: str, spec: ModelSpec | None, entry: ModelEntry | None)
     return spec.version if spec is not None else 1
 
 
+#: a server whose facts carry an error, by whether it refused our key: what it is and how to fix it
+_UNANSWERED: Mapping[bool, tuple[Kind, str]] = {
+    True: (Kind.ACCESS_DENIED, "give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)"),
+    False: (Kind.SERVER_UNREACHABLE, "start the server, or check --url and the admin token"),
+}
+
+
 # -- rules -------------------------------------------------------------------------------------------------------------
 def find_violations(
     local: LocalFacts,
@@ -193,27 +203,9 @@ def find_violations(
     found += _local_violations(local)
     registry = local.registry
     for facts in servers:
-        if facts.error is not None and facts.forbidden:
-            found.append(
-                Violation(
-                    Kind.ACCESS_DENIED,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="give ruthctl the server's token (RUTH_ADMIN_TOKEN or <state-dir>/admin-token)",
-                )
-            )
-            continue
-        if facts.error is not None:
-            found.append(
-                Violation(
-                    Kind.SERVER_UNREACHABLE,
-                    facts.error,
-                    server=facts.server,
-                    fixable=False,
-                    fix="start the server, or check --url and the admin token",
-                )
-            )
+        if facts.error is not None:  # nothing more to judge on a server that doesn't answer us
+            kind, fix = _UNANSWERED[facts.forbidden]
+            found.append(Violation(kind, facts.error, server=facts.server, fixable=False, fix=fix))
             continue
         if facts.stubs_unseen is not None:
             found.append(
@@ -426,7 +418,7 @@ def _model_violations(
     return found
 
 
-def _hung(gauges: host.HealthGauges, zombie_limit: int | None) -> bool:
+def _hung(gauges: HealthGauges, zombie_limit: int | None) -> bool:
     """Zombies at the model's limit on a live instance, or any zombie behind an open breaker.
 
     A hang opens the breaker too (every hung call is a timeout, a failure), and with the shipped settings (5

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from python_backends.state import StateLayout
+
 SOURCE = Path(__file__).with_name("keyshim.c")
 #: What argv carries where the key goes; keyshim.c swaps it for the key read from the pipe named by FD_VARIABLE.
 PLACEHOLDER = "@RUTH-ADMIN-KEY@"
@@ -41,7 +43,7 @@ def shim_library(state_dir: Path, prebuilt: Path | None = None) -> Path:
             raise KeyShimUnavailable(f"RUTH_KEY_SHIM={prebuilt} does not exist")
         return _check_private(prebuilt)
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    target = state_dir / "lib" / f"keyshim-{digest}.so"
+    target = StateLayout(state_dir).key_shim(digest)
     if target.exists():
         return _check_private(target)
     return build(target)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from google.protobuf.text_format import ParseError
 
-from ruthctl import host, lifecycle
+from python_backends import weights
+from ruthctl import gauges, lifecycle, procs, state_files
 from ruthctl.invariants import (
     RESTART_CAUSES,
     Action,
@@ -76,8 +77,8 @@ class Reconciler:
         registry: Registry,
         adapters: Sequence[TritonAdapter],
         *,
-        processes: host.ProcessTable | None = None,
-        digest: Callable[[Path], str] = host.sha256_of,
+        processes: procs.ProcessTable | None = None,
+        digest: Callable[[Path], str] = weights.sha256_of,
         clock: Callable[[], dt.datetime] = utc_now,
         stuck_after_s: float = 300.0,
         load_timeout_s: float = 120.0,
@@ -87,7 +88,7 @@ class Reconciler:
         self.profile = profile
         self.registry = registry
         self.adapters = {str(a.endpoint): a for a in adapters}
-        self.processes = processes or host.ProcessTable()
+        self.processes = processes or procs.ProcessTable()
         self.digest = digest
         self.clock = clock
         self.stuck_after_s = stuck_after_s
@@ -134,9 +135,9 @@ class Reconciler:
             registry=registry,
             registry_error=registry_error,
             disk_drift=drift,
-            weights=host.check_weights(valid.values(), self.paths.weights, self.digest) if thorough else (),
-            breakers=host.breaker_files(self.paths.state),
-            stale_ledger=host.stale_ledger_entries(self.paths.state),
+            weights=weights.check_models(valid.values(), self.paths.weights, self.digest) if thorough else (),
+            breakers=state_files.breaker_files(self.paths.state),
+            stale_ledger=state_files.stale_ledger_entries(self.paths.state),
         )
 
     def _disk_differences(self, spec: ModelSpec, profiles: Mapping[Profile, ProfileSpec]) -> list[str]:
@@ -199,12 +200,12 @@ class Reconciler:
             stubs=None if matches is None else {m: (s.alive, len(s.expected)) for m, s in matches.items()},
             stub_matches=matches or {},
             stubs_unseen=unseen,
-            gauges=host.parse_health_gauges(adapter.metrics(), instances),
+            gauges=gauges.parse_health_gauges(adapter.metrics(), instances),
         )
 
     def _stubs(
         self, adapter: TritonAdapter, instances: Mapping[str, list[str]]
-    ) -> tuple[dict[str, host.StubMatch] | None, str | None]:
+    ) -> tuple[dict[str, procs.StubMatch] | None, str | None]:
         """Each READY model's stubs matched to its instance names; or None, and why when that hides something.
 
         The server's process is found by its port among the processes this one can see: on this host, or in a
@@ -231,9 +232,9 @@ class Reconciler:
             if pid is None:
                 return None, None
         running = self.processes.stub_processes(pid, processes)
-        return {name: host.match_stubs(name, names, running) for name, names in instances.items()}, None
+        return {name: procs.match_stubs(name, names, running) for name, names in instances.items()}, None
 
-    def _visible_remote(self, hostname: str, port: int, processes: list[host.Process]) -> int | None:
+    def _visible_remote(self, hostname: str, port: int, processes: list[procs.Process]) -> int | None:
         """A tritonserver we can see (shared process namespace) that really is `hostname`:`port`."""
         candidates = [pid for pid in self.processes.server_pids(port, processes)]
         if not candidates:
@@ -325,12 +326,10 @@ class Reconciler:
             return ", ".join(f"{c.path} {c.status}" for c in changes if c.status != "unchanged") or "already current"
         if kind is ActionKind.REMOVE_BREAKER:
             path = Path(action.subject or "")
-            if path.parent != self.paths.state / "breakers":
-                raise ValueError(f"refusing to remove {path}: not a breaker file of {self.paths.state}")
-            host.remove_breaker(path)
+            state_files.remove_breaker(self.paths.state, path)
             return f"removed {path}"
         if kind is ActionKind.REAP_LEDGER:
-            return f"reaped {host.reap_ledger(self.paths.state)} reservations"
+            return f"reaped {state_files.reap_ledger(self.paths.state)} reservations"
         if kind is ActionKind.FORGET:
             for adapter in self.adapters.values():
                 try:

@@ -28,7 +28,8 @@ from typing import Any
 import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from python_backends.storage import STATE_FILE_MODE, atomic_write_bytes
+from python_backends.state import STATE_DIR_MODE, STATE_FILE_MODE, StateLayout, lock_file_of
+from python_backends.storage import atomic_write_bytes
 
 __all__ = [
     "ALLOWED",
@@ -49,8 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REGISTRY_FILE = "registry.json"
-AUDIT_FILE = "registry-audit.jsonl"
 SCHEMA_VERSION = 1
 
 
@@ -203,11 +202,12 @@ class Registry:
         lock_timeout_s: float = 30.0,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.path = self.state_dir / REGISTRY_FILE
-        self.audit_path = self.state_dir / AUDIT_FILE
+        self.layout = StateLayout(self.state_dir)
+        self.path = self.layout.registry
+        self.audit_path = self.layout.audit_log
         self.actor = actor or default_actor("")
         self.clock = clock
-        self._lock = filelock.FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        self._lock = filelock.FileLock(str(lock_file_of(self.path)), timeout=lock_timeout_s)
         #: what the last `audit()` skipped ("line N: why"), for reports
         self.audit_skipped: list[str] = []
 
@@ -394,9 +394,8 @@ class Registry:
         on what the first one left, instead of interleaving with it; `ModelBusy` when it isn't free in time. This
         is not the registry lock: reads and other models' changes go on meanwhile.
         """
-        locks = self.state_dir / "locks"
-        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(locks / f"{model}.lock"), timeout=timeout_s, mode=0o600)
+        self.layout.locks.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.layout.command_lock(model)), timeout=timeout_s, mode=STATE_FILE_MODE)
         try:
             lock.acquire()
         except filelock.Timeout:

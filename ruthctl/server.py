@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from python_backends.gpu_ledger import pid_alive
+from python_backends.state import StateLayout
 from ruthctl.access import DEFAULT_KEYED, HEADER
 from ruthctl.keyshim import FD_VARIABLE, PLACEHOLDER
 
@@ -92,7 +93,7 @@ def prepare_backends_dir(install: TritonInstall, state_dir: Path) -> Path:
     """A private backends folder of symlinks holding the stub for this Python (the wheel ships it elsewhere)."""
     if install.stub.parent == install.python_backend:
         return install.python_backend.parent  # an image's own server: already complete
-    backends = state_dir / "backends"
+    backends = StateLayout(state_dir).backends
     python_dir = backends / "python"
     for folder in (backends, python_dir):  # owner-only, like everything in the state dir
         folder.mkdir(mode=0o700, exist_ok=True)

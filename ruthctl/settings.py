@@ -18,7 +18,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from python_backends.state import DEFAULT_STATE_DIR
 from python_backends.streams import StreamStoreSpec
+from python_backends.weights import DEFAULT_MODELS_DIR, DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,9 @@ class Settings(BaseSettings):
     gpu_memory_reserve_mb: int = Field(512, ge=0)
     metrics_enabled: bool = True
     max_concurrent_inferences: int = Field(10, ge=1, le=1000)
-    ruth_state_dir: Path = Path(".ruth-state")
-    ruth_weights_dir: Path = REPO_ROOT / "weights"
-    ruth_models_dir: Path = REPO_ROOT / "models"  # committed, checksummed artefacts (the canonical MoveNet ONNX)
+    ruth_state_dir: Path = DEFAULT_STATE_DIR
+    ruth_weights_dir: Path = DEFAULT_WEIGHTS_DIR
+    ruth_models_dir: Path = DEFAULT_MODELS_DIR  # committed, checksummed artefacts (the canonical MoveNet ONNX)
     # SERVER_HOST/SERVER_PORT: the names of the runtime we replace, honoured when the RUTH_ name is not set
     ruth_host: str = Field("127.0.0.1", validation_alias=AliasChoices("ruth_host", "server_host"))
     ruth_http_port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("ruth_http_port", "server_port"))

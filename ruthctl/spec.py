@@ -27,8 +27,8 @@ from python_backends.params import (
     StateParams,
     TimeoutMs,
     WatchdogParams,
-    WeightPin,
 )
+from python_backends.weights import WeightPin, WeightsError, known_pins
 from ruthctl.settings import Profile
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "load_profiles",
     "load_spec",
     "load_specs",
+    "weight_pins",
 ]
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{2,63}$"
@@ -108,12 +109,12 @@ class Limits(FrameParams):
     inference_timeout_ms: TimeoutMs = DEFAULTS.inference_timeout_ms
 
 
-#: `breaker:`, `watchdog:`, `state:` and `weights:` are the `ruth.*` groups themselves (python_backends/params.py):
-#: one definition of every key, bound and default, for the spec and for the model that parses the rendered config
+#: `breaker:`, `watchdog:` and `state:` are the `ruth.*` groups themselves (python_backends/params.py), and `weights:`
+#: the pins of python_backends/weights.py: one definition of every key, bound and default, for the spec and for the
+#: model that parses the rendered config
 BreakerSpec = BreakerParams
 WatchdogSpec = WatchdogParams
 StateSpec = StateParams
-WeightFile = WeightPin
 
 
 class InstanceGroupSpec(_Frozen):
@@ -160,7 +161,7 @@ class ModelSpec(_Frozen):
     watchdog: WatchdogSpec = WatchdogSpec()
     memory_estimate_mb: int = Field(default=DEFAULTS.memory_estimate_mb, ge=0)
     state: StateSpec | None = None
-    weights: tuple[WeightFile, ...] = ()
+    weights: tuple[WeightPin, ...] = ()
     profiles: dict[Profile, InstanceGroupSpec] = Field(default_factory=dict)
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
     inputs: tuple[TensorSpec, ...] = ()
@@ -304,3 +305,17 @@ def load_profiles(directory: Path) -> dict[Profile, ProfileSpec]:
             raise SpecError(f"{path}: name {loaded.name.value!r} differs from the file name {profile.value!r}")
         profiles[profile] = loaded
     return profiles
+
+
+def weight_pins(directory: Path) -> tuple[WeightPin, ...]:
+    """The known weights: the union of every spec's pins in `directory` (the only list of them). A spec that can't
+    be read is a SpecError, as its pins would go unchecked; so are two specs pinning one file to different bytes."""
+    specs, errors = load_specs(directory)
+    if errors:
+        raise SpecError("; ".join(errors.values()))
+    if not specs:
+        raise SpecError(f"no model specs in {directory}")
+    try:
+        return known_pins(specs.values())
+    except WeightsError as exc:
+        raise SpecError(f"{directory}: {exc}") from None

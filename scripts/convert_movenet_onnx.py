@@ -327,6 +327,7 @@ def compare_engines(tflite: Path, onnx_file: Path, tolerance_px: float) -> list[
 
 
 def _sha256(path: Path) -> str:
+    """For the stages that run in the conversion venv, which has none of our packages (python_backends.weights)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -359,32 +360,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO_ROOT))
-    from ruth_vision import weights as w
+    from python_backends import weights as w
+    from python_backends.storage import atomic_write_bytes
+    from ruthctl.spec import weight_pins
 
+    movenet = w.pin_named(weight_pins(REPO_ROOT / "config" / "models"), "movenet")
     weights_dir = args.weights_dir or w.default_weights_dir()
-    tflite = weights_dir / w.MOVENET.path
-    w.verify(tflite, w.MOVENET.sha256)
+    tflite = w.verify(weights_dir / movenet.path, movenet)
     metadata = {
-        "source": f"{w.MOVENET.path} sha256 {w.MOVENET.sha256} (MoveNet MultiPose Lightning, Apache-2.0)",
+        "source": f"{movenet.path} sha256 {movenet.sha256} (MoveNet MultiPose Lightning, Apache-2.0)",
         "converter": f"{' '.join(CONVERTER_PINS)} opset {OPSET}, scripts/convert_movenet_onnx.py",
     }
     with tempfile.TemporaryDirectory(prefix="ruth-onnx-") as tmp:
         converted = convert(tflite, args.venv or default_venv_dir(), Path(tmp), metadata)
         for line in compare_engines(tflite, converted, args.tolerance):
             print(line)
-        digest, size = _sha256(converted), converted.stat().st_size
+        digest, size = w.sha256_of(converted), converted.stat().st_size
         print(f"sha256 {digest}  size {size}")
         if args.check:
-            committed = _sha256(args.output) if args.output.is_file() else "missing"
+            committed = w.sha256_of(args.output) if args.output.is_file() else "missing"
             if committed != digest:
                 print(f"NOT reproducible: {args.output} has sha256 {committed}", file=sys.stderr)
                 return 1
             print(f"reproducible: {args.output} has the same sha256")
             return 0
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        staged = args.output.with_name(f".{args.output.name}.tmp")
-        shutil.copyfile(converted, staged)
-        os.replace(staged, args.output)
+        atomic_write_bytes(args.output, converted.read_bytes())
         print(f"wrote {args.output}")
     return 0
 

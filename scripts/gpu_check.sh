@@ -99,7 +99,7 @@ import tritonclient.http as httpclient
 
 from python_backends.gpu_ledger import GpuLedger
 from python_backends.gpu_probe import NvmlProbe, ProbeUnavailable
-from ruth_vision.weights import default_weights_dir
+from python_backends.weights import default_weights_dir
 from ruthctl.commands.serve import build_server
 from ruthctl.settings import Settings
 

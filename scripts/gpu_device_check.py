@@ -131,6 +131,7 @@ def allocation(report: Report, state: Path) -> None:
     from python_backends.gpu import DeviceAllocator
     from python_backends.gpu_ledger import GpuLedger
     from python_backends.gpu_probe import NvmlProbe, ProbeUnavailable
+    from python_backends.state import StateLayout
 
     try:
         devices = NvmlProbe().devices()
@@ -140,7 +141,7 @@ def allocation(report: Report, state: Path) -> None:
             )
     except ProbeUnavailable as exc:
         report.say(f"NVML: unavailable ({exc})")
-    ledger = GpuLedger(state / "gpu-ledger.json")
+    ledger = GpuLedger(StateLayout(state).gpu_ledger)
     allocator = DeviceAllocator(NvmlProbe(), ledger, fallback_to_cpu=True)
     placed = allocator.allocate(
         model="pose_estimator",

@@ -24,41 +24,59 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 DASHBOARDS_DOC = REPO / "docs" / "dashboards.md"
 
 #: Families Triton 2.51 serves on a CPU-only host (measured: docs/triton-notes.md §6).
-TRITON_CPU_FAMILIES = frozenset({
-    "nv_inference_request_success",
-    "nv_inference_request_failure",
-    "nv_inference_count",
-    "nv_inference_exec_count",
-    "nv_inference_request_duration_us",
-    "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us",
-    "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us",
-    "nv_inference_pending_request_count",
-    "nv_pinned_memory_pool_total_bytes",
-    "nv_pinned_memory_pool_used_bytes",
-    "nv_cpu_utilization",
-    "nv_cpu_memory_total_bytes",
-    "nv_cpu_memory_used_bytes",
-})
+TRITON_CPU_FAMILIES = frozenset(
+    {
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+        "nv_inference_pending_request_count",
+        "nv_pinned_memory_pool_total_bytes",
+        "nv_pinned_memory_pool_used_bytes",
+        "nv_cpu_utilization",
+        "nv_cpu_memory_total_bytes",
+        "nv_cpu_memory_used_bytes",
+    }
+)
 #: Families Triton 2.51 serves only with a GPU and NVML/DCGM (Triton's metrics.md; absent on CPU and Jetson).
-TRITON_GPU_FAMILIES = frozenset({
-    "nv_gpu_utilization",
-    "nv_gpu_memory_total_bytes",
-    "nv_gpu_memory_used_bytes",
-    "nv_gpu_power_usage",
-    "nv_gpu_power_limit",
-    "nv_energy_consumption",
-})
+TRITON_GPU_FAMILIES = frozenset(
+    {
+        "nv_gpu_utilization",
+        "nv_gpu_memory_total_bytes",
+        "nv_gpu_memory_used_bytes",
+        "nv_gpu_power_usage",
+        "nv_gpu_power_limit",
+        "nv_energy_consumption",
+    }
+)
 #: Series Prometheus makes itself.
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 
 GPU_ONLY_MARK = "GPU only:"
 
-_KEYWORDS = frozenset({
-    "and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",
-    "inf", "nan", "atan2",
-})
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+    }
+)
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
 _RANGE = re.compile(r"\[[^\]]*\]")

@@ -198,4 +198,3 @@ def run_args(
     for key, value in environment.items():
         args += ["--env", f"{key}={value}"]
     return args
-

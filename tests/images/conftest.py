@@ -87,4 +87,3 @@ def _head() -> str:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return ps.state_dir(tmp_path / "state")
-

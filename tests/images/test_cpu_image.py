@@ -213,4 +213,3 @@ def test_sigterm_under_load_drains_with_nothing_lost_and_exits_0_within_grace(se
     assert wrong == [], wrong
     after = [o for o in outcomes if o.started >= signalled]
     assert all(o.ended - o.started < 30 for o in after), "a request after SIGTERM hung instead of being refused"
-

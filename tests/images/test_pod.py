@@ -104,4 +104,3 @@ def test_the_sidecar_brings_back_a_model_whose_stub_was_killed(cpu_image: str, s
         # and the deployment is clean as the operator sees it from the sidecar: nothing left for a person
         verified = ps.podman("exec", sidecar, "ruthctl", "verify", "--json", check=False)
         assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-2000:]
-

@@ -62,7 +62,6 @@ FORBIDDEN_ALERTS = {
 }
 
 
-
 # ------------------------------------------------------------------ Prometheus
 
 
@@ -216,8 +215,20 @@ def watch_process(workdir: Path, url: str, env: dict[str, str], metrics_port: in
     with log.open("wb") as sink:
         process = subprocess.Popen(  # noqa: S603 - fixed argv
             [
-                sys.executable, "-m", "ruthctl", "--url", url, "watch", "--interval", "1", "--backoff", "1",
-                "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
+                sys.executable,
+                "-m",
+                "ruthctl",
+                "--url",
+                url,
+                "watch",
+                "--interval",
+                "1",
+                "--backoff",
+                "1",
+                "--metrics-port",
+                str(metrics_port),
+                "--metrics-addr",
+                "127.0.0.1",
             ],
             cwd=workdir,
             env=env,
@@ -387,4 +398,3 @@ def test_the_error_ratio_alert_names_the_failing_outcome(stack: Stack) -> None:
     )
     assert {one["metric"]["outcome"] for one in series} <= {"internal", "breaker_open"}
     assert series
-

@@ -22,7 +22,8 @@ from matplotlib import cbook
 from support import REPO_ROOT, TritonHandle, person_weights, result_of, start_triton, vision_inputs
 from typer.testing import CliRunner
 
-from ruth_vision.detector_export import write_yolox_as_yolov8
+from python_backends.storage import atomic_write_bytes
+from ruth_vision.detector_export import export_yolox_as_yolov8
 from ruthctl.cli import app
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
     weights = root / "weights"
     weights.mkdir()
     person_weights(weights)
-    detector = write_yolox_as_yolov8(REPO_ROOT / "models" / "yolox_nano.onnx", weights / "yolox_nano_v8.onnx")
+    detector = weights / "yolox_nano_v8.onnx"
+    atomic_write_bytes(detector, export_yolox_as_yolov8(weights / "yolox_nano.onnx"))  # its source checked by fetch
     digest = hashlib.sha256(detector.read_bytes()).hexdigest()
     specs, repository = root / "specs", root / "repository"
     specs.mkdir()

@@ -26,7 +26,7 @@ STREAM = "3f1c2a9e-8d5b-4c1e-9a7f-2b6d8e0c4a11"
 
 
 def gauges(w: World) -> Any:
-    from ruthctl.host import parse_health_gauges
+    from ruthctl.gauges import parse_health_gauges
 
     return parse_health_gauges(w.server.metrics_text()).get(TANK)
 

@@ -183,7 +183,7 @@ class Serve:
         return subprocess.run([*RUTHCTL, *args], env=self.env, capture_output=True, text=True, timeout=120)
 
     def server_pid(self) -> int | None:
-        from ruthctl.host import ProcessTable
+        from ruthctl.procs import ProcessTable
 
         return ProcessTable().server_pid("127.0.0.1", self.http)
 
@@ -275,7 +275,7 @@ def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_d
 
 
 def tank_stubs(server_pid: int) -> list[int]:
-    from ruthctl.host import ProcessTable
+    from ruthctl.procs import ProcessTable
 
     return sorted(
         p.pid

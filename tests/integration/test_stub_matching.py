@@ -71,7 +71,7 @@ def orphan(clean: World, tmp_path: Path) -> Iterator[Any]:
 
 
 def stubs_by_name(w: World, model: str) -> dict[str, list[int]]:
-    from ruthctl.host import ProcessTable
+    from ruthctl.procs import ProcessTable
 
     found: dict[str, list[int]] = {}
     for p in ProcessTable().processes():

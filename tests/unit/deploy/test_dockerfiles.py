@@ -231,19 +231,35 @@ def test_build_context_holds_what_the_images_copy(variant: str) -> None:
 
 def test_build_context_never_holds_secrets_state_or_caches(tmp_path: Path) -> None:
     files = [
-        "pyproject.toml", "ruthctl/cli.py", "model_repository/m/1/model.py", "config/models/m.yaml",
-        ".env", "deploy/.env.local", ".ruth-state/admin-token", "ruthctl/__pycache__/cli.cpython-311.pyc",
-        ".venv/bin/python", ".git/config", "tests/conftest.py", "weights/movenet.tflite", "config/grafana/x.json",
-        "build/wheelhouse/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl", "build/images-report.json",
-        "containers/common/setup-runtime.sh", "containers/cpu/debootstrap-base.sh",
+        "pyproject.toml",
+        "ruthctl/cli.py",
+        "model_repository/m/1/model.py",
+        "config/models/m.yaml",
+        ".env",
+        "deploy/.env.local",
+        ".ruth-state/admin-token",
+        "ruthctl/__pycache__/cli.cpython-311.pyc",
+        ".venv/bin/python",
+        ".git/config",
+        "tests/conftest.py",
+        "weights/movenet.tflite",
+        "config/grafana/x.json",
+        "build/wheelhouse/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "build/images-report.json",
+        "containers/common/setup-runtime.sh",
+        "containers/cpu/debootstrap-base.sh",
     ]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     sent = {p for p in docker_context(tmp_path, "containers/cpu/Dockerfile") if (tmp_path / p).is_file()}
     assert sent == {
-        "pyproject.toml", "ruthctl/cli.py", "model_repository/m/1/model.py", "config/models/m.yaml",
-        "build/wheelhouse/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl", "containers/common/setup-runtime.sh",
+        "pyproject.toml",
+        "ruthctl/cli.py",
+        "model_repository/m/1/model.py",
+        "config/models/m.yaml",
+        "build/wheelhouse/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "containers/common/setup-runtime.sh",
     }
 
 

@@ -110,7 +110,11 @@ def test_metric_names_are_extracted_from_promql(expr: str, names: set[str]) -> N
 def test_documented_metrics_include_histogram_series() -> None:
     doc = "| `ruth_x_seconds` | histogram | model |\n| `ruth_y_total` | counter | model |\n| family | type |"
     assert ms.documented_metrics(doc) == {
-        "ruth_x_seconds", "ruth_x_seconds_bucket", "ruth_x_seconds_sum", "ruth_x_seconds_count", "ruth_y_total",
+        "ruth_x_seconds",
+        "ruth_x_seconds_bucket",
+        "ruth_x_seconds_sum",
+        "ruth_x_seconds_count",
+        "ruth_y_total",
     }
 
 
@@ -157,12 +161,27 @@ def test_dashboard_has_the_panels_the_issue_asks_for(dashboard: dict[str, Any]) 
         names_by_panel.setdefault(query.panel, set()).update(ms.metric_names(ms.render(query.expr)))
     used = set().union(*names_by_panel.values())
     required = {
-        "ruth_requests_total", "ruth_inference_latency_seconds_bucket", "ruth_breaker_state", "ruth_zombie_threads",
-        "ruth_model_health", "ruth_device_allocation", "ruth_device_reserved_bytes", "nv_inference_queue_duration_us",
-        "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-        "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count", "nv_cpu_utilization",
-        "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "ruthctl_model_ready",
-        "ruthctl_model_desired", "ruthctl_model_state", "ruthctl_violations", "ruthctl_recoveries_total",
+        "ruth_requests_total",
+        "ruth_inference_latency_seconds_bucket",
+        "ruth_breaker_state",
+        "ruth_zombie_threads",
+        "ruth_model_health",
+        "ruth_device_allocation",
+        "ruth_device_reserved_bytes",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+        "nv_inference_pending_request_count",
+        "nv_cpu_utilization",
+        "nv_cpu_memory_used_bytes",
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "ruthctl_model_ready",
+        "ruthctl_model_desired",
+        "ruthctl_model_state",
+        "ruthctl_violations",
+        "ruthctl_recoveries_total",
     }
     assert required - used == set()
 
@@ -215,8 +234,13 @@ def test_scrape_config_renames_the_colliding_instance_label(rules: list[dict[str
     """Our families' `instance` label would be overwritten by the target's; rules group by `triton_instance`."""
     config = yaml.safe_load(ms.PROMETHEUS_CONFIG.read_text())
     relabel = {job["job_name"]: job.get("metric_relabel_configs", []) for job in config["scrape_configs"]}["triton"]
-    assert {"source_labels": ["exported_instance"], "regex": "(.+)", "target_label": "triton_instance",
-            "replacement": "$1", "action": "replace"} in relabel
+    assert {
+        "source_labels": ["exported_instance"],
+        "regex": "(.+)",
+        "target_label": "triton_instance",
+        "replacement": "$1",
+        "action": "replace",
+    } in relabel
     assert {"regex": "exported_instance", "action": "labeldrop"} in relabel
     assert any("triton_instance" in rule["expr"] for rule in rules)
 

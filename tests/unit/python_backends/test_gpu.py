@@ -244,7 +244,10 @@ def test_a_dead_siblings_booking_is_reaped_before_deciding(tmp_path: Path) -> No
 
 
 def reservation(owner: str, pid: int, device: int = 0, mib: int = 100, token: str | None = None) -> Reservation:
-    return Reservation(owner, pid, device, mib * MIB, "m", "1", owner, 1.0, token)
+    return Reservation(
+        owner=owner, pid=pid, device_index=device, bytes=mib * MIB, model="m", version="1", instance=owner,
+        created_at=1.0, token=token,
+    )  # fmt: skip
 
 
 def test_ledger_reap_removes_dead_pids_and_returns_them(tmp_path: Path) -> None:

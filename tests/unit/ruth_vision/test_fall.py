@@ -13,16 +13,16 @@ import pytest
 import skimage.data
 from matplotlib import cbook
 from pydantic import ValidationError
+from support import fetch_weights
 
 from ruth_vision import fall
 from ruth_vision.pose import PoseEngineConfig, PoseNetwork, PoseResult, build_engine
 from ruth_vision.tracking import Observation
-from ruth_vision.weights import fetch_movenet
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> PoseNetwork:
-    return build_engine(PoseEngineConfig(weights=fetch_movenet(tmp_path_factory.mktemp("weights"))))
+    return build_engine(PoseEngineConfig(weights=fetch_weights(tmp_path_factory.mktemp("weights"))))
 
 
 def on_canvas(image: np.ndarray, width: int = 1024, height: int = 768) -> np.ndarray:

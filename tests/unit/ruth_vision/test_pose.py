@@ -13,14 +13,14 @@ import pytest
 import skimage.data
 from matplotlib import cbook
 from pydantic import ValidationError
+from support import fetch_weights
 
 from ruth_vision import pose
-from ruth_vision.weights import fetch_movenet
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> pose.PoseNetwork:
-    weights = fetch_movenet(tmp_path_factory.mktemp("weights"))
+    weights = fetch_weights(tmp_path_factory.mktemp("weights"))
     return pose.build_engine(pose.PoseEngineConfig(weights=weights))
 
 
@@ -166,7 +166,7 @@ def test_engine_rejects_a_frame_that_is_not_bgr_uint8(engine: pose.PoseNetwork) 
 
 
 def test_litert_refuses_a_gpu_it_cannot_use(engine: pose.PoseNetwork, tmp_path: Path) -> None:
-    weights = fetch_movenet(tmp_path)
+    weights = fetch_weights(tmp_path)
     with pytest.raises(pose.EngineLoadError, match="CPU only, but cuda:0 was granted"):
         pose.build_engine(pose.PoseEngineConfig(weights=weights), device="cuda:0")
     with pytest.raises(pose.EngineLoadError, match="YOLO-pose needs engine onnx"):
@@ -277,7 +277,7 @@ def _astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def movenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fetch_movenet(tmp_path_factory.mktemp("weights"))
+    return fetch_weights(tmp_path_factory.mktemp("weights"))
 
 
 def test_a_distant_person_missed_at_256_is_found_by_the_merged_512_pass(movenet_weights: Path) -> None:
@@ -348,9 +348,8 @@ def test_extra_sizes_must_be_multiples_of_32() -> None:
 
 
 def test_the_person_detector_adds_the_people_the_pose_passes_missed(movenet_weights: Path) -> None:
-    from ruth_vision.weights import YOLOX_NANO, fetch_committed
 
-    detector = fetch_committed(YOLOX_NANO, movenet_weights.parent)
+    detector = fetch_weights(movenet_weights.parent, "yolox_nano")
     frame = np.full((720, 1280, 3), 128, np.uint8)
     copy = cv2.resize(_astronaut(), (250, 250))
     for row in range(2):

@@ -29,14 +29,13 @@ import skimage.data
 import yaml
 from backend_support import make_runtime
 from matplotlib import cbook
-from support import load_model_module
+from support import fetch_weights, load_model_module, pinned
 
 from python_backends import logs, triton
 from python_backends.errors import ModelLoadError
 from python_backends.gpu_ledger import GpuLedger
 from python_backends.gpu_probe import DeviceInfo, FakeProbe
 from ruth_vision import pose
-from ruth_vision import weights as w
 from ruthctl.render import config_to_json, parse_pbtxt
 
 REPO = Path(__file__).resolve().parents[3]
@@ -44,21 +43,22 @@ SPEC = REPO / "config" / "models" / "pose_estimator.yaml"
 TOLERANCE_PX = 0.01
 TOLERANCE_SCORE = 1e-3
 GIB = 1024**3
+MOVENET = pinned("movenet")
+MOVENET_ONNX = pinned("movenet_onnx")
 
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("weights")
-    w.fetch_movenet(directory)
-    w.fetch_movenet_onnx(directory)
-    w.fetch_committed(w.YOLOX_NANO, directory)  # the gpu profile's person detector
+    for label in ("movenet", "movenet_onnx", "yolox_nano"):  # yolox_nano: the gpu profile's person detector
+        fetch_weights(directory, label)
     return directory
 
 
 @pytest.fixture(scope="module")
 def engines(weights_dir: Path) -> tuple[pose.PoseNetwork, pose.PoseNetwork]:
-    lite = pose.build_engine(pose.PoseEngineConfig(engine="litert", weights=weights_dir / w.MOVENET.path))
-    onnx = pose.build_engine(pose.PoseEngineConfig(engine="onnx", weights=weights_dir / w.MOVENET_ONNX.path))
+    lite = pose.build_engine(pose.PoseEngineConfig(engine="litert", weights=weights_dir / MOVENET.path))
+    onnx = pose.build_engine(pose.PoseEngineConfig(engine="onnx", weights=weights_dir / MOVENET_ONNX.path))
     return lite, onnx
 
 
@@ -74,19 +74,16 @@ def frames() -> dict[str, np.ndarray]:
 # --- the committed file -------------------------------------------------------------------------------------------
 
 
-def test_the_committed_onnx_file_is_the_one_pinned_in_the_spec_and_in_weights_py() -> None:
-    committed = REPO / "models" / w.MOVENET_ONNX.path
-    assert hashlib.sha256(committed.read_bytes()).hexdigest() == w.MOVENET_ONNX_SHA256
-    assert committed.stat().st_size == w.MOVENET_ONNX.size
+def test_the_committed_onnx_file_is_the_one_pinned_in_the_spec() -> None:
+    committed = REPO / "models" / MOVENET_ONNX.path
+    assert hashlib.sha256(committed.read_bytes()).hexdigest() == MOVENET_ONNX.sha256
+    assert committed.stat().st_size == MOVENET_ONNX.size
     spec = yaml.safe_load(SPEC.read_text())
-    pinned = {entry["path"]: entry["sha256"] for entry in spec["weights"]}
-    assert spec["parameters"]["onnx_weights"] == w.MOVENET_ONNX.path
-    assert pinned[w.MOVENET_ONNX.path] == w.MOVENET_ONNX_SHA256
-    assert pinned[w.MOVENET.path] == w.MOVENET_SHA256
+    assert spec["parameters"]["onnx_weights"] == MOVENET_ONNX.path
 
 
 def test_the_onnx_file_takes_the_frame_as_litert_does_and_runs_on_the_cpu_provider(weights_dir: Path) -> None:
-    runner = pose.OnnxRunner(weights_dir / w.MOVENET_ONNX.path, "cpu")
+    runner = pose.OnnxRunner(weights_dir / MOVENET_ONNX.path, "cpu")
     assert runner.providers == ["CPUExecutionProvider"]
     assert runner.input_type == "tensor(uint8)"  # uint8 RGB NHWC, the same tensor LiteRT gets
     raw = runner.run(np.zeros((1, 256, 256, 3), np.uint8))
@@ -196,7 +193,7 @@ def test_a_gpu_instance_runs_onnx_on_the_cuda_provider_of_its_granted_device(
     assert (model.device.device, model.device.placement) == ("cuda:1", "gpu")
     (session,) = ort.sessions
     assert session["providers"] == [("CUDAExecutionProvider", {"device_id": 1})]  # no CPU provider to fall back to
-    assert Path(session["path"]).name == w.MOVENET_ONNX.path
+    assert Path(session["path"]).name == MOVENET_ONNX.path
     assert ort.preloads == 1
     (entry,) = GpuLedger(gpu_host.state / "gpu-ledger.json").reservations()
     assert (entry.device_index, entry.model, entry.bytes) == (1, "pose_estimator", 512 * 1024 * 1024)
@@ -249,4 +246,4 @@ def test_the_gpu_profile_config_asks_for_a_gpu_instance_and_pins_the_onnx_file()
     )
     assert [group["kind"] for group in config["instance_group"]] == ["KIND_GPU"]
     pinned = json.loads(config["parameters"]["ruth.weights"]["string_value"])
-    assert {entry["path"]: entry["sha256"] for entry in pinned}[w.MOVENET_ONNX.path] == w.MOVENET_ONNX_SHA256
+    assert {entry["path"]: entry["sha256"] for entry in pinned}[MOVENET_ONNX.path] == MOVENET_ONNX.sha256

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import skimage.data
 from pydantic import ValidationError
+from support import fetch_weights
 
 from ruth_vision import ppe
 from ruth_vision.pose import PoseEngineConfig, PoseNetwork, PoseResult, build_engine
-from ruth_vision.weights import fetch_movenet
 
 ASTRONAUT = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)  # bare head, orange flight suit
 CAMERAMAN = cv2.cvtColor(skimage.data.camera(), cv2.COLOR_GRAY2BGR)
@@ -36,7 +36,7 @@ VEST_ORANGE = (0, 100, 255)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> PoseNetwork:
-    return build_engine(PoseEngineConfig(weights=fetch_movenet(tmp_path_factory.mktemp("weights"))))
+    return build_engine(PoseEngineConfig(weights=fetch_weights(tmp_path_factory.mktemp("weights"))))
 
 
 def with_hat(image: np.ndarray, colour: tuple[int, int, int] = HAT_YELLOW) -> np.ndarray:

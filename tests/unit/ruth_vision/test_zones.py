@@ -11,10 +11,10 @@ import pytest
 import skimage.data
 from matplotlib import cbook
 from pydantic import ValidationError
+from support import fetch_weights
 
 from ruth_vision import zones
 from ruth_vision.pose import PoseEngineConfig, PoseNetwork, PoseResult, build_engine
-from ruth_vision.weights import fetch_movenet
 
 SIZE = (1280, 720)
 ASTRONAUT = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
@@ -25,7 +25,7 @@ LEFT_HALF = [[0, 0], [640, 0], [640, 720], [0, 720]]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> PoseNetwork:
-    return build_engine(PoseEngineConfig(weights=fetch_movenet(tmp_path_factory.mktemp("weights"))))
+    return build_engine(PoseEngineConfig(weights=fetch_weights(tmp_path_factory.mktemp("weights"))))
 
 
 def scene(left: np.ndarray | None = None, right: np.ndarray | None = None, top: int = 208) -> np.ndarray:

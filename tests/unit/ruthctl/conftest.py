@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from typer.testing import CliRunner
 
 from ruthctl.app import Services
-from ruthctl.host import ProcessTable
+from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Registry
 from ruthctl.settings import Profile

@@ -41,9 +41,7 @@ def test_prepare_checks_spec_version_weights_and_generated_files_before_any_serv
     assert not isinstance(raised.value, StaleFiles)  # weights are checked first: exit 1, not 3
 
 
-def test_activate_is_ready_everywhere_or_reports_each_server(
-    deployment: Any, fake_triton: Any, target: Target
-) -> None:
+def test_activate_is_ready_everywhere_or_reports_each_server(deployment: Any, fake_triton: Any, target: Target) -> None:
     good, bad = fake_triton(A), fake_triton(B)
     bad.fail_load["alpha"] = "Internal: probe failed"
     reg = Registry(deployment.state)

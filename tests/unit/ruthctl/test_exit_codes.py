@@ -69,9 +69,7 @@ def test_each_error_that_escapes_a_command_has_one_code(error: BaseException, co
     assert exit_code_for(error) is code
 
 
-@pytest.mark.parametrize(
-    ("health", "code"), [(Health.HEALTHY, 0), (Health.DEGRADED, 1), (Health.UNHEALTHY, 5)]
-)
+@pytest.mark.parametrize(("health", "code"), [(Health.HEALTHY, 0), (Health.DEGRADED, 1), (Health.UNHEALTHY, 5)])
 def test_health_maps_onto_the_table_and_unhealthy_is_no_longer_the_usage_code(health: Health, code: int) -> None:
     assert health.exit_code == code == EXIT_CODES[health]
     assert health.exit_code is not ExitCode.USAGE

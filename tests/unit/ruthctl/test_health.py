@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ruthctl.health import Health, HealthReport, ModelHealth, ServerHealth, server_health
-from ruthctl.host import ProcessTable
+from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, Registry
 from ruthctl.settings import Profile

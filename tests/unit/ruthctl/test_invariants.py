@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from ruthctl.host import BreakerFile, HealthGauges, WeightProblem
+from python_backends.weights import WeightProblem
+from ruthctl.gauges import HealthGauges
 from ruthctl.invariants import (
     ActionKind,
     Kind,
@@ -20,6 +21,7 @@ from ruthctl.invariants import (
 )
 from ruthctl.registry import Desired, ModelEntry, RegistryFile, ServerEntry, State
 from ruthctl.spec import parse_spec
+from ruthctl.state_files import BreakerFile
 from ruthctl.triton_client import IndexEntry
 
 S = "127.0.0.1:8000"

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ruthctl.host import ProcessTable
 from ruthctl.invariants import Action, ActionKind, Kind, plan_repairs
+from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, Registry, State
 from ruthctl.settings import Profile

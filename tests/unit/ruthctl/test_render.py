@@ -139,7 +139,11 @@ def test_parameters_are_the_documented_keys_as_strings(specs: dict[str, Any]) ->
         "ruth.breaker.half_open_max_trials": "2",
         "ruth.watchdog.zombie_limit": "2",
         "ruth.memory_estimate_mb": "128",
-        "ruth.weights": json.dumps([specs["alpha"].weights[0].model_dump()], sort_keys=True, separators=(",", ":")),
+        "ruth.weights": json.dumps(
+            [specs["alpha"].weights[0].model_dump(mode="json", exclude_defaults=True)],
+            sort_keys=True,
+            separators=(",", ":"),
+        ),
         "ruth.state.idle_ttl_s": "60",
         "ruth.state.max_streams": "100",
         "model.threshold": "0.5",

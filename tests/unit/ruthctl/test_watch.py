@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from ruthctl.host import ProcessTable
 from ruthctl.invariants import Action, ActionKind, Check, Kind, Violation
+from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, ModelEntry, Registry, RegistryFile, ServerEntry, State
 from ruthctl.settings import Profile

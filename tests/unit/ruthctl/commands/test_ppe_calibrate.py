@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from support import fetch_weights
 from typer.testing import CliRunner
 
 from ruth_vision import ppe
 from ruth_vision.pose import PoseEngineConfig, build_engine
-from ruth_vision.weights import fetch_movenet
 from ruthctl.cli import app
 
 DULL_YELLOW = tuple(int(v) for v in cv2.cvtColor(np.uint8([[[28, 80, 200]]]), cv2.COLOR_HSV2BGR)[0, 0])  # S 80
@@ -36,7 +36,7 @@ def with_vest(image: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("weights")
-    fetch_movenet(directory)
+    fetch_weights(directory)
     return directory
 
 

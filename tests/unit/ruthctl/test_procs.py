@@ -1,30 +1,13 @@
-"""Facts from this host: stub processes by /proc, weights by checksum, breaker and ledger files, model gauges."""
+"""This host's process table: tritonserver and its stub processes by /proc."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
 
-from ruthctl.host import (
-    DigestCache,
-    ProcessTable,
-    Stub,
-    breaker_files,
-    check_weights,
-    match_stubs,
-    parse_health_gauges,
-    reap_ledger,
-    remove_breaker,
-    reset_breaker,
-    stale_ledger_entries,
-    stubs_of,
-)
-from ruthctl.spec import parse_spec
+from ruthctl.procs import ProcessTable, Stub, match_stubs, stubs_of
 
-ASSETS = Path(__file__).with_name("assets")
 STUB = "/x/backends/python/triton_python_backend_stub"
 
 
@@ -148,86 +131,3 @@ def test_the_real_proc_table_lists_this_process() -> None:
     import os
 
     assert any(p.pid == os.getpid() for p in ProcessTable().processes())
-
-
-def weighted_spec(sha: str) -> object:
-    return parse_spec({"name": "weighted", "weights": [{"path": "w/net.bin", "sha256": sha, "source": "fetch it"}]})
-
-
-def test_weights_are_checked_for_presence_and_checksum(tmp_path: Path) -> None:
-    data = b"weights"
-    spec = weighted_spec(hashlib.sha256(data).hexdigest())
-    [missing] = check_weights([spec], tmp_path)  # type: ignore[list-item]
-    assert missing.missing and "fetch it" in missing.detail
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "net.bin").write_bytes(data)
-    assert check_weights([spec], tmp_path) == []  # type: ignore[list-item]
-    (tmp_path / "w" / "net.bin").write_bytes(b"weightz")
-    [corrupt] = check_weights([spec], tmp_path)  # type: ignore[list-item]
-    assert not corrupt.missing and "the spec wants" in corrupt.detail
-
-
-def test_the_digest_cache_rehashes_only_changed_files(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"one")
-    cache = DigestCache()
-    first = cache(path)
-    path.write_bytes(b"two")  # a different size: the cache must notice
-    assert cache(path) != first == hashlib.sha256(b"one").hexdigest()
-
-
-def test_breaker_files_are_read_through_the_breakers_own_storage_and_reset(tmp_path: Path) -> None:
-    from python_backends.breaker import BreakerPolicy, CircuitBreaker
-    from python_backends.breaker_storage import FileBreakerStorage
-
-    path = tmp_path / "breakers" / "tank-1.json"
-    breaker = CircuitBreaker("tank:1", BreakerPolicy(failure_threshold=1), FileBreakerStorage(path), clock=lambda: 1e9)
-    breaker.record_failure(breaker.admit())
-    (tmp_path / "breakers" / "notes.txt").write_text("ignored")
-    (tmp_path / "breakers" / "garbage-2.json").write_text("{")
-    files = {b.model: b for b in breaker_files(tmp_path)}
-    assert files["tank"].state == "open" and files["tank"].version == 1 and files["tank"].total_trips == 1
-    assert files["garbage"].state is None
-    reset_breaker(path, "tank:1")
-    assert {b.model: b.state for b in breaker_files(tmp_path)}["tank"] == "closed"
-    remove_breaker(path)
-    assert not path.exists() and not path.with_name("tank-1.json.lock").exists()
-
-
-def test_ledger_entries_of_dead_processes_are_stale_and_reaped(tmp_path: Path) -> None:
-    import os
-
-    entry = {
-        "pid": 0,
-        "device_index": 0,
-        "bytes": 1,
-        "model": "m",
-        "version": "1",
-        "instance": "m_0_0",
-        "created_at": 1.0,
-        "token": None,
-    }
-    live = {**entry, "pid": os.getpid(), "instance": "m_0_1"}
-    (tmp_path / "gpu-ledger.json").write_text(
-        json.dumps({"reservations": {"dead": {**entry, "owner": "dead"}, "live": {**live, "owner": "live"}}})
-    )
-    assert [e["owner"] for e in stale_ledger_entries(tmp_path)] == ["dead"]
-    assert reap_ledger(tmp_path) == 1
-    assert stale_ledger_entries(tmp_path) == []
-    assert stale_ledger_entries(tmp_path / "nowhere") == []
-
-
-def test_model_gauges_take_the_worst_instance() -> None:
-    gauges = parse_health_gauges((ASSETS / "metrics.txt").read_text())
-    tank = gauges["tank_overflow_monitoring"]
-    assert (tank.health, tank.zombies, tank.breaker, tank.placements) == (-1.0, 5.0, 0.0, ("cpu",))
-    assert gauges["fall_detection"].breaker == 2.0
-    assert parse_health_gauges(None) == {} == parse_health_gauges("")
-
-
-def test_series_of_instances_that_no_longer_exist_are_ignored() -> None:
-    text = (ASSETS / "metrics.txt").read_text()
-    gauges = parse_health_gauges(text, {"tank_overflow_monitoring": ["tank_overflow_monitoring_0_0"]})
-    tank = gauges["tank_overflow_monitoring"]
-    assert (tank.health, tank.zombies) == (1.0, 0.0)  # instance _0_1 (health -1, 5 zombies) is gone
-    assert gauges["fall_detection"].health == -1.0  # models not in the mapping are not filtered
