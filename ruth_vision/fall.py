@@ -59,6 +59,11 @@ class FallConfig(BaseModel):
     # ... and only on stronger evidence than a flag needs: the run's mean lying score at least this (a worker bent
     # into a trench, legs hidden, scored 0.75 for as long as he worked; lying people 0.75-1.0; docs/accuracy.md).
     confirm_min_lying: float = Field(default=0.8, gt=0.0, le=1.0)
+    # A person tracked on the way down and not found in the next frame is looked for again on a crop around their
+    # last box (ruth_vision.fall_search) for this long after they were last seen; 0: never.
+    search_lost_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    search_grow: float = Field(default=2.0, ge=1.0, le=4.0, description="search square side / last box's side")
+    search_size: int = Field(default=256, ge=64, le=1024, multiple_of=32, description="search crop scaled to, px")
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> FallConfig:
@@ -265,18 +270,26 @@ def assess_frame(
     poses: Sequence[PoseResult],
     config: FallConfig,
     tracker: TrackerConfig = DEFAULT_TRACKER,
+    recovered: Mapping[int, PoseResult] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One frame of one stream: returns (new tracker state, RESULT payload). Pure: call it inside
-    `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances."""
+    `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances.
+    `recovered`: track id -> a person the full-frame passes lost and a search found again (ruth_vision.fall_search);
+    each continues its own track."""
     people = [p for p in poses if p.score >= config.min_person_score]
+    hints: list[int | None] = [None] * len(people)
+    for track_id, pose in (recovered or {}).items():
+        people.append(pose)
+        hints.append(track_id)
     postures = [posture_of(p, config) for p in people]
     data = [
         {"state": q.state, "lying": q.lying_score, "angle": None if q.torso_angle is None else round(q.torso_angle, 1)}
-        for q in postures
+        | ({"recovered": True} if hint is not None else {})
+        for q, hint in zip(postures, hints, strict=True)
     ]
-    new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker)
+    new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker, hints)
     detections: list[dict[str, Any]] = []
-    for pose, posture, track_id in zip(people, postures, ids, strict=True):
+    for pose, posture, track_id, hint in zip(people, postures, ids, hints, strict=True):
         verdict = decide(history_until(new_state, track_id, t), t, config)
         detections.append(
             {
@@ -292,6 +305,7 @@ def assess_frame(
                 "event_confidence": verdict.confidence,
                 "down_for_s": None if verdict.down_for_s is None else round(verdict.down_for_s, 3),
                 "transition_s": None if verdict.transition_s is None else round(verdict.transition_s, 3),
+                "recovered": hint is not None,
             }
         )
     falls = [d for d in detections if d["event"] == "fall_detected"]
