@@ -23,7 +23,7 @@ import numpy as np
 
 from ruth_vision.fall import FallConfig, assess_frame
 from ruth_vision.pose import PoseResult, _same_person
-from ruth_vision.tracking import DEFAULT_TRACKER, TrackerConfig
+from ruth_vision.tracking import DEFAULT_TRACKER, TrackerConfig, iou
 
 __all__ = ["Search", "assess_and_search", "lost_searches", "recover", "search_images"]
 
@@ -165,6 +165,7 @@ def recover(
         reach = max(x2 - x1, y2 - y1)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         best, best_confidence = None, -1.0
+        known = [*people, *out.values()]
         for turn, found in zip(TURNS, found_per_image[index * len(TURNS) : (index + 1) * len(TURNS)], strict=True):
             for pose in found:
                 seen = int((pose.keypoints[:, 2] >= config.keypoint_threshold).sum())
@@ -174,7 +175,7 @@ def recover(
                 px, py = _centre(candidate)
                 if float(np.hypot(px - cx, py - cy)) > reach:
                     continue
-                if any(_same_person(candidate, other, 0.3) for other in [*people, *out.values()]):
+                if any(_same_person(candidate, other, 0.3) or iou(candidate.box, other.box) > 0.5 for other in known):
                     continue
                 confidence = float(candidate.keypoints[:, 2].mean())
                 if confidence > best_confidence:
