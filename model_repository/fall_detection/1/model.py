@@ -30,7 +30,7 @@ class TritonPythonModel(PersonModel):
         found = search_lost(frame, searches, people, self._poses, config) if searches else {}
         if found:  # the found people continue their tracks: this frame judged again with them
             payload = ctx.advance(lambda state: assess_frame(state, t, people, config, recovered=found))
-        payload["metadata"] = {"persons_detected": len(people) + len(found)}
+        payload["metadata"] = {"persons_detected": len(people) + len(found), "lost_searched": len(searches)}
         return payload
 
     def _poses(self, images: list[np.ndarray]) -> list[list[PoseResult] | Exception]:
