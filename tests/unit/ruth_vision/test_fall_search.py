@@ -153,3 +153,19 @@ def test_tracker_hints_send_a_box_to_the_named_track() -> None:
     assert ids == [3]
     with pytest.raises(ValueError, match="hints"):
         update_tracks(state, 0.2, [far], hints=[])
+
+
+def test_a_person_sitting_down_behind_a_table_is_searched_for_but_nothing_is_flagged() -> None:
+    state: dict[str, Any] | None = None
+    for t, y in ((0.0, 100), (0.2, 115), (0.4, 140)):  # sitting down: the box's top drops
+        state, _ = fall.assess_frame(state, t, [person(300, y, 120 - (y - 100))], CONFIG)
+    behind = person(300, 150, 110)
+    behind.keypoints[11:, 2] = 0.0  # hips and legs hidden by the table: head, shoulders and arms seen
+    t = 0.6
+    while t < 4.0:
+        state, (payload, searches) = fall_search.assess_and_search(state, t, [], CONFIG, (HEIGHT, WIDTH, 3))
+        if searches:
+            state, payload = fall.assess_frame(state, t, [], CONFIG, recovered={1: behind})
+            assert payload["detections"][0]["posture"] != "lying"
+        assert not payload["violation_detected"]
+        t = round(t + 0.2, 3)
