@@ -242,9 +242,14 @@ def score_clip(report: Report, clip: ds.Clip, path: Path, infer: Infer) -> None:
         detections = result.get("detections", [])
         searched += bool(result.get("metadata", {}).get("lost_searched"))
         recovered += any(d.get("recovered") for d in detections)
-        # R: found by a search around a person the full-frame passes lost (ruth_vision.fall_search)
+        # R: found by a search around a person the full-frame passes lost (ruth_vision.fall_search); x: a person
+        # seen to fall who vanished where they lay (posture "lost", ruth_vision.fall `confirm_vanished`)
         seen = (
-            ",".join(f"{'R' if d.get('recovered') else ''}{d['posture'][0]}{d['lying_score']:.2f}" for d in detections)
+            ",".join(
+                f"{'R' if d.get('recovered') else ''}{'x' if d['posture'] == 'lost' else d['posture'][0]}"
+                f"{d['lying_score']:.2f}"
+                for d in detections
+            )
             or "none"
         )
         mark = "+".join(sorted(set(events))) or "-"

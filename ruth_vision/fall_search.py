@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ruth_vision.fall import FallConfig, assess_frame
+from ruth_vision.fall import FallConfig, assess_frame, at_edge, search_square
 from ruth_vision.pose import PoseResult, _same_person
 from ruth_vision.tracking import DEFAULT_TRACKER, TrackerConfig, iou
 
@@ -29,8 +29,6 @@ __all__ = ["Search", "assess_and_search", "lost_searches", "recover", "search_im
 
 #: the crop turned these ways (cv2.rotate codes; None: as it is): MoveNet finds lying bodies better turned upright
 TURNS: tuple[int | None, ...] = (None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
-#: a last box within this share of the frame's side from an edge: the person may have walked out, not fallen
-EDGE_MARGIN = 0.02
 #: "going down" from the box alone: its top dropped by this share of the earlier box's height within DESCENT_S
 DESCENT_SHARE = 0.2
 DESCENT_S = 1.5
@@ -73,19 +71,15 @@ def lost_searches(state: Mapping[str, Any], t: float, width: int, height: int, c
     if not config.search_lost_s:
         return []
     found: list[tuple[float, Search]] = []
-    margin_x, margin_y = EDGE_MARGIN * width, EDGE_MARGIN * height
     for track in state.get("tracks", []):
         history = [e for e in track["history"] if e["t"] <= t]
         if not history or history[-1]["t"] >= t or t - history[-1]["t"] > config.search_lost_s:
             continue
         x1, y1, x2, y2 = (float(v) for v in history[-1]["box"])
-        if x1 <= margin_x or y1 <= margin_y or x2 >= width - margin_x or y2 >= height - margin_y:
+        if at_edge((x1, y1, x2, y2), width, height) or not _going_down(history):
             continue
-        if not _going_down(history):
-            continue
-        side = max(config.search_grow * max(x2 - x1, y2 - y1), 32.0)
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        search = Search(int(track["id"]), cx - side / 2, cy - side / 2, side, (x1, y1, x2, y2))
+        x, y, side = search_square((x1, y1, x2, y2), config)
+        search = Search(int(track["id"]), x, y, side, (x1, y1, x2, y2))
         found.append((float(history[-1]["t"]), search))
     found.sort(key=lambda pair: -pair[0])  # the most recently seen first
     return [s for _, s in found[:MAX_SEARCHES]]
@@ -97,10 +91,12 @@ def assess_and_search(
     poses: Sequence[PoseResult],
     config: FallConfig,
     frame_shape: Sequence[int],
+    recovered: Mapping[int, PoseResult] | None = None,
     tracker: TrackerConfig = DEFAULT_TRACKER,
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], list[Search]]]:
-    """`fall.assess_frame`, plus where to look again for people lost on the way down (a `ctx.advance` step)."""
-    new_state, payload = assess_frame(state, t, poses, config, tracker)
+    """`fall.assess_frame` on a frame of `frame_shape`, plus where to look again for people lost on the way down
+    (a `ctx.advance` step)."""
+    new_state, payload = assess_frame(state, t, poses, config, tracker, recovered, frame_shape)
     return new_state, (payload, lost_searches(new_state, t, int(frame_shape[1]), int(frame_shape[0]), config))
 
 

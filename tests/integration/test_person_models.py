@@ -147,6 +147,25 @@ def test_a_person_lost_on_the_way_down_is_found_again_and_their_fall_confirmed(
     assert results[-1]["metadata"]["persons_detected"] == 1
 
 
+def test_a_person_seen_to_fall_who_vanishes_where_they_lay_is_confirmed(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    """Upright, lying (a fast fall), then gone from every pass and every search (an empty room): confirmed once
+    min_down_s (2 s) has passed since they went down, at their last box, with posture "lost"."""
+    empty = np.full_like(UPRIGHT, 128)
+    frames = [(0.0, UPRIGHT), (0.5, UPRIGHT), (1.0, LYING)] + [(1.5 + 0.5 * i, empty) for i in range(5)]
+    stream, base = str(uuid.uuid4()), datetime.now(timezone.utc) - timedelta(minutes=5)
+    results = [infer(client, "fall_detection", frame=f, stream_id=stream, timestamp=stamp(base, t)) for t, f in frames]
+    assert [r["violation_type"] for r in results] == [None, None, "possible_fall", None, None, None] + [
+        "fall_detected"
+    ] * 2
+    lost = results[-1]["detections"]
+    assert [(d["track_id"], d["posture"], d["lost_for_s"]) for d in lost] == [(1, "lost", 2.5)]
+    assert lost[0]["bbox"] == results[2]["detections"][0]["bbox"]  # where they lay
+    assert results[-1]["metadata"]["persons_detected"] == 0
+    assert results[3]["metadata"]["lost_searched"] == 1  # looked for where they lay first
+
+
 def test_a_config_change_restarts_the_stream(client: httpclient.InferenceServerClient) -> None:
     stream, base = str(uuid.uuid4()), datetime.now(timezone.utc) - timedelta(minutes=5)
     for t in (0.0, 0.5):

@@ -14,7 +14,7 @@ import numpy as np
 
 from python_backends.base import InferContext
 from python_backends.pose_client import PersonModel
-from ruth_vision.fall import FallConfig, assess_frame
+from ruth_vision.fall import FallConfig
 from ruth_vision.fall_search import assess_and_search, search_lost
 from ruth_vision.pose import PoseResult, estimate_via
 
@@ -29,7 +29,7 @@ class TritonPythonModel(PersonModel):
         payload, searches = ctx.advance(lambda state: assess_and_search(state, t, people, config, frame.shape))
         found = search_lost(frame, searches, people, self._poses, config) if searches else {}
         if found:  # the found people continue their tracks: this frame judged again with them
-            payload = ctx.advance(lambda state: assess_frame(state, t, people, config, recovered=found))
+            payload, _ = ctx.advance(lambda state: assess_and_search(state, t, people, config, frame.shape, found))
         payload["metadata"] = {"persons_detected": len(people) + len(found), "lost_searched": len(searches)}
         return payload
 

@@ -169,3 +169,71 @@ def test_a_person_sitting_down_behind_a_table_is_searched_for_but_nothing_is_fla
             assert payload["detections"][0]["posture"] != "lying"
         assert not payload["violation_detected"]
         t = round(t + 0.2, 3)
+
+
+SHAPE = (HEIGHT, WIDTH, 3)
+
+
+def fell_and_vanished(
+    lying_at: tuple[float, float] = (250, 200), others: list[PoseResult] | None = None
+) -> dict[str, Any] | None:
+    """Upright at 0.0 and 0.2 s, lying at 0.4 s (a fast fall), then not found by anything."""
+    state: dict[str, Any] | None = None
+    for t, pose in ((0.0, person(300, 100, 120)), (0.2, person(300, 100, 120)), (0.4, person(*lying_at, 130, True))):
+        state, payload = fall.assess_frame(state, t, [pose, *(others or [])], CONFIG, frame_shape=SHAPE)
+    assert payload["violation_type"] == "possible_fall"
+    return state
+
+
+def frames_after(
+    state: dict[str, Any] | None, until: float, people: list[PoseResult] | None = None, **config: Any
+) -> dict[float, dict[str, Any]]:
+    cfg = fall.FallConfig(**config)
+    out = {}
+    t = 0.6
+    while t <= until:
+        state, out[t] = fall.assess_frame(state, t, people or [], cfg, frame_shape=SHAPE)
+        t = round(t + 0.2, 3)
+    return out
+
+
+def test_a_person_seen_to_fall_who_vanished_where_they_lay_is_a_confirmed_fall_after_min_down_s() -> None:
+    payloads = frames_after(fell_and_vanished(), 3.0)
+    assert {t for t, p in payloads.items() if p["violation_detected"]} == {2.4, 2.6, 2.8, 3.0}  # down 2 s from 0.4
+    lost = payloads[2.4]["detections"]
+    assert len(lost) == 1 and lost[0]["posture"] == "lost" and lost[0]["track_id"] == 1
+    assert lost[0]["event"] == "fall_detected" and lost[0]["down_for_s"] == 2.0 and lost[0]["lost_for_s"] == 2.0
+    assert lost[0]["bbox"] == [250.0, 200.0, 380.0, 239.0]  # where they were last seen, lying
+    assert payloads[2.4]["violation_type"] == "fall_detected" and payloads[2.4]["severity"] == "critical"
+
+
+def test_a_vanished_person_is_not_a_fall_at_the_edge_slow_or_when_someone_appears_where_they_lay() -> None:
+    at_edge = fell_and_vanished(lying_at=(505, 200))  # the lying box reaches the frame's right edge
+    assert not any(p["violation_detected"] for p in frames_after(at_edge, 3.0).values())
+    got_up = frames_after(fell_and_vanished(), 3.0, [person(330, 130, 110)])  # someone upright where they lay
+    assert not any(p["violation_type"] == "fall_detected" for p in got_up.values())
+    assert not any(
+        p["violation_detected"] for p in frames_after(fell_and_vanished(), 3.0, confirm_vanished=False).values()
+    )
+    slow: dict[str, Any] | None = None
+    for t, pose in ((0.0, person(300, 100, 120)), (2.6, person(250, 200, 130, True))):  # 2.6 s from upright to lying
+        slow, _ = fall.assess_frame(slow, t, [pose], CONFIG, frame_shape=SHAPE)
+    assert slow is not None
+    t = 2.8
+    while t < 6.0:
+        slow, payload = fall.assess_frame(slow, t, [], CONFIG, frame_shape=SHAPE)
+        assert payload["violation_type"] != "fall_detected"
+        t = round(t + 0.2, 3)
+
+
+def test_someone_already_there_does_not_stop_a_vanished_fall_being_confirmed() -> None:
+    beside = person(420, 110, 120)  # standing beside them all along: tracked before they vanished
+    payloads = frames_after(fell_and_vanished(others=[beside]), 3.0, [beside])
+    assert payloads[3.0]["violation_type"] == "fall_detected"
+    assert [d["posture"] for d in payloads[3.0]["detections"]] == ["upright", "lost"]
+
+
+def test_without_the_frame_size_nobody_vanished_is_reported() -> None:
+    state = fell_and_vanished()
+    _, payload = fall.assess_frame(state, 3.0, [], CONFIG)
+    assert payload["detections"] == []
