@@ -59,6 +59,15 @@ class FallConfig(BaseModel):
     # ... and only on stronger evidence than a flag needs: the run's mean lying score at least this (a worker bent
     # into a trench, legs hidden, scored 0.75 for as long as he worked; lying people 0.75-1.0; docs/accuracy.md).
     confirm_min_lying: float = Field(default=0.8, gt=0.0, le=1.0)
+    # A person tracked on the way down and not found in the next frame is looked for again on a crop around their
+    # last box (ruth_vision.fall_search) for this long after they were last seen; 0: never.
+    search_lost_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    search_grow: float = Field(default=2.0, ge=1.0, le=4.0, description="search square side / last box's side")
+    search_size: int = Field(default=256, ge=64, le=1024, multiple_of=32, description="search crop scaled to, px")
+    # A person seen to fall fast (upright -> lying within max_transition_s) who then vanished where they lay (not at
+    # the frame's edge, nobody new seen there since) is a confirmed fall once min_down_s has passed since they went
+    # down, reported as a detection with posture "lost" at their last box, for as long as the track is kept.
+    confirm_vanished: bool = True
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> FallConfig:
@@ -255,6 +264,80 @@ def _flat(lying: Sequence[Observation]) -> bool:
     return not angles or float(np.median(angles)) <= BENT_OVER_DEG
 
 
+#: a box within this share of the frame's side from an edge: the person may have walked out of view
+EDGE_MARGIN = 0.02
+
+
+def at_edge(box: Sequence[float], width: int, height: int) -> bool:
+    x1, y1, x2, y2 = box
+    mx, my = EDGE_MARGIN * width, EDGE_MARGIN * height
+    return x1 <= mx or y1 <= my or x2 >= width - mx or y2 >= height - my
+
+
+def search_square(box: Sequence[float], config: FallConfig) -> tuple[float, float, float]:
+    """(x, y, side) of the square around a person's last box where they are looked for (and where a person seen
+    later means they may have got up): `search_grow` times the box's longer side, at least 32 px."""
+    x1, y1, x2, y2 = box
+    side = max(config.search_grow * max(x2 - x1, y2 - y1), 32.0)
+    return (x1 + x2 - side) / 2, (y1 + y2 - side) / 2, side
+
+
+def _vanished(
+    state: Mapping[str, Any], t: float, seen: set[int], width: int, height: int, config: FallConfig
+) -> list[dict[str, Any]]:
+    """Detections (posture "lost") for people seen to fall fast who vanished where they lay for min_down_s."""
+    out = []
+    for track in state.get("tracks", []):
+        if track["id"] in seen:
+            continue
+        history = history_until(state, track["id"], t)
+        if not history or history[-1].t >= t or history[-1].data.get("state") != "lying":
+            continue
+        last = history[-1]
+        if at_edge(last.box, width, height):
+            continue
+        verdict = decide(history, last.t, config)
+        if verdict.transition_s is None or verdict.transition_s > config.max_transition_s:
+            continue  # not seen going down fast: a slow lie-down, or first seen lying
+        down_for = (verdict.down_for_s or 0.0) + (t - last.t)
+        if down_for < config.min_down_s or _someone_came(state, track["id"], last, t, config):
+            continue
+        out.append(
+            {
+                "bbox": [round(float(v), 2) for v in last.box],
+                "confidence": 0.0,
+                "track_id": int(track["id"]),
+                "keypoints": [],
+                "posture": "lost",
+                "torso_angle": last.data.get("angle"),
+                "aspect_ratio": None,
+                "lying_score": float(last.data.get("lying", 0.0)),
+                "event": "fall_detected",
+                "event_confidence": round(0.5 + 0.3 * float(last.data.get("lying", 0.0)), 4),
+                "down_for_s": round(down_for, 3),
+                "transition_s": round(verdict.transition_s, 3),
+                "recovered": False,
+                "lost_for_s": round(t - last.t, 3),
+            }
+        )
+    return out
+
+
+def _someone_came(state: Mapping[str, Any], track_id: int, last: Observation, t: float, config: FallConfig) -> bool:
+    """Was a person who was not already tracked when `track_id` vanished seen where it lay since (the fallen person
+    getting up, read as someone new)?"""
+    x, y, side = search_square(last.box, config)
+    for track in state.get("tracks", []):
+        if track["id"] == track_id or any(e["t"] <= last.t for e in track["history"]):
+            continue
+        for entry in track["history"]:
+            bx1, by1, bx2, by2 = entry["box"]
+            cx, cy = (bx1 + bx2) / 2, (by1 + by2) / 2
+            if last.t < entry["t"] <= t and x <= cx <= x + side and y <= cy <= y + side:
+                return True
+    return False
+
+
 def _bbox(pose: PoseResult) -> list[float]:
     return [round(float(v), 2) for v in pose.box]
 
@@ -265,18 +348,28 @@ def assess_frame(
     poses: Sequence[PoseResult],
     config: FallConfig,
     tracker: TrackerConfig = DEFAULT_TRACKER,
+    recovered: Mapping[int, PoseResult] | None = None,
+    frame_shape: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One frame of one stream: returns (new tracker state, RESULT payload). Pure: call it inside
-    `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances."""
+    `ctx.update_state` so the read-modify-write of the stream's tracks is atomic across instances.
+    `recovered`: track id -> a person the full-frame passes lost and a search found again (ruth_vision.fall_search);
+    each continues its own track. `frame_shape` (height, width, ...): with it, people seen to fall who then
+    vanished where they lay are reported too (`confirm_vanished`)."""
     people = [p for p in poses if p.score >= config.min_person_score]
+    hints: list[int | None] = [None] * len(people)
+    for track_id, pose in (recovered or {}).items():
+        people.append(pose)
+        hints.append(track_id)
     postures = [posture_of(p, config) for p in people]
     data = [
         {"state": q.state, "lying": q.lying_score, "angle": None if q.torso_angle is None else round(q.torso_angle, 1)}
-        for q in postures
+        | ({"recovered": True} if hint is not None else {})
+        for q, hint in zip(postures, hints, strict=True)
     ]
-    new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker)
+    new_state, ids = update_tracks(state, t, [p.box for p in people], data, tracker, hints)
     detections: list[dict[str, Any]] = []
-    for pose, posture, track_id in zip(people, postures, ids, strict=True):
+    for pose, posture, track_id, hint in zip(people, postures, ids, hints, strict=True):
         verdict = decide(history_until(new_state, track_id, t), t, config)
         detections.append(
             {
@@ -292,8 +385,12 @@ def assess_frame(
                 "event_confidence": verdict.confidence,
                 "down_for_s": None if verdict.down_for_s is None else round(verdict.down_for_s, 3),
                 "transition_s": None if verdict.transition_s is None else round(verdict.transition_s, 3),
+                "recovered": hint is not None,
+                "lost_for_s": None,
             }
         )
+    if frame_shape is not None and config.confirm_vanished:
+        detections += _vanished(new_state, t, set(ids), int(frame_shape[1]), int(frame_shape[0]), config)
     falls = [d for d in detections if d["event"] == "fall_detected"]
     possible = [d for d in detections if d["event"] == "possible_fall"]
     flagged = falls or possible

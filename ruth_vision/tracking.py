@@ -100,19 +100,26 @@ def update_tracks(
     boxes: Sequence[Box],
     data: Sequence[Mapping[str, Any]] | None = None,
     config: TrackerConfig = DEFAULT_TRACKER,
+    hints: Sequence[int | None] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Add one frame's detections at frame time `t`. Returns the new state (the input is not modified) and the
-    track id of each box, in order. `data[i]` is stored with box i (model features for later decisions)."""
+    track id of each box, in order. `data[i]` is stored with box i (model features for later decisions).
+    `hints[i]`, when not None, names the track box i continues (a person found again by looking where that track
+    was): it goes to that track if the track still exists and no other box does, else to a new one."""
     if data is not None and len(data) != len(boxes):
         raise ValueError("data must have one entry per box")
+    if hints is not None and len(hints) != len(boxes):
+        raise ValueError("hints must have one entry per box")
     new = copy.deepcopy(dict(state)) if state and state.get("version") == STATE_VERSION else _new_state()
     tracks: list[dict[str, Any]] = new["tracks"]
+    hinted = {bi: hint for bi, hint in enumerate(hints or []) if hint is not None}
     pairs = sorted(
         (cost, ti, bi)
         for ti, track in enumerate(tracks)
         for bi, box in enumerate(boxes)
-        if (cost := _match_cost(track, box, t, config)) is not None
+        if bi not in hinted and (cost := _match_cost(track, box, t, config)) is not None
     )
+    pairs = [(-1.0, ti, bi) for bi, hint in hinted.items() for ti, tr in enumerate(tracks) if tr["id"] == hint] + pairs
     assigned: dict[int, int] = {}
     used_tracks: set[int] = set()
     for _, ti, bi in pairs:  # greedy by cost; at most a handful of people per frame

@@ -110,6 +110,64 @@ def test_late_frames_do_not_change_the_decisions(client: httpclient.InferenceSer
     assert by_time[2.0]["detections"][0]["down_for_s"] == 0.5
 
 
+def astronaut_at(side: int, centre: tuple[int, int], turned: bool = False) -> np.ndarray:
+    image = cv2.resize(ASTRONAUT, (side, side), interpolation=cv2.INTER_AREA)
+    image = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE) if turned else image
+    return on_canvas(image, top_left=(centre[0] - side // 2, centre[1] - side // 2))
+
+
+#: upright, then sinking (the box's top drops by a third of its height), then lying on the floor too small for the
+#: full-frame passes (a 128-px body on a 1024-px frame is 32 px at the network's 256) but not for a crop around
+#: where the person was (ruth_vision.fall_search)
+SINKING = [
+    (0.0, astronaut_at(256, (512, 384))),
+    (0.5, astronaut_at(256, (512, 384))),
+    (1.0, astronaut_at(256, (512, 460))),
+] + [(1.5 + 0.5 * i, astronaut_at(128, (512, 540), turned=True)) for i in range(6)]
+
+
+def test_a_person_lost_on_the_way_down_is_found_again_and_their_fall_confirmed(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    base = datetime.now(timezone.utc) - timedelta(minutes=5)
+    without = str(uuid.uuid4())
+    off = {"search_lost_s": 0}
+    blind = [
+        infer(client, "fall_detection", frame=f, stream_id=without, timestamp=stamp(base, t), config=off)
+        for t, f in SINKING
+    ]
+    assert [r["detection_count"] for r in blind] == [1, 1, 1, 0, 0, 0, 0, 0, 0]  # the full frame loses the person
+    assert not any(r["violation_detected"] for r in blind)
+    stream = str(uuid.uuid4())
+    results = [infer(client, "fall_detection", frame=f, stream_id=stream, timestamp=stamp(base, t)) for t, f in SINKING]
+    assert [[d["track_id"] for d in r["detections"]] for r in results] == [[1]] * len(SINKING)  # one track throughout
+    assert [r["detections"][0]["recovered"] for r in results] == [False] * 3 + [True] * 6
+    assert {r["detections"][0]["posture"] for r in results[3:]} == {"lying"}
+    assert [r["violation_type"] for r in results] == [None] * 3 + ["possible_fall"] * 4 + ["fall_detected"] * 2
+    x1, y1, x2, y2 = results[-1]["detections"][0]["bbox"]
+    assert 440 < (x1 + x2) / 2 < 580 and 470 < (y1 + y2) / 2 < 610  # where the body lies, in frame pixels
+    assert results[-1]["metadata"]["persons_detected"] == 1
+
+
+def test_a_person_seen_to_fall_who_vanishes_where_they_lay_is_confirmed(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    """Upright, lying (a fast fall), then gone from every pass and every search (an empty room): confirmed once
+    min_down_s (2 s) has passed since they went down, at their last box, with posture "lost"."""
+    empty = np.full_like(UPRIGHT, 128)
+    frames = [(0.0, UPRIGHT), (0.5, UPRIGHT), (1.0, LYING)] + [(1.5 + 0.5 * i, empty) for i in range(5)]
+    stream, base = str(uuid.uuid4()), datetime.now(timezone.utc) - timedelta(minutes=5)
+    results = [infer(client, "fall_detection", frame=f, stream_id=stream, timestamp=stamp(base, t)) for t, f in frames]
+    assert [r["violation_type"] for r in results] == [None, None, "possible_fall", None, None, None] + [
+        "fall_detected"
+    ] * 2
+    lost = results[-1]["detections"]
+    assert [(d["track_id"], d["posture"], d["lost_for_s"]) for d in lost] == [(1, "lost", 2.5)]
+    assert lost[0]["bbox"] == results[2]["detections"][0]["bbox"]  # where they lay
+    assert results[-1]["metadata"]["persons_detected"] == 0
+    assert results[3]["metadata"]["lost_searched"] == 1  # looked for where they lay first
+
+
 def test_a_config_change_restarts_the_stream(client: httpclient.InferenceServerClient) -> None:
     stream, base = str(uuid.uuid4()), datetime.now(timezone.utc) - timedelta(minutes=5)
     for t in (0.0, 0.5):
