@@ -34,9 +34,14 @@ class PersonModel(RuthModel):
     def _estimate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.call_model(self.pose_model, inputs, POSE_OUTPUTS, timeout_s=self.params.inference_timeout_s)
 
+    def poses(self, images: Sequence[np.ndarray]) -> list[list[PoseResult] | Exception]:
+        """People in each image by the pose model (one BLS call per image size); a failure stays with its images.
+        For a judgement that looks again, e.g. fall_detection on crops around a person it lost."""
+        return estimate_via(self._estimate, images)
+
     def infer_batch(self, frames: Sequence[np.ndarray], ctxs: Sequence[InferContext]) -> list[Any]:
         results: list[Any] = []
-        for frame, people, ctx in zip(frames, estimate_via(self._estimate, frames), ctxs, strict=True):
+        for frame, people, ctx in zip(frames, self.poses(frames), ctxs, strict=True):
             if isinstance(people, Exception):
                 results.append(people)
                 continue

@@ -16,7 +16,7 @@ from python_backends.base import InferContext
 from python_backends.pose_client import PersonModel
 from ruth_vision.fall import FallConfig
 from ruth_vision.fall_search import assess_and_search, search_lost
-from ruth_vision.pose import PoseResult, estimate_via
+from ruth_vision.pose import PoseResult
 
 
 class TritonPythonModel(PersonModel):
@@ -27,11 +27,8 @@ class TritonPythonModel(PersonModel):
         config = ctx.config  # the spec's defaults under the request's CONFIG
         t = ctx.timestamp.timestamp()
         payload, searches = ctx.advance(lambda state: assess_and_search(state, t, people, config, frame.shape))
-        found = search_lost(frame, searches, people, self._poses, config) if searches else {}
+        found = search_lost(frame, searches, people, self.poses, config) if searches else {}
         if found:  # the found people continue their tracks: this frame judged again with them
             payload, _ = ctx.advance(lambda state: assess_and_search(state, t, people, config, frame.shape, found))
         payload["metadata"] = {"persons_detected": len(people) + len(found), "lost_searched": len(searches)}
         return payload
-
-    def _poses(self, images: list[np.ndarray]) -> list[list[PoseResult] | Exception]:
-        return estimate_via(self._estimate, images)
