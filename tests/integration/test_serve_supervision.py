@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from support import REPO_ROOT, jpeg, tank_frame
 
+from ruthctl.registry import Registry
+
 pytestmark = pytest.mark.integration
 
 RUTHCTL = [sys.executable, "-m", "ruthctl"]
@@ -440,3 +442,55 @@ def test_a_gpu_profile_on_a_cpu_host_is_refused_up_front(tmp_path: Path) -> None
     assert result.returncode == 2, said
     assert "profile gpu needs a GPU, but this host is cpu" in said and "Use --profile cpu" in said
     assert not (tmp_path / "admin-token").exists(), "refused before anything started"
+
+
+# ------------------------------------------------------------------ the watch sidecar at pod start
+
+
+def start_watch(serve: Serve, *options: str) -> subprocess.Popen[str]:
+    """`ruthctl watch` beside `serve`, as the Kubernetes sidecar and the compose watch run it: same state dir."""
+    return subprocess.Popen(
+        [*RUTHCTL, "watch", "--interval", "0.5", "--metrics-port", "0", "--json", *options],
+        env=serve.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_watch(watch: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    watch.send_signal(signal.SIGTERM)
+    out, err_text = watch.communicate(timeout=120)
+    assert watch.returncode == 0, err_text
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_watch_beside_a_starting_serve_counts_none_of_serves_loads_as_recoveries(tmp_path: Path) -> None:
+    """At pod start `watch` runs while `serve` is still loading: the models serve is about to load (or is loading)
+    are not READY yet, and must not be loaded by watch as "recoveries" (which burn attempts, up to DISABLED). A
+    model that really fails at start is still reported, and retried by watch once serve's start-up is over."""
+    slow = {"init_sleep_s": 5}
+    root = build(tmp_path / "d", {"bulky": slow, "hefty": slow, "rickety": {"fail_init": True}})
+    with serving(root) as serve:
+        watch = start_watch(serve, "--backoff", "1", "--max-attempts", "10")
+        try:
+            serve.until(lambda: "drains in-flight" in serve.stderr, 120, "serve's start-up loads")
+            registry = Registry(root / "state")
+            server = f"127.0.0.1:{serve.http}"
+            serve.until(lambda: registry.get("rickety").on(server).recoveries >= 1, 60, "rickety retried by watch")
+        finally:
+            rounds = stop_watch(watch)
+        assert "READY bulky" in serve.stderr and "READY hefty" in serve.stderr, serve.stderr
+        loads = [(a["model"], a["ok"]) for r in rounds for a in r["actions"] if a["kind"] == "load"]
+        assert {m for m, _ in loads} == {"rickety"}, loads  # serve's own loads are not watch's business
+        models = registry.read().models
+        assert [models[m].on(server).recoveries for m in ("bulky", "hefty")] == [0, 0]
+        assert [models[m].on(server).state.value for m in ("bulky", "hefty")] == ["READY", "READY"]
+        # the failed model was reported, and watch retried it only after serve's start-up was over
+        assert any(v["kind"] == "not_ready" and v["model"] == "rickety" for r in rounds for v in r["violations"])
+        audit = [a for a in registry.audit() if a.event == "transition"]
+        serve_done = max(a.ts for a in audit if "ruthctl serve" in a.actor)
+        first_by_watch = min(a.ts for a in audit if "ruthctl watch" in a.actor and a.model == "rickety")
+        assert first_by_watch > serve_done, [(a.ts, a.model, a.to_state, a.actor[-14:]) for a in audit]
+        assert not [a for a in audit if "ruthctl watch" in a.actor and a.model in ("bulky", "hefty")], audit
+        assert serve.stop() == 0
