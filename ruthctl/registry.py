@@ -422,6 +422,32 @@ class Registry:
 
         self.update(apply)
 
+    def renew(self, claims: Mapping[str, str], server: str) -> set[str]:
+        """Re-stamp this actor's LOADING claims on `server` (model -> reason) and return the models still claimed by
+        it (another process may have moved one meanwhile). A process that claims a queue of loads up front (`serve`
+        at start) keeps every claim as fresh as the load in progress, so none is judged stuck while it waits. Not a
+        lifecycle move: no audit line, no transition rules."""
+        held: set[str] = set()
+
+        def apply(data: RegistryFile) -> tuple[RegistryFile, list[AuditEntry]]:
+            held.clear()
+            now = _stamp(self.clock())
+            models = dict(data.models)
+            for model, reason in claims.items():
+                entry = models.get(model)
+                current = entry.on(server) if entry is not None else None
+                if entry is None or current is None or current.state is not State.LOADING:
+                    continue
+                if current.actor != self.actor:
+                    continue
+                held.add(model)
+                renewed = current.model_copy(update={"since": now, "reason": reason})
+                models[model] = entry.model_copy(update={"servers": {**entry.servers, server: renewed}})
+            return data.model_copy(update={"models": models}), []
+
+        self.update(apply)
+        return held
+
     def count_recovery(self, model: str, server: str, *, reset: bool = False) -> int:
         """Count one recovery attempt (or reset the count once the model is stable); returns the new count."""
 

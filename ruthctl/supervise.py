@@ -29,7 +29,7 @@ from ruthctl.registry import Desired, IllegalTransition, Registry, RegistryError
 from ruthctl.server import TritonServer, TritonStartError, order_for_loading, repository_models
 from ruthctl.settings import Settings
 
-__all__ = ["Supervised", "registry_server_name", "seed_registry"]
+__all__ = ["Supervised", "claim", "registry_server_name", "release", "renew", "seed_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,41 @@ def record(registry: Registry, name: str, server: str, target: State, reason: st
         registry.transition(name, server, target, reason=reason)
     except (IllegalTransition, RegistryError, OSError, ValueError) as exc:
         log.warning("registry: could not record %s %s on %s: %s", name, target.value, server, exc)
+
+
+def claim(registry: Registry, names: Sequence[str], server: str) -> dict[str, str]:
+    """Claim `names` on this server for `serve`'s loads (LOADING, this process as the owner); returns the claims
+    made (model -> reason), in order. Best effort, like `record`: a model that can't be claimed is still loaded."""
+    claimed: dict[str, str] = {}
+    for name in names:
+        record(registry, name, server, State.LOADING, "serve: start-up, queued")
+        claimed[name] = "serve: start-up, queued"
+    return claimed
+
+
+def renew(registry: Registry, claims: dict[str, str], server: str) -> set[str] | None:
+    """The claims still ours, renewed; None when the registry can't say (then serve goes on loading)."""
+    try:
+        return registry.renew(claims, server)
+    except (RegistryError, OSError, ValueError) as exc:
+        log.warning("registry: could not renew the start-up claims on %s: %s", server, exc)
+        return None
+
+
+def release(registry: Registry, claims: dict[str, str], server: str) -> None:
+    """Give back the claims of loads that never ran (a signal, a tritonserver that did not start): the models are
+    not loaded, and nobody is working on them any more."""
+    if not claims:
+        return
+    why = "serve: not loaded (stopped, or tritonserver did not start)"
+    held = renew(registry, dict.fromkeys(claims, why), server) or set()
+    for name in [n for n in claims if n in held]:
+        try:
+            registry.transition(name, server, State.UNLOADING, reason=why, expect=State.LOADING)
+            registry.transition(name, server, State.UNLOADED, reason=why)
+        except (IllegalTransition, RegistryError, OSError, ValueError) as exc:
+            log.warning("registry: could not release the claim of %s on %s: %s", name, server, exc)
+    claims.clear()
 
 
 @dataclasses.dataclass
@@ -155,38 +190,63 @@ class Supervised:
                 endpoint.close()
 
     def _start_and_load(self, *, first: bool) -> bool:
+        """Start tritonserver and load the wanted models, each claimed (LOADING, owned by this process) before
+        tritonserver answers: a `watch` beside us (the pod's sidecar, compose's watch) sees them being worked on,
+        not missing, and leaves them to us instead of loading them as recoveries. A claim ends READY when its load
+        succeeds; the failed ones are recorded FAILED when the start-up is over, for `watch` to retry from then on
+        (docs/operations.md, "Pod start")."""
         self.supervisor.set_phase("starting")
-        self.server.start()
-        try:
-            self.server.wait_live()
-        except TritonStartError as exc:
-            self.say("error", str(exc))
-            self.server.stop(grace_s=5)
-            return False
-        self.supervisor.forget()
         if first:
             self.names = self._first_names()
-        self.supervisor.set_phase("loading")
         names = self.names if first else order_for_loading(self.wanted())
-        failures = 0
-        for name in names:
+        claimed = claim(self.registry, names, self.server_name)
+        try:
+            self.server.start()
+            try:
+                self.server.wait_live()
+            except TritonStartError as exc:
+                self.say("error", str(exc))
+                self.server.stop(grace_s=5)
+                return False
+            self.supervisor.forget()
+            self.supervisor.set_phase("loading")
+            failed = self._load_claimed(claimed)
+        finally:
+            release(self.registry, claimed, self.server_name)
+        self.supervisor.set_phase("serving")
+        if not self.received and self.on_ready is not None:
+            self.on_ready(names, failed)
+        return True
+
+    def _load_claimed(self, claimed: dict[str, str]) -> int:
+        """Load the claimed models in order; `claimed` (model -> reason of its claim) keeps those not settled yet.
+        Before each load every claim left is renewed (so none looks stuck while it waits its turn); a model whose
+        claim another process took over meanwhile (a `deactivate`, say) is left to it. Returns the failures."""
+        failed: dict[str, str] = {}
+        for name in list(claimed):
             if self.received:
                 break
-            record(self.registry, name, self.server_name, State.LOADING, "serve: start")
+            claimed[name] = "serve: start-up, loading"
+            held = renew(self.registry, claimed, self.server_name)
+            if held is not None and name not in held:
+                del claimed[name]
+                self.say("info", f"{name}: its claim was taken over by another command; not loaded by serve")
+                continue
             started = time.monotonic()
             ok, reason = self.loader(self.server.http_url, name, self.server.flags.admin_token, self.load_timeout_s)
             took = time.monotonic() - started
             if ok:
+                del claimed[name]
                 record(self.registry, name, self.server_name, State.READY, "serve: loaded")
                 self.say("ready", f"{name} ({took:.1f}s)")
             else:
-                failures += 1
-                record(self.registry, name, self.server_name, State.FAILED, f"serve: {reason}"[:2000])
+                failed[name] = reason
+                claimed[name] = f"serve: start-up; load failed, FAILED once the start-up is over: {reason}"[:2000]
                 self.say("failed", f"{name}: {reason}")
-        self.supervisor.set_phase("serving")
-        if not self.received and self.on_ready is not None:
-            self.on_ready(names, failures)
-        return True
+        for name, reason in failed.items():  # the start-up is over: watch retries these from now on
+            del claimed[name]
+            record(self.registry, name, self.server_name, State.FAILED, f"serve: {reason}"[:2000])
+        return len(failed)
 
     def _first_names(self) -> list[str]:
         """What the first start loads; with no registry yet, that is also recorded as the desired state."""

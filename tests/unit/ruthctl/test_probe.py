@@ -3,6 +3,7 @@ signal handler that must never wait."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from typer.testing import CliRunner
 from ruthctl import probe
 from ruthctl.probe import Observation, Supervisor, judge_live, judge_ready
 from ruthctl.registry import Desired, Registry, State
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def seen(at: float, **index: str) -> Observation:
@@ -173,6 +176,42 @@ def test_serve_seeds_a_missing_registry_and_closes_claims_of_a_process_that_is_g
     assert {n: m.on(server).state for n, m in registry.read().models.items()} == {"a": State.READY, "b": State.READY}
     moves = [(e.model, e.from_state, e.to_state) for e in registry.audit() if e.event == "transition"]
     assert ("a", "LOADING", "FAILED") in moves and ("b", "UNLOADING", "UNLOADED") in moves
+
+
+def test_serves_start_up_claims_are_left_alone_by_the_rules_and_released_or_judged_stuck_when_gone(
+    tmp_path: Path,
+) -> None:
+    """`serve` claims every start-up load before tritonserver answers: `find_violations` (what `watch` acts on)
+    leaves a claimed model alone while its owner lives, and judges it STUCK (resolved, then retried) once the owner
+    is gone; a claim whose load never ran is given back."""
+    from ruthctl.invariants import Kind, LocalFacts, ServerFacts, find_violations
+    from ruthctl.spec import load_specs
+    from ruthctl.supervise import claim, release, renew
+
+    server = "127.0.0.1:8000"
+    registry = Registry(tmp_path, actor="me@host pid 1: ruthctl serve")
+    registry.set_desired("tank_overflow_monitoring", Desired.ACTIVE)
+    registry.set_desired("chane_tank_monitor", Desired.ACTIVE)
+    claims = claim(registry, ["tank_overflow_monitoring", "chane_tank_monitor"], server)
+    assert {n: m.on(server).state for n, m in registry.read().models.items()} == {
+        "tank_overflow_monitoring": State.LOADING,
+        "chane_tank_monitor": State.LOADING,
+    }
+    specs, _ = load_specs(REPO / "config" / "models")
+    local = LocalFacts(specs={n: specs[n] for n in claims}, registry=registry.read())
+    facts = ServerFacts(server=server)  # tritonserver up, nothing loaded yet
+    now = dt.datetime.now(dt.timezone.utc)
+    assert find_violations(local, [facts], now=now, owner_gone=lambda actor: False) == []
+    gone = find_violations(local, [facts], now=now, owner_gone=lambda actor: "pid 1:" in actor)
+    assert sorted((v.kind, v.model) for v in gone) == [(Kind.STUCK, n) for n in sorted(claims)]
+
+    assert renew(registry, claims, server) == {"tank_overflow_monitoring", "chane_tank_monitor"}
+    release(registry, claims, server)
+    assert claims == {}
+    assert {n: m.on(server).state for n, m in registry.read().models.items()} == {
+        "tank_overflow_monitoring": State.UNLOADED,
+        "chane_tank_monitor": State.UNLOADED,
+    }
 
 
 def test_infer_protocol_switch_follows_the_serve_port_layout() -> None:

@@ -132,6 +132,26 @@ def test_recoveries_count_up_and_reset(registry: Registry) -> None:
     assert registry.count_recovery("m", SERVER, reset=True) == 0
 
 
+def test_renew_restamps_only_this_actors_loading_claims(tmp_path: Path) -> None:
+    clock = Clock()
+    mine = Registry(tmp_path, actor="me@host pid 1: ruthctl serve", clock=clock)
+    other = Registry(tmp_path, actor="you@host pid 2: ruthctl deactivate x", clock=clock)
+    for name in ("queued", "taken", "done"):
+        mine.transition(name, SERVER, State.LOADING, reason="queued")
+    mine.transition("done", SERVER, State.READY)
+    other.transition("taken", SERVER, State.UNLOADING)
+    other.transition("taken", SERVER, State.UNLOADED)
+    before = len(mine.audit())
+    clock.now = T0 + dt.timedelta(minutes=10)
+    held = mine.renew({"queued": "still queued", "taken": "x", "done": "x", "absent": "x"}, SERVER)
+    assert held == {"queued"}
+    queued = mine.get("queued").on(SERVER)  # type: ignore[union-attr]
+    assert (queued.state, queued.since, queued.reason) == (State.LOADING, "2026-01-02T03:14:05.000Z", "still queued")
+    assert mine.get("done").on(SERVER).since == "2026-01-02T03:04:05.000Z"  # type: ignore[union-attr]
+    assert other.renew({"queued": "x"}, SERVER) == set()  # not its claim
+    assert len(mine.audit()) == before  # not a lifecycle move
+
+
 def test_forget_removes_the_model_and_says_so_in_the_audit(registry: Registry) -> None:
     registry.set_desired("m", Desired.ACTIVE)
     registry.forget("m", "no spec")
