@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shutil
+import signal
 import time
 from typing import Any
 
 import pytest
-from reconcile_support import TANK, World
+from reconcile_support import TANK, World, stub_pids
 from support import jpeg, tank_frame
 
 pytestmark = pytest.mark.integration
@@ -134,3 +136,32 @@ def test_a_breaker_whose_state_file_cannot_be_written_still_trips(clean: World, 
         assert "keeping its state in memory" in log and "in memory only" in log
     finally:
         shutil.rmtree(state_file)
+
+
+def test_a_recovered_model_healthy_for_stable_after_gets_its_count_back(clean: World) -> None:
+    """A restart by `watch` counts as a recovery attempt; once the model has been healthy for --stable-after since
+    then, the count goes back to 0 (docs/operations.md), so occasional recoveries never add up to DISABLED."""
+    os.kill(stub_pids(clean.server, "sleepy")[0], signal.SIGKILL)
+    time.sleep(0.5)
+    rounds = watch_rounds(clean, "--iterations", "2", "--stable-after", "30")
+    assert [(a["kind"], a["causes"], a["ok"]) for a in rounds[0]["actions"]] == [("load", ["stub_dead"], True)]
+    assert rounds[1]["violations"] == [] and rounds[1]["actions"] == []  # healthy at once: the count stays
+    entry = clean.registry().get("sleepy").on(clean.url)
+    assert (entry.recoveries, entry.state.value) == (1, "READY") and entry.last_recovery is not None
+    time.sleep(3)
+    rounds = watch_rounds(clean, "--iterations", "1", "--stable-after", "3")
+    assert rounds[0]["violations"] == [] and rounds[0]["actions"] == []
+    entry = clean.registry().get("sleepy").on(clean.url)
+    assert (entry.recoveries, entry.last_recovery) == (0, None)  # stable long enough: its count is back
+    os.kill(stub_pids(clean.server, "sleepy")[0], signal.SIGKILL)  # the next problem is a first attempt again
+    time.sleep(0.5)
+    rounds = watch_rounds(clean, "--iterations", "1", "--backoff", "300")
+    assert [(a["kind"], a["ok"]) for a in rounds[0]["actions"]] == [("load", True)], rounds
+    assert clean.registry().get("sleepy").on(clean.url).recoveries == 1
+    clean.registry().count_recovery("sleepy", clean.url, reset=True)
+
+
+def watch_rounds(w: World, *options: str) -> list[dict[str, Any]]:
+    result = w.ruthctl("watch", "--interval", "0", "--metrics-port", "0", "--json", *options)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
