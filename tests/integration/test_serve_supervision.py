@@ -126,10 +126,15 @@ class Serve:
     """`ruthctl serve` in a child process, its stderr collected, its ports known."""
 
     def __init__(
-        self, root: Path, *args: str, env: dict[str, str] | None = None, seed_port_names: bool = False
+        self,
+        root: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        seed_port_names: bool = False,
+        base: int | None = None,
     ) -> None:
         self.root = root
-        self.base = port_block(4)
+        self.base = base or port_block(4)  # a given base: the same server again (a restarted container)
         self.http, self.grpc, self.metrics, self.probe = self.base, self.base + 1, self.base + 2, self.base + 3
         self.env = {
             **os.environ,
@@ -211,8 +216,8 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serving(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Serve]:
-    serve = Serve(root, *args, env=env)
+def serving(root: Path, *args: str, env: dict[str, str] | None = None, base: int | None = None) -> Iterator[Serve]:
+    serve = Serve(root, *args, env=env, base=base)
     try:
         yield serve
     finally:
@@ -494,3 +499,50 @@ def test_watch_beside_a_starting_serve_counts_none_of_serves_loads_as_recoveries
         assert first_by_watch > serve_done, [(a.ts, a.model, a.to_state, a.actor[-14:]) for a in audit]
         assert not [a for a in audit if "ruthctl watch" in a.actor and a.model in ("bulky", "hefty")], audit
         assert serve.stop() == 0
+
+
+def test_a_serve_killed_mid_start_leaves_no_claim_that_blocks_and_its_successor_takes_over(tmp_path: Path) -> None:
+    """serve SIGKILLed while loading (its tritonserver dies with it), then started again on the same ports, as the
+    orchestrator does, with `watch` beside it throughout: the dead process's claims are closed, every model ends
+    READY, loaded by serve, and none of it is counted as a recovery."""
+    slow = {"init_sleep_s": 6}
+    root = build(tmp_path / "d", {"bulky": slow, "hefty": slow})
+    registry = Registry(root / "state")
+    first = Serve(root)
+    server = f"127.0.0.1:{first.http}"
+    watch = start_watch(first, "--backoff", "1", "--max-attempts", "10")
+    try:
+
+        def loading_bulky() -> bool:
+            entry = registry.get("bulky")
+            return entry is not None and entry.on(server).reason == "serve: start-up, loading"
+
+        first.until(loading_bulky, 90, "the first serve loading bulky")
+        old_pid = first.server_pid()
+        first.proc.kill()
+        first.proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while first.server_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert first.server_pid() is None, "tritonserver outlived its serve"
+        claims = {m: registry.get(m).on(server) for m in ("bulky", "hefty")}
+        print({m: (c.state.value, c.actor[-30:]) for m, c in claims.items()})
+        with serving(root, base=first.base) as second:
+            second.until(lambda: second.get("/ready")[0] == 200, 120, "the second serve ready")
+            assert second.server_pid() not in (None, old_pid)
+            assert "READY bulky" in second.stderr and "READY hefty" in second.stderr, second.stderr
+            time.sleep(2)  # a few rounds of watch on the settled server
+            rounds = stop_watch(watch)
+            assert second.stop() == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        if first.proc.poll() is None:
+            first.proc.kill()
+    loads = [(a["model"], a["ok"]) for r in rounds for a in r["actions"] if a["kind"] == "load"]
+    assert loads == [], loads
+    models = registry.read().models
+    assert {m: (models[m].on(server).state.value, models[m].on(server).recoveries) for m in models} == {
+        "bulky": ("READY", 0),
+        "hefty": ("READY", 0),
+    }
