@@ -64,7 +64,7 @@ def seed_registry(registry: Registry, names: Sequence[str], versions: dict[str, 
     return True
 
 
-def record(registry: Registry, name: str, server: str, target: State, reason: str) -> None:
+def record(registry: Registry, name: str, server: str, target: State, reason: str) -> bool:
     """Best effort: move `name` on this server to `target` (LOADING, READY or FAILED). This tritonserver was started
     by us, so a LOADING/UNLOADING claim found here belongs to a process that is gone and is closed first."""
     try:
@@ -77,16 +77,19 @@ def record(registry: Registry, name: str, server: str, target: State, reason: st
         registry.transition(name, server, target, reason=reason)
     except (IllegalTransition, RegistryError, OSError, ValueError) as exc:
         log.warning("registry: could not record %s %s on %s: %s", name, target.value, server, exc)
+        return False
+    return True
 
 
 def claim(registry: Registry, names: Sequence[str], server: str) -> dict[str, str]:
     """Claim `names` on this server for `serve`'s loads (LOADING, this process as the owner); returns the claims
-    made (model -> reason), in order. Best effort, like `record`: a model that can't be claimed is still loaded."""
-    claimed: dict[str, str] = {}
-    for name in names:
-        record(registry, name, server, State.LOADING, "serve: start-up, queued")
-        claimed[name] = "serve: start-up, queued"
-    return claimed
+    made (model -> reason), in order. Best effort, like `record`: a model that can't be claimed is left out (and
+    still loaded)."""
+    return {
+        name: "serve: start-up, queued"
+        for name in names
+        if record(registry, name, server, State.LOADING, "serve: start-up, queued")
+    }
 
 
 def renew(registry: Registry, claims: dict[str, str], server: str) -> set[str] | None:
@@ -210,7 +213,7 @@ class Supervised:
                 return False
             self.supervisor.forget()
             self.supervisor.set_phase("loading")
-            failed = self._load_claimed(claimed)
+            failed = self._load_claimed(names, claimed)
         finally:
             release(self.registry, claimed, self.server_name)
         self.supervisor.set_phase("serving")
@@ -218,20 +221,24 @@ class Supervised:
             self.on_ready(names, failed)
         return True
 
-    def _load_claimed(self, claimed: dict[str, str]) -> int:
-        """Load the claimed models in order; `claimed` (model -> reason of its claim) keeps those not settled yet.
-        Before each load every claim left is renewed (so none looks stuck while it waits its turn); a model whose
-        claim another process took over meanwhile (a `deactivate`, say) is left to it. Returns the failures."""
+    def _load_claimed(self, names: Sequence[str], claimed: dict[str, str]) -> int:
+        """Load `names` in order; `claimed` (model -> reason of its claim) keeps the claims not settled yet. Before
+        each load every claim left is renewed (so none looks stuck while it waits its turn); a model whose claim
+        another process took over meanwhile (a `deactivate`, say) is left to it. Returns the failures."""
         failed: dict[str, str] = {}
-        for name in list(claimed):
+        for name in names:
             if self.received:
                 break
-            claimed[name] = "serve: start-up, loading"
-            held = renew(self.registry, claimed, self.server_name)
-            if held is not None and name not in held:
-                del claimed[name]
-                self.say("info", f"{name}: its claim was taken over by another command; not loaded by serve")
-                continue
+            if name in claimed:
+                claimed[name] = "serve: start-up, loading"
+                held = renew(self.registry, claimed, self.server_name)
+                if held is not None and name not in held:
+                    del claimed[name]
+                    self.say("info", f"{name}: its claim was taken over by another command; not loaded by serve")
+                    continue
+            else:  # it could not be claimed up front (the registry was busy or unwritable): the old best effort
+                record(self.registry, name, self.server_name, State.LOADING, "serve: start")
+                claimed[name] = "serve: start-up, loading"
             started = time.monotonic()
             ok, reason = self.loader(self.server.http_url, name, self.server.flags.admin_token, self.load_timeout_s)
             took = time.monotonic() - started

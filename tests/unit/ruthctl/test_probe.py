@@ -214,6 +214,42 @@ def test_serves_start_up_claims_are_left_alone_by_the_rules_and_released_or_judg
     }
 
 
+def test_serve_keeps_a_failed_start_up_load_claimed_until_the_start_up_is_over(tmp_path: Path) -> None:
+    """Queued claims are renewed before each load, a claim another command took over is left to it, and a failed
+    load stays claimed (watch leaves it alone) until the last start-up load has run; then it is FAILED."""
+    from ruthctl.server import TritonFlags, TritonInstall, TritonServer
+    from ruthctl.settings import Settings
+    from ruthctl.supervise import Supervised, claim
+
+    flags = TritonFlags(model_repository=tmp_path, backend_directory=tmp_path)
+    server = TritonServer(flags, TritonInstall(Path("/bin/false"), tmp_path, tmp_path), {})
+    seen: list[tuple[str, dict[str, tuple[str, str]]]] = []
+    supervised: Supervised
+
+    def loader(_url: str, name: str, _token: str | None, _timeout: float) -> tuple[bool, str]:
+        models = supervised.registry.read().models
+        seen.append((name, {n: (m.on(where).state.value, m.on(where).reason) for n, m in models.items()}))
+        if name == "a":  # meanwhile an operator deactivates b: its claim is no longer serve's
+            other = Registry(tmp_path / "state", actor="op@host pid 2: ruthctl deactivate b")
+            other.transition("b", where, State.UNLOADING)
+            other.transition("b", where, State.UNLOADED)
+        return (False, "boom") if name == "a" else (True, "")
+
+    supervised = Supervised(
+        server, Settings(ruth_state_dir=tmp_path / "state"), None, loader=loader, say=lambda *a: None
+    )
+    where = supervised.server_name
+    claimed = claim(supervised.registry, ["a", "b", "c"], where)
+    assert supervised._load_claimed(["a", "b", "c"], claimed) == 1
+    assert [name for name, _ in seen] == ["a", "c"]  # b was taken over: not loaded by serve
+    _, during_c = seen[1]
+    assert during_c["a"][0] == "LOADING" and "load failed" in during_c["a"][1]  # still claimed while c loads
+    assert during_c["c"] == ("LOADING", "serve: start-up, loading")
+    states = {n: m.on(where).state for n, m in supervised.registry.read().models.items()}
+    assert states == {"a": State.FAILED, "b": State.UNLOADED, "c": State.READY}
+    assert claimed == {}
+
+
 def test_infer_protocol_switch_follows_the_serve_port_layout() -> None:
     from ruthctl.triton_client import Endpoint, Transport
 
