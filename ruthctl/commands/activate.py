@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail, preflight, render_server_results
+from ruthctl.commands._common import JsonOption, fail, preflight, render_server_results
 from ruthctl.exit_codes import ExitCode
 from ruthctl.lifecycle import Progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def register(app: typer.Typer) -> None:
@@ -40,8 +43,8 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def progress_display(enabled: bool) -> Iterator[Progress]:
-    """A spinner on stderr (people) or nothing (--json, pipes); yields the callback lifecycle reports through."""
+def progress_display(err: Console, enabled: bool) -> Iterator[Progress]:
+    """A spinner on `err` (people) or nothing (--json, pipes); yields the callback lifecycle reports through."""
     if not enabled or not err.is_terminal:
         yield lambda message: None
         return
@@ -57,7 +60,7 @@ def activate(
         list[str] | None,
         typer.Option("--set", help="Parameter override for this activation, e.g. ruth.fault.fail_rate=0.2"),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Load a model on every server, atomically from the operator's view: it ends READY or is rolled back.
 
@@ -78,13 +81,14 @@ def activate(
     env = app.env()
     target = activation.prepare(env.paths(), env.profile, name, version, overrides)
     reg = app.registry(env, f"activate {model}")
-    with app.adapters(env, load_timeout_s=timeout) as clients, progress_display(not json_out) as progress:
+    with app.adapters(env, load_timeout_s=timeout) as clients, progress_display(app.err, not json_out) as progress:
         preflight(clients)
         try:
             results = activation.activate(clients, reg, target, timeout, progress)
         except ModelBusy as exc:
             fail(f"refused: {exc}")
     render_server_results(
+        app,
         f"activate {name} v{target.version}",
         results,
         activation.exit_code(results),

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import fail, preflight, render_server_results
+from ruthctl.commands._common import JsonOption, fail, preflight, render_server_results
 from ruthctl.commands.activate import parse_model_ref, progress_display
 
 
@@ -19,7 +19,7 @@ def deactivate(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="MODEL (a :VERSION suffix is accepted and ignored).")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain on each server.")] = 60.0,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Mark a model INACTIVE and unload it from every server.
 
@@ -35,12 +35,12 @@ def deactivate(
     app = app_of(ctx)
     env = app.env()
     reg = app.registry(env, f"deactivate {name}")
-    with app.adapters(env) as clients, progress_display(not json_out) as progress:
+    with app.adapters(env) as clients, progress_display(app.err, not json_out) as progress:
         preflight(clients)
         try:
             results = activation.deactivate(clients, reg, name, timeout, progress)
         except ModelBusy as exc:
             fail(f"refused: {exc}")
     render_server_results(
-        f"deactivate {name}", results, activation.exit_code(results), {"model": name} if json_out else None
+        app, f"deactivate {name}", results, activation.exit_code(results), {"model": name} if json_out else None
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail, out, print_json
+from ruthctl.commands._common import JsonOption, fail, print_json
 from ruthctl.exit_codes import ExitCode
 
 
@@ -21,7 +21,7 @@ def generate(
     check: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 3 if any generated file would change.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
     specs: Annotated[
         Path | None, typer.Option(help="Spec folder (default: config/models next to the repository).")
     ] = None,
@@ -35,7 +35,8 @@ def generate(
     from ruthctl.render import render_files, stale_generated_files, sync_files
     from ruthctl.spec import SpecError, load_profiles, load_specs
 
-    env = app_of(ctx).env(token=False)
+    app = app_of(ctx)
+    env = app.env(token=False)
     spec_dir = specs or env.specs
     repo = (repository or env.repository).resolve()
     try:
@@ -58,7 +59,9 @@ def generate(
     drift = [r for r in rows if r["status"] != "unchanged"]
     code = ExitCode.ERROR if errors else (ExitCode.DRIFT if check and drift else ExitCode.OK)
     if json_out:
-        print_json({"repository": str(repo), "check": check, "files": rows, "errors": errors, "drift": bool(drift)})
+        print_json(
+            app.out(), {"repository": str(repo), "check": check, "files": rows, "errors": errors, "drift": bool(drift)}
+        )
     else:
         from rich.table import Table
 
@@ -69,9 +72,9 @@ def generate(
         for row in rows:
             status = row["status"] if not check or row["status"] == "unchanged" else f"would be {row['status']}"
             table.add_row(row["model"], row["path"], f"[{colours[row['status']]}]{status}[/]")
-        out().print(table)
+        app.out().print(table)
         for file, error in sorted(errors.items()):
-            err.print(f"[red]invalid spec[/red] {file}: {error}", highlight=False)
+            app.err.print(f"[red]invalid spec[/red] {file}: {error}", highlight=False)
         if check and drift:
-            err.print(f"{len(drift)} generated file(s) out of date: run `ruthctl generate`")
+            app.err.print(f"{len(drift)} generated file(s) out of date: run `ruthctl generate`")
     raise typer.Exit(int(code))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import print_json
+from ruthctl.commands._common import JsonOption, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 def health(
     ctx: typer.Context,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Server liveness, readiness of every wanted model, breakers, dead stubs and zombies, rolled up.
 
@@ -37,7 +35,7 @@ def health(
         report = HealthReport([server_health(client, rec.gather_server(client, local), local) for client in clients])
     overall = report.status
     if json_out:
-        print_json(report.to_json())
+        print_json(app.out(), report.to_json())
     else:
         from rich.table import Table
 

@@ -16,25 +16,27 @@ config/models/ppe_detection.yaml's `parameters` and run `ruthctl generate`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import cv2
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from python_backends.storage import atomic_write_bytes
+from ruthctl.app import app_of
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="PPE: fit the colour ranges to a site.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 
-def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
-    """The CalibrationReport for the frames a YAML file lists (see the module doc)."""
+def calibrate_file(
+    frames_yaml: Path, weights_dir: Path | None = None, warn: Callable[[str], None] = lambda message: None
+) -> Any:
+    """The CalibrationReport for the frames a YAML file lists (see the module doc); `warn` gets each skipped label
+    (rich markup)."""
     from python_backends.weights import default_weights_dir, pin_named, verify
     from ruth_vision import ppe
     from ruth_vision.pose import PoseEngineConfig, build_engine
@@ -60,7 +62,7 @@ def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
         poses = match_heads(heads, engine.infer(frame), frame.shape[1], frame.shape[0])
         for label, pose in zip(labels, poses, strict=True):
             if pose is None:
-                err.print(f"[yellow]{path}[/]: no person found at head {label['head']}; skipped")
+                warn(f"[yellow]{path}[/]: no person found at head {label['head']}; skipped")
                 continue
             workers.append(LabelledWorker(frame, pose, label.get("hardhat"), label.get("vest")))
     if not workers:
@@ -70,6 +72,7 @@ def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
 
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     frames: Annotated[Path, typer.Argument(help="YAML listing the frames and their labelled workers.")],
     output: Annotated[Path, typer.Option("--out", help="Where to write the CONFIG preset (JSON).")],
     weights_dir: Annotated[
@@ -78,14 +81,15 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Fit the hard-hat and vest colour ranges from labelled frames; write a CONFIG preset."""
+    app = app_of(ctx)
     try:
-        report = calibrate_file(frames, weights_dir)
+        report = calibrate_file(frames, weights_dir, app.err.print)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        err.print(f"[red]calibration failed[/]: {exc}")
+        app.err.print(f"[red]calibration failed[/]: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
     atomic_write_bytes(output, json.dumps(report.preset(), indent=1).encode(), mode=0o600)
     if as_json:
-        out.print_json(json.dumps({"preset": str(output), **report.model_dump()}))
+        app.out().print_json(json.dumps({"preset": str(output), **report.model_dump()}))
         return
     table = Table(title=f"PPE calibration -> {output}")
     for column in ("item", "worn", "not worn", "worn passing", "not-worn matching", "refitted"):
@@ -99,4 +103,4 @@ def calibrate(
             f"{fit.not_worn_matching_before} -> {fit.not_worn_matching_after}",
             ", ".join(fit.changed) or "-",
         )
-    out.print(table)
+    app.out().print(table)

@@ -33,8 +33,6 @@ from ruthctl.server import (
 )
 from ruthctl.settings import Hardware, Profile, Settings, load_settings
 
-err = Console(stderr=True)
-
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -67,7 +65,8 @@ def serve(
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for each model load.")] = 120.0,
 ) -> None:
     """Start tritonserver, load the models the desired state marks active, and stay up until SIGTERM/SIGINT."""
-    root = app_of(ctx).options
+    app = app_of(ctx)
+    root, err = app.options, app.err
     try:
         settings = load_settings(
             ruth_host=host,
@@ -104,7 +103,7 @@ def serve(
     except (WeakToken, ValueError) as exc:  # an unsafe key, key file or state dir, or a bad RUTH_KEYED_APIS
         err.print(f"[red]error:[/red] refusing to start: {exc}")
         raise typer.Exit(ExitCode.USAGE) from exc
-    raise typer.Exit(run_foreground(server, settings, models=model, load_timeout_s=load_timeout))
+    raise typer.Exit(run_foreground(server, settings, err, models=model, load_timeout_s=load_timeout))
 
 
 def hardware_problem(settings: Settings) -> str | None:
@@ -183,9 +182,14 @@ def load_model(http_url: str, name: str, token: str | None, timeout_s: float) ->
 
 
 def run_foreground(
-    server: TritonServer, settings: Settings, *, models: list[str] | None = None, load_timeout_s: float = 120.0
+    server: TritonServer,
+    settings: Settings,
+    err: Console,
+    *,
+    models: list[str] | None = None,
+    load_timeout_s: float = 120.0,
 ) -> int:
-    """Start, load, print endpoints, then supervise until SIGTERM/SIGINT (ruthctl.supervise)."""
+    """Start, load, print endpoints (on `err`), then supervise until SIGTERM/SIGINT (ruthctl.supervise)."""
     from ruthctl.supervise import Supervised, stderr_say
 
     return Supervised(
@@ -195,11 +199,11 @@ def run_foreground(
         loader=load_model,
         say=stderr_say(settings.log_format, err),
         load_timeout_s=load_timeout_s,
-        on_ready=lambda names, failures: print_endpoints(server, settings, names, failures),
+        on_ready=lambda names, failures: print_endpoints(err, server, settings, names, failures),
     ).run()
 
 
-def print_endpoints(server: TritonServer, settings: Settings, names: list[str], failures: int) -> None:
+def print_endpoints(err: Console, server: TritonServer, settings: Settings, names: list[str], failures: int) -> None:
     table = Table(
         title=f"Ruth AI on Triton — profile {settings.ruth_ai_profile.value}, environment {settings.ruth_ai_env}",
         show_header=False,

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import out, print_json
+from ruthctl.commands._common import JsonOption, print_json
 from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ruthctl.invariants import Violation
 
 
@@ -22,7 +24,7 @@ def register(app: typer.Typer) -> None:
 def verify(
     ctx: typer.Context,
     stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Report every violated invariant (read-only).
 
@@ -39,9 +41,12 @@ def verify(
     with app.adapters(env) as clients:
         violations = app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
     if json_out:
-        print_json({"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]})
+        print_json(
+            app.out(),
+            {"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]},
+        )
     else:
-        render_violations(violations, title=f"verify ({', '.join(env.urls)})")
+        render_violations(app.out(), violations, title=f"verify ({', '.join(env.urls)})")
     raise typer.Exit(int(exit_code(violations)))
 
 
@@ -55,10 +60,9 @@ def exit_code(violations: Sequence[Violation]) -> ExitCode:
     return ExitCode.ERROR
 
 
-def render_violations(violations: Sequence[Violation], title: str) -> None:
+def render_violations(console: Console, violations: Sequence[Violation], title: str) -> None:
     from rich.table import Table
 
-    console = out()
     if not violations:
         console.print(f"[green]ok[/green]: no violations ({title})")
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail
+from ruthctl.commands._common import fail, print_json
 from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -63,6 +62,7 @@ def watch(
         fail(str(exc), ExitCode.USAGE)
     app = app_of(ctx)
     env = app.env()
+    err = app.err
     metrics = WatchMetrics()
     if metrics_port:
         try:
@@ -79,7 +79,7 @@ def watch(
 
     def report(cycle: Cycle) -> None:
         if json_out:
-            typer.echo(json.dumps(summary(cycle), separators=(",", ":"), default=str))
+            print_json(app.out(), summary(cycle))
             return
         if cycle.error:
             err.print(f"[red]round failed:[/red] {cycle.error}")

