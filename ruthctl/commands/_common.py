@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 #: `--json` of the commands that print one JSON document instead of a table
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+#: `--stuck-after` of the commands that check the invariants (verify, repair, watch)
+StuckAfterOption = Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")]
+#: `--timeout` of the commands that load and unload to repair (repair, watch)
+ChangeTimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")]
 
 
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:

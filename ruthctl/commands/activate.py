@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -15,6 +15,10 @@ from ruthctl.lifecycle import Progress
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ruthctl.activation import ServerResult
+    from ruthctl.app import App, Env
+    from ruthctl.triton_client import TritonAdapter
 
 
 def register(app: typer.Typer) -> None:
@@ -73,7 +77,6 @@ def activate(
     (run `ruthctl generate`), 4 a server unreachable or timed out.
     """
     from ruthctl import activation
-    from ruthctl.registry import ModelBusy
 
     name, version = parse_model_ref(model)
     overrides = parse_overrides(set_ or [])
@@ -81,16 +84,38 @@ def activate(
     env = app.env()
     target = activation.prepare(env.paths(), env.profile, name, version, overrides)
     reg = app.registry(env, f"activate {model}")
-    with app.adapters(env, load_timeout_s=timeout) as clients, progress_display(app.err, not json_out) as progress:
+    change_servers(
+        app,
+        env,
+        f"activate {name} v{target.version}",
+        lambda clients, progress: activation.activate(clients, reg, target, timeout, progress),
+        {"model": name, "version": target.version} if json_out else None,
+        load_timeout_s=timeout,
+    )
+
+
+def change_servers(
+    app: App,
+    env: Env,
+    title: str,
+    change: Callable[[list[TritonAdapter], Progress], list[ServerResult]],
+    json_doc: dict[str, object] | None,
+    *,
+    load_timeout_s: float = 120.0,
+) -> NoReturn:
+    """Connect to every server, refuse at once on a rejected admin token, make the change (a spinner for people;
+    `json_doc` None means people), then one row per server and the exit code of the results. A model another
+    command is changing is refused."""
+    from ruthctl.activation import exit_code
+    from ruthctl.registry import ModelBusy
+
+    with (
+        app.adapters(env, load_timeout_s=load_timeout_s) as clients,
+        progress_display(app.err, json_doc is None) as progress,
+    ):
         preflight(clients)
         try:
-            results = activation.activate(clients, reg, target, timeout, progress)
+            results = change(clients, progress)
         except ModelBusy as exc:
             fail(f"refused: {exc}")
-    render_server_results(
-        app,
-        f"activate {name} v{target.version}",
-        results,
-        activation.exit_code(results),
-        {"model": name, "version": target.version} if json_out else None,
-    )
+    render_server_results(app, title, results, exit_code(results), json_doc)

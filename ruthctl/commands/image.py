@@ -6,7 +6,9 @@ without an engine; `--json` prints one document on stdout, everything else goes 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,11 +38,16 @@ ExitTimeoutOption = Annotated[
 ]
 
 
-def _fail(app: App, exc: Exception) -> typer.Exit:
-    from ruthctl.images import EngineUnreachable  # noqa: PLC0415 - keep `ruthctl --help` light
+@contextlib.contextmanager
+def _image_errors(app: App) -> Iterator[None]:
+    """An `ImageError` ends the command: its message on stderr, exit 4 when no engine answers, else 1."""
+    from ruthctl.images import EngineUnreachable, ImageError  # noqa: PLC0415 - keep `ruthctl --help` light
 
-    app.err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    return typer.Exit(ExitCode.UNREACHABLE if isinstance(exc, EngineUnreachable) else ExitCode.ERROR)
+    try:
+        yield
+    except ImageError as exc:
+        app.err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(ExitCode.UNREACHABLE if isinstance(exc, EngineUnreachable) else ExitCode.ERROR) from exc
 
 
 def _emit(app: App, document: dict[str, Any], as_json: bool, title: str) -> None:
@@ -85,7 +92,7 @@ def build(
         "nocache": no_cache,
         "base": base,
     }
-    try:
+    with _image_errors(app):
         if dry_run:
             plan = images.plan_build(variant.value, tag=tag, **options)
             _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would build {plan.tags[0]}")
@@ -93,8 +100,6 @@ def build(
         result = images.build_image(
             variant.value, tag, on_log=lambda line: app.err.print(line, markup=False, soft_wrap=True), **options
         )
-    except images.ImageError as exc:
-        raise _fail(app, exc) from exc
     _emit(app, result.as_dict(), as_json, f"built {result.tags[0]}")
 
 
@@ -112,10 +117,8 @@ def wheelhouse(
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
     app = app_of(ctx)
-    try:
+    with _image_errors(app):
         result = images.prepare_wheelhouse(context, refresh=refresh)
-    except images.ImageError as exc:
-        raise _fail(app, exc) from exc
     _emit(app, result.as_dict(), as_json, f"wheelhouse {result.path} ({'cached' if result.cached else 'made'})")
 
 
@@ -163,7 +166,7 @@ def run(
         "restart": restart,
         "network": network,
     }
-    try:
+    with _image_errors(app):
         if dry_run:
             plan = images.plan_run(variant.value, **options)
             _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would run {plan.image}")
@@ -174,6 +177,4 @@ def run(
             app.err.print(f"waiting up to {wait:.0f}s for {result.name} to turn healthy...", soft_wrap=True)
             health = images.wait_healthy(client, result.container_id, wait)
             result = images.RunResult(**{**result.as_dict(), "health": health})
-    except images.ImageError as exc:
-        raise _fail(app, exc) from exc
     _emit(app, result.as_dict(), as_json, f"running {result.name}")

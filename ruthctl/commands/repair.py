@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import JsonOption, print_json
+from ruthctl.commands._common import ChangeTimeoutOption, JsonOption, StuckAfterOption, print_json
 from ruthctl.commands.verify import render_violations
 
 
@@ -18,8 +18,8 @@ def register(app: typer.Typer) -> None:
 def repair_command(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
-    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")] = 120.0,
+    stuck_after: StuckAfterOption = 300.0,
+    timeout: ChangeTimeoutOption = 120.0,
     json_out: JsonOption = False,
 ) -> None:
     """Verify, plan one action per violation, carry the plan out, and verify again. Safe to run twice.

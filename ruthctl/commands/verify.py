@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import JsonOption, print_json
+from ruthctl.commands._common import JsonOption, StuckAfterOption, print_json
 from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 def verify(
     ctx: typer.Context,
-    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
+    stuck_after: StuckAfterOption = 300.0,
     json_out: JsonOption = False,
 ) -> None:
     """Report every violated invariant (read-only).
