@@ -25,14 +25,12 @@ def health(
 
     Exit codes: 0 healthy, 1 degraded, 5 unhealthy.
     """
-    from ruthctl.health import Health, HealthReport, server_health
+    from ruthctl.health import Health, fleet_health
 
     app = app_of(ctx)
     env = app.env()
     with app.adapters(env, timeout_s=5.0) as clients:
-        rec = app.reconciler(env, clients, "health")
-        local = rec.gather_local(thorough=False)
-        report = HealthReport([server_health(client, rec.gather_server(client, local), local) for client in clients])
+        report = fleet_health(app.reconciler(env, clients, "health"), clients)
     overall = report.status
     if json_out:
         print_json(app.out(), report.to_json())
