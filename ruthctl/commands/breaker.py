@@ -8,7 +8,7 @@ with its state dir).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,32 +19,18 @@ from ruthctl.exit_codes import ExitCode
 app = typer.Typer(help="Circuit breakers: list their state, reset them.", no_args_is_help=True)
 
 
-def rows(state_dir: Any, now: float) -> list[dict[str, Any]]:
-    from ruthctl.state_files import breaker_files
-
-    return [
-        {
-            "model": b.model,
-            "version": b.version,
-            "state": b.state or "unreadable",
-            "consecutive_failures": b.consecutive_failures,
-            "total_trips": b.total_trips,
-            "retry_in_s": None if b.retry_at is None or b.state != "open" else round(max(b.retry_at - now, 0.0), 1),
-            "path": str(b.path),
-        }
-        for b in breaker_files(state_dir)
-    ]
-
-
 @app.command("list")
 def list_breakers(
     ctx: typer.Context,
     json_out: JsonOption = False,
 ) -> None:
     """Every breaker with a state file: closed, half_open or open, failures, trips, time to the next trial."""
+    from ruthctl.state_files import breaker_files
+
     app = app_of(ctx)
     env = app.env(token=False)
-    found = rows(env.state_dir, time.time())
+    now = time.time()
+    found = [b.to_json(now) for b in breaker_files(env.state_dir)]
     if json_out:
         print_json(app.out(), {"state_dir": str(env.state_dir), "breakers": found})
         return
@@ -82,14 +68,9 @@ def reset(
 
     if (model is None) == (not all_):
         fail("give MODEL[:VERSION] or --all (not both)", ExitCode.USAGE)
-    name, _, version = (model or "").partition(":")
     app = app_of(ctx)
     env = app.env(token=False)
-    matched = [
-        b
-        for b in breaker_files(env.state_dir)
-        if all_ or (b.model == name and (not version or str(b.version) == version))
-    ]
+    matched = breaker_files(env.state_dir, None if all_ else model)
     if not matched:
         fail(f"no breaker state for {model} in {env.state_dir / 'breakers'}")
     for b in matched:

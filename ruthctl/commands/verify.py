@@ -9,7 +9,6 @@ import typer
 
 from ruthctl.app import app_of
 from ruthctl.commands._common import JsonOption, StuckAfterOption, print_json
-from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,28 +35,17 @@ def verify(
 
     Exit codes: 0 no violation, 1 violations found, 4 only unreachable servers.
     """
+    from ruthctl.invariants import VerifyReport
+
     app = app_of(ctx)
     env = app.env()
     with app.adapters(env) as clients:
-        violations = app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
+        report = VerifyReport(env.urls, app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify())
     if json_out:
-        print_json(
-            app.out(),
-            {"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]},
-        )
+        print_json(app.out(), report.to_json())
     else:
-        render_violations(app.out(), violations, title=f"verify ({', '.join(env.urls)})")
-    raise typer.Exit(int(exit_code(violations)))
-
-
-def exit_code(violations: Sequence[Violation]) -> ExitCode:
-    from ruthctl.invariants import Kind
-
-    if not violations:
-        return ExitCode.OK
-    if all(v.kind is Kind.SERVER_UNREACHABLE for v in violations):
-        return ExitCode.UNREACHABLE
-    return ExitCode.ERROR
+        render_violations(app.out(), report.violations, title=f"verify ({', '.join(env.urls)})")
+    raise typer.Exit(int(report.exit_code))
 
 
 def render_violations(console: Console, violations: Sequence[Violation], title: str) -> None:
