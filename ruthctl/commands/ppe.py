@@ -16,13 +16,10 @@ config/models/ppe_detection.yaml's `parameters` and run `ruthctl generate`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import cv2
 import typer
-import yaml
 from rich.table import Table
 
 from python_backends.storage import atomic_write_bytes
@@ -30,44 +27,6 @@ from ruthctl.app import app_of
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="PPE: fit the colour ranges to a site.", no_args_is_help=True)
-
-
-def calibrate_file(
-    frames_yaml: Path, weights_dir: Path | None = None, warn: Callable[[str], None] = lambda message: None
-) -> Any:
-    """The CalibrationReport for the frames a YAML file lists (see the module doc); `warn` gets each skipped label
-    (rich markup)."""
-    from python_backends.weights import default_weights_dir, pin_named, verify
-    from ruth_vision import ppe
-    from ruth_vision.pose import PoseEngineConfig, build_engine
-    from ruth_vision.ppe_calibration import LabelledWorker, fit_colours, match_heads
-    from ruthctl.app import config_root
-    from ruthctl.settings import load_settings
-    from ruthctl.spec import weight_pins
-
-    data = yaml.safe_load(frames_yaml.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
-        raise ValueError(f"{frames_yaml}: expected `frames:` with at least one entry")
-    movenet = pin_named(weight_pins(config_root(load_settings().models_root.resolve()) / "models"), "movenet")
-    weights = verify((weights_dir or default_weights_dir()) / movenet.path, movenet)
-    engine = build_engine(PoseEngineConfig(weights=weights, extra_input_sizes=(512,)))
-    workers: list[LabelledWorker] = []
-    for entry in data["frames"]:
-        path = frames_yaml.parent / str(entry["image"])
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise ValueError(f"{path}: not a readable image")
-        labels = entry.get("workers") or []
-        heads = [(float(w["head"][0]), float(w["head"][1])) for w in labels]
-        poses = match_heads(heads, engine.infer(frame), frame.shape[1], frame.shape[0])
-        for label, pose in zip(labels, poses, strict=True):
-            if pose is None:
-                warn(f"[yellow]{path}[/]: no person found at head {label['head']}; skipped")
-                continue
-            workers.append(LabelledWorker(frame, pose, label.get("hardhat"), label.get("vest")))
-    if not workers:
-        raise ValueError("no labelled worker was found by the pose network: nothing to fit")
-    return fit_colours(workers, ppe.PpeConfig())
 
 
 @app.command()
@@ -81,9 +40,15 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Fit the hard-hat and vest colour ranges from labelled frames; write a CONFIG preset."""
+    from ruthctl.calibrate import calibrate_file
+
     app = app_of(ctx)
+
+    def skipped(path: Path, head: object) -> None:
+        app.err.print(f"[yellow]{path}[/]: no person found at head {head}; skipped")
+
     try:
-        report = calibrate_file(frames, weights_dir, app.err.print)
+        report = calibrate_file(frames, weights_dir, skipped)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         app.err.print(f"[red]calibration failed[/]: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
