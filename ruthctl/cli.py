@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +33,7 @@ class RuthGroup(TyperGroup):
             verbose = app.options.verbose
             app.err.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
             if verbose and not isinstance(exc, CommandFailed):
-                sys.stderr.write("".join(traceback.format_exception(exc)))
+                app.err.out("".join(traceback.format_exception(exc)), highlight=False, end="")
             raise typer.Exit(int(exit_code_for(exc))) from None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -150,7 +149,7 @@ def print_endpoints(err: Console, server: TritonServer, settings: Settings, name
     table.add_row("admin key", f"{where} (header ruth-admin-token; keyed: {', '.join(server.flags.keyed_apis)})")
     err.print(table)
     err.print("Ctrl-C or SIGTERM drains in-flight requests and stops.")
-    sys.stderr.flush()
+    err.file.flush()
 
 
 __all__ = ["Profile", "register", "run_foreground", "serve"]
