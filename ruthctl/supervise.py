@@ -44,7 +44,7 @@ from ruthctl.server import (
 )
 from ruthctl.settings import Settings
 
-__all__ = ["Supervised", "build_server", "load_model", "registry_server_name", "seed_registry"]
+__all__ = ["Supervised", "registry_server_name", "seed_registry"]
 
 log = logging.getLogger(__name__)
 
