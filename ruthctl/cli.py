@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from ruthctl.app import STDERR, App, RootOptions, Services
+from ruthctl.app import App, RootOptions, Services, app_of
 from ruthctl.commands._common import profile_option
 from ruthctl.exit_codes import CommandFailed, error_line, exit_code_for
 
@@ -30,11 +29,11 @@ class RuthGroup(TyperGroup):
         except (typer.Exit, typer.Abort, TyperException):  # exits, and usage errors: Click's own (code 2)
             raise
         except (Exception, KeyboardInterrupt) as exc:
-            verbose = isinstance(ctx.obj, App) and ctx.obj.options.verbose
-            console = ctx.obj.err if isinstance(ctx.obj, App) else STDERR
-            console.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
+            app = app_of(ctx)  # the root's, or the defaults with any injected Services when the root never ran
+            verbose = app.options.verbose
+            app.err.print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
             if verbose and not isinstance(exc, CommandFailed):
-                sys.stderr.write("".join(traceback.format_exception(exc)))
+                app.err.out("".join(traceback.format_exception(exc)), highlight=False, end="")
             raise typer.Exit(int(exit_code_for(exc))) from None
 
 
@@ -69,11 +68,11 @@ SUBAPP_MODULES: dict[str, str] = {
 }
 
 
-def _print_version(value: bool) -> None:
+def _print_version(ctx: typer.Context, value: bool) -> None:
     if value:
         from ruthctl import __version__
 
-        typer.echo(f"ruthctl {__version__}")
+        app_of(ctx).out().out(f"ruthctl {__version__}", highlight=False)
         raise typer.Exit()
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ruthctl.exit_codes import ExitCode
 from ruthctl.invariants import LocalFacts, ServerFacts, desired_version
 from ruthctl.registry import Desired, State
 from ruthctl.triton_client import TritonAdapter, TritonAPIError
+
+if TYPE_CHECKING:
+    from ruthctl.reconcile import Reconciler
 
 
 class Health(str, enum.Enum):
@@ -155,3 +158,9 @@ def server_health(client: TritonAdapter, facts: ServerFacts, local: LocalFacts) 
     else:
         status = Health.DEGRADED if degraded else Health.HEALTHY
     return ServerHealth(facts.server, status, live, server_ready, models, problems)
+
+
+def fleet_health(rec: Reconciler, clients: Sequence[TritonAdapter]) -> HealthReport:
+    """Ask every server (and this host's registry, specs and breakers) once; one `ServerHealth` per client."""
+    local = rec.gather_local(thorough=False)
+    return HealthReport([server_health(client, rec.gather_server(client, local), local) for client in clients])

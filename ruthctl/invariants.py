@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from python_backends.weights import WeightProblem
+from ruthctl.exit_codes import ExitCode
 from ruthctl.gauges import HealthGauges
 from ruthctl.procs import StubMatch
 from ruthctl.registry import Desired, ModelEntry, RegistryFile, ServerEntry, State
@@ -79,6 +80,30 @@ class Violation:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "kind": self.kind.value}
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """What `ruthctl verify` found on the servers it asked."""
+
+    servers: Sequence[str]
+    violations: Sequence[Violation]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 no violation, 4 when the only violations are unreachable servers, else 1."""
+        if not self.violations:
+            return ExitCode.OK
+        if all(v.kind is Kind.SERVER_UNREACHABLE for v in self.violations):
+            return ExitCode.UNREACHABLE
+        return ExitCode.ERROR
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": not self.violations,
+            "servers": list(self.servers),
+            "violations": [v.to_json() for v in self.violations],
+        }
 
 
 class ActionKind(str, enum.Enum):

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ruthctl.registry import Desired, Registry, RegistryError, State, replay
+from ruthctl.registry import Desired, Registry, State
 
 __all__ = [
     "Observation",
@@ -110,13 +110,9 @@ def wanted_models(
     None when there is no registry (then `serve` decides). A damaged registry is read through its audit log.
     `only` (serve --model) restricts the answer to those names.
     """
-    if not registry.exists():
+    models = registry.read_or_replay("probes use the audit log")
+    if models is None:
         return None
-    try:
-        models = registry.read().models
-    except RegistryError as exc:
-        log.warning("%s; probes use the audit log", exc)
-        models = replay(registry.audit())
     names = set(available)
     wanted = [
         name

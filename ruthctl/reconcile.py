@@ -393,16 +393,17 @@ class Reconciler:
                 except TritonAPIError:
                     continue
                 if entry is not None and entry.ready:
-                    self.registry.transition(name, server, State.LOADING, reason="adopt")
-                    self.registry.transition(
-                        name,
-                        server,
-                        State.READY,
-                        reason="adopt: READY on Triton",
-                        version=int(entry.version or spec.version),
-                    )
+                    version = int(entry.version or spec.version)
+                    self._observed_ready(name, server, version, "adopt: READY on Triton", via="adopt")
                     adopted.append(f"{name}@{server}")
         return f"desired ACTIVE: {', '.join(sorted(specs)) or 'none'}; READY: {', '.join(adopted) or 'none'}"
+
+    def _observed_ready(self, name: str, server: str, version: int | None, reason: str, *, via: str | None) -> None:
+        """Record READY as Triton shows it, through LOADING (the only way into READY) with the reason `via`; None
+        when the registry is at LOADING already."""
+        if via is not None:
+            self.registry.transition(name, server, State.LOADING, reason=via)
+        self.registry.transition(name, server, State.READY, reason=reason, version=version)
 
     def _record(self, adapter: TritonAdapter, name: str) -> str:
         server = str(adapter.endpoint)
@@ -410,15 +411,9 @@ class Reconciler:
         current = self.registry.get(name)
         state = current.on(server).state if current is not None else State.UNLOADED
         if entry is not None and entry.ready:
-            if state is not State.LOADING:
-                self.registry.transition(name, server, State.LOADING, reason="repair: observed READY on Triton")
-            self.registry.transition(
-                name,
-                server,
-                State.READY,
-                reason="repair: observed READY on Triton",
-                version=int(entry.version) if entry.version and entry.version.isdigit() else None,
-            )
+            why = "repair: observed READY on Triton"
+            version = int(entry.version) if entry.version and entry.version.isdigit() else None
+            self._observed_ready(name, server, version, why, via=None if state is State.LOADING else why)
             return "recorded READY"
         if state is State.READY:
             self.registry.transition(name, server, State.UNLOADING, reason="repair: observed not loaded on Triton")

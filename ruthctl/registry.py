@@ -237,6 +237,17 @@ class Registry:
     def get(self, model: str) -> ModelEntry | None:
         return self.read().models.get(model)
 
+    def read_or_replay(self, using: str) -> Mapping[str, ModelEntry] | None:
+        """The entries, None when there is no registry yet. A damaged file is read through its audit log instead
+        (read-only; the next `repair` rewrites the file), with a warning that ends in `using`."""
+        if not self.exists():
+            return None
+        try:
+            return self.read().models
+        except RegistryCorrupt as exc:
+            log.warning("%s; %s", exc, using)
+            return replay(self.audit())
+
     def desired_active(self) -> list[str] | None:
         """Models `serve` should load: None when there is no registry yet (then it loads every model).
 
@@ -244,13 +255,9 @@ class Registry:
         doesn't stop a server from starting: the answer then comes from replaying the audit log (read-only; the
         next `repair` rewrites the file).
         """
-        if not self.exists():
+        models = self.read_or_replay("using the audit log to decide which models to load")
+        if models is None:
             return None
-        try:
-            models = self.read().models
-        except RegistryCorrupt as exc:
-            log.warning("%s; using the audit log to decide which models to load", exc)
-            models = replay(self.audit())
         return sorted(
             name
             for name, entry in models.items()

@@ -136,6 +136,18 @@ class Settings(BaseSettings):
             return self.ai_runtime_hardware
         return detect_hardware()
 
+    def hardware_problem(self) -> str | None:
+        """Why this profile can't run on this host (a GPU profile on a host without a GPU would start with every model
+        failing), or None."""
+        found = self.resolved_hardware()
+        if self.ruth_ai_profile is Profile.CPU or found is not Hardware.CPU:
+            return None
+        return (
+            f"profile {self.ruth_ai_profile.value} needs a GPU, but this host is cpu "
+            f"(AI_RUNTIME_HARDWARE={self.ai_runtime_hardware.value}); no model of that profile could load. "
+            "Use --profile cpu (or RUTH_AI_PROFILE=cpu)"
+        )
+
     def model_env(self) -> dict[str, str]:
         """Variables handed to the model processes (the Python-backend stubs inherit tritonserver's environment)."""
         hardware = self.resolved_hardware()

@@ -28,11 +28,30 @@ class BreakerFile:
     consecutive_failures: int
     total_trips: int
 
+    def retry_in_s(self, now: float) -> float | None:
+        """Seconds (0.1 s steps) until an open breaker lets the next trial through; None unless open."""
+        return None if self.retry_at is None or self.state != "open" else round(max(self.retry_at - now, 0.0), 1)
 
-def breaker_files(state_dir: Path) -> list[BreakerFile]:
-    """Every breaker file of the state dir (`StateLayout.breaker_files`), as its breaker reads it."""
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "state": self.state or "unreadable",
+            "consecutive_failures": self.consecutive_failures,
+            "total_trips": self.total_trips,
+            "retry_in_s": self.retry_in_s(now),
+            "path": str(self.path),
+        }
+
+
+def breaker_files(state_dir: Path, ref: str | None = None) -> list[BreakerFile]:
+    """Every breaker file of the state dir (`StateLayout.breaker_files`), as its breaker reads it; with `ref`
+    (MODEL or MODEL:VERSION) only that model's (every version of it, or the one version)."""
+    name, _, version = (ref or "").partition(":")
     found: list[BreakerFile] = []
     for entry in StateLayout(state_dir).breaker_files():
+        if ref is not None and (entry.model != name or (version and str(entry.version) != version)):
+            continue
         snap = FileBreakerStorage(entry.path).load()
         found.append(
             BreakerFile(

@@ -16,17 +16,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from ruthctl import probe
+from ruthctl.access import admin_token, auth_headers, keyed_apis, secure_state_dir
+from ruthctl.keyshim import shim_library
 from ruthctl.registry import Desired, IllegalTransition, Registry, RegistryError, State, default_actor
-from ruthctl.server import TritonServer, TritonStartError, order_for_loading, repository_models
+from ruthctl.server import (
+    TritonFlags,
+    TritonInstall,
+    TritonServer,
+    TritonStartError,
+    order_for_loading,
+    prepare_backends_dir,
+    repository_models,
+    server_environment,
+)
 from ruthctl.settings import Settings
 
 __all__ = ["Supervised", "claim", "registry_server_name", "release", "renew", "seed_registry"]
@@ -368,3 +383,55 @@ def stderr_say(log_format: str, console: Any) -> Say:
             console.print(style.get(level, "") + message, highlight=False)
 
     return say
+
+
+def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:
+    """The tritonserver `serve` runs, from settings: flags, backends folder, environment (the test fixtures build
+    theirs with it too)."""
+    install = TritonInstall.locate(settings.ruth_tritonserver, settings.ruth_backend_directory)
+    state_dir = secure_state_dir(settings.ruth_state_dir.resolve())
+    backends = prepare_backends_dir(install, state_dir)
+    env_token = settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token is not None else None
+    token = admin_token(state_dir, env_token)  # empty: the state dir's generated key; never "no key"
+    apis = keyed_apis(settings.ruth_keyed_apis.split(","))
+    shim = shim_library(state_dir, settings.ruth_key_shim)
+    flags = TritonFlags(
+        model_repository=settings.models_root.resolve(),
+        backend_directory=backends,
+        host=settings.ruth_host,
+        http_port=settings.ruth_http_port,
+        grpc_port=settings.ruth_grpc_port,
+        metrics_port=settings.ruth_metrics_port,
+        model_config_name=settings.ruth_ai_profile.value,
+        exit_timeout_s=settings.graceful_shutdown_timeout_seconds,
+        log_verbose=1 if settings.log_level == "DEBUG" else 0,
+        log_level=settings.log_level,
+        strict_readiness=settings.ruth_strict_readiness,
+        metrics_enabled=settings.metrics_enabled,
+        admin_token=token,
+        keyed_apis=apis,
+        max_concurrent_executions=settings.max_concurrent_inferences,
+    )
+    env = server_environment(dict(os.environ), settings.model_env())
+    return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format, key_shim=shim)
+
+
+def load_model(http_url: str, name: str, token: str | None, timeout_s: float) -> tuple[bool, str]:
+    """Load through the repository API; returns (ok, Triton's reason on failure)."""
+    request = urllib.request.Request(
+        f"http://{http_url}/v2/repository/models/{name}/load",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json", **auth_headers(token)},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return True, ""
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        try:
+            return False, str(json.loads(body).get("error", body))
+        except ValueError:
+            return False, body
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(exc)

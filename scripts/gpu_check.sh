@@ -100,7 +100,7 @@ import tritonclient.http as httpclient
 from python_backends.gpu_ledger import GpuLedger
 from python_backends.gpu_probe import NvmlProbe, ProbeUnavailable
 from python_backends.weights import default_weights_dir
-from ruthctl.commands.serve import build_server
+from ruthctl.supervise import build_server
 from ruthctl.settings import Settings
 
 REPO, OUT = Path(os.environ["REPO"]), Path(os.environ["OUT"])

@@ -111,9 +111,9 @@ def start_triton(
     profile: str = "cpu",
 ) -> TritonHandle:
     """Start a real server, wait until live, load `models` (None: every model in the repository)."""
-    from ruthctl.commands.serve import build_server, load_model
     from ruthctl.server import repository_models
     from ruthctl.settings import Settings
+    from ruthctl.supervise import build_server, load_model
 
     state = state_dir or tmp / "state"
     settings = Settings(

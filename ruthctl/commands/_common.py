@@ -1,28 +1,35 @@
 """What the commands share: output, failure, and the per-server result table.
 
 stdout carries only the result (a rich table, or exactly one JSON document with `--json`); progress, warnings and
-errors go to stderr. `fail` is the one way a command stops with an error code (ruthctl/exit_codes.py). The app
-context (settings, consoles, adapters, registry) is `ruthctl.app.app_of(ctx)`.
+errors go to stderr. Both are the app's consoles (`app.out()`, `app.err`), so an injected console gets everything.
+`fail` is the one way a command stops with an error code (ruthctl/exit_codes.py). The app context (settings,
+consoles, adapters, registry) is `ruthctl.app.app_of(ctx)`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from ruthctl.app import STDERR, stdout_console
 from ruthctl.exit_codes import CommandFailed, ExitCode
 from ruthctl.settings import Profile, parse_profile
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ruthctl.activation import ServerResult
+    from ruthctl.app import App
     from ruthctl.triton_client import TritonAdapter
 
-err = STDERR
-out = stdout_console
+#: `--json` of the commands that print one JSON document instead of a table
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+#: `--stuck-after` of the commands that check the invariants (verify, repair, watch)
+StuckAfterOption = Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")]
+#: `--timeout` of the commands that load and unload to repair (repair, watch)
+ChangeTimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")]
 
 
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
@@ -40,8 +47,11 @@ def profile_option(value: str | None) -> Profile | None:
         raise typer.BadParameter(str(exc), param_hint="'--profile' / RUTH_AI_PROFILE") from None
 
 
-def print_json(data: object) -> None:
-    typer.echo(json.dumps(data, separators=(",", ":"), default=str))
+def print_json(console: Console, data: object, *, indent: int | None = None, sort_keys: bool = False) -> None:
+    """`data` as one JSON document on `console`, as is: compact by default; no markup, wrapping or highlighting."""
+    separators = None if indent else (",", ":")
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, separators=separators, default=str)
+    console.out(text, highlight=False)
 
 
 def state_style(state: str | None) -> str:
@@ -65,11 +75,11 @@ def preflight(clients: Sequence[TritonAdapter]) -> None:
 
 
 def render_server_results(
-    title: str, results: Sequence[ServerResult], code: ExitCode, json_doc: dict[str, object] | None
+    app: App, title: str, results: Sequence[ServerResult], code: ExitCode, json_doc: dict[str, object] | None
 ) -> NoReturn:
     """One row per server (server, state, detail), or `json_doc` with `--json`; then exit with `code`."""
     if json_doc is not None:
-        print_json({**json_doc, "servers": [r.to_json() for r in results]})
+        print_json(app.out(), {**json_doc, "servers": [r.to_json() for r in results]})
     else:
         from rich.table import Table  # noqa: PLC0415 - only for people
 
@@ -78,5 +88,5 @@ def render_server_results(
             table.add_column(column)
         for row in results:
             table.add_row(row.server, state_style(row.state), row.detail)
-        out().print(table)
+        app.out().print(table)
     raise typer.Exit(int(code))

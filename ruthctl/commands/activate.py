@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail, preflight, render_server_results
+from ruthctl.commands._common import JsonOption, fail, preflight, render_server_results
 from ruthctl.exit_codes import ExitCode
 from ruthctl.lifecycle import Progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ruthctl.activation import ServerResult
+    from ruthctl.app import App, Env
+    from ruthctl.triton_client import TritonAdapter
 
 
 def register(app: typer.Typer) -> None:
@@ -40,8 +47,8 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def progress_display(enabled: bool) -> Iterator[Progress]:
-    """A spinner on stderr (people) or nothing (--json, pipes); yields the callback lifecycle reports through."""
+def progress_display(err: Console, enabled: bool) -> Iterator[Progress]:
+    """A spinner on `err` (people) or nothing (--json, pipes); yields the callback lifecycle reports through."""
     if not enabled or not err.is_terminal:
         yield lambda message: None
         return
@@ -57,7 +64,7 @@ def activate(
         list[str] | None,
         typer.Option("--set", help="Parameter override for this activation, e.g. ruth.fault.fail_rate=0.2"),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Load a model on every server, atomically from the operator's view: it ends READY or is rolled back.
 
@@ -70,7 +77,6 @@ def activate(
     (run `ruthctl generate`), 4 a server unreachable or timed out.
     """
     from ruthctl import activation
-    from ruthctl.registry import ModelBusy
 
     name, version = parse_model_ref(model)
     overrides = parse_overrides(set_ or [])
@@ -78,15 +84,38 @@ def activate(
     env = app.env()
     target = activation.prepare(env.paths(), env.profile, name, version, overrides)
     reg = app.registry(env, f"activate {model}")
-    with app.adapters(env, load_timeout_s=timeout) as clients, progress_display(not json_out) as progress:
+    change_servers(
+        app,
+        env,
+        f"activate {name} v{target.version}",
+        lambda clients, progress: activation.activate(clients, reg, target, timeout, progress),
+        {"model": name, "version": target.version} if json_out else None,
+        load_timeout_s=timeout,
+    )
+
+
+def change_servers(
+    app: App,
+    env: Env,
+    title: str,
+    change: Callable[[list[TritonAdapter], Progress], list[ServerResult]],
+    json_doc: dict[str, object] | None,
+    *,
+    load_timeout_s: float = 120.0,
+) -> NoReturn:
+    """Connect to every server, refuse at once on a rejected admin token, make the change (a spinner for people;
+    `json_doc` None means people), then one row per server and the exit code of the results. A model another
+    command is changing is refused."""
+    from ruthctl.activation import exit_code
+    from ruthctl.registry import ModelBusy
+
+    with (
+        app.adapters(env, load_timeout_s=load_timeout_s) as clients,
+        progress_display(app.err, json_doc is None) as progress,
+    ):
         preflight(clients)
         try:
-            results = activation.activate(clients, reg, target, timeout, progress)
+            results = change(clients, progress)
         except ModelBusy as exc:
             fail(f"refused: {exc}")
-    render_server_results(
-        f"activate {name} v{target.version}",
-        results,
-        activation.exit_code(results),
-        {"model": name, "version": target.version} if json_out else None,
-    )
+    render_server_results(app, title, results, exit_code(results), json_doc)

@@ -8,44 +8,31 @@ with its state dir).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import fail, out, print_json
+from ruthctl.commands._common import JsonOption, fail, print_json
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="Circuit breakers: list their state, reset them.", no_args_is_help=True)
 
 
-def rows(state_dir: Any, now: float) -> list[dict[str, Any]]:
-    from ruthctl.state_files import breaker_files
-
-    return [
-        {
-            "model": b.model,
-            "version": b.version,
-            "state": b.state or "unreadable",
-            "consecutive_failures": b.consecutive_failures,
-            "total_trips": b.total_trips,
-            "retry_in_s": None if b.retry_at is None or b.state != "open" else round(max(b.retry_at - now, 0.0), 1),
-            "path": str(b.path),
-        }
-        for b in breaker_files(state_dir)
-    ]
-
-
 @app.command("list")
 def list_breakers(
     ctx: typer.Context,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Every breaker with a state file: closed, half_open or open, failures, trips, time to the next trial."""
-    env = app_of(ctx).env(token=False)
-    found = rows(env.state_dir, time.time())
+    from ruthctl.state_files import breaker_files
+
+    app = app_of(ctx)
+    env = app.env(token=False)
+    now = time.time()
+    found = [b.to_json(now) for b in breaker_files(env.state_dir)]
     if json_out:
-        print_json({"state_dir": str(env.state_dir), "breakers": found})
+        print_json(app.out(), {"state_dir": str(env.state_dir), "breakers": found})
         return
     from rich.table import Table
 
@@ -64,7 +51,7 @@ def list_breakers(
             str(row["total_trips"]),
             retry,
         )
-    out().print(table)
+    app.out().print(table)
 
 
 @app.command("reset")
@@ -74,20 +61,16 @@ def reset(
         str | None, typer.Argument(help="MODEL or MODEL:VERSION (all versions of MODEL by default).")
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Reset every breaker.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Close breakers now (the operator knows the cause is fixed). Exit 1 if none matched, 2 without MODEL/--all."""
     from ruthctl.state_files import breaker_files, reset_breaker
 
     if (model is None) == (not all_):
         fail("give MODEL[:VERSION] or --all (not both)", ExitCode.USAGE)
-    name, _, version = (model or "").partition(":")
-    env = app_of(ctx).env(token=False)
-    matched = [
-        b
-        for b in breaker_files(env.state_dir)
-        if all_ or (b.model == name and (not version or str(b.version) == version))
-    ]
+    app = app_of(ctx)
+    env = app.env(token=False)
+    matched = breaker_files(env.state_dir, None if all_ else model)
     if not matched:
         fail(f"no breaker state for {model} in {env.state_dir / 'breakers'}")
     for b in matched:
@@ -97,7 +80,8 @@ def reset(
             fail(f"{b.path}: {exc}")
     done = [{"model": b.model, "version": b.version, "was": b.state, "now": "closed"} for b in matched]
     if json_out:
-        print_json({"reset": done})
+        print_json(app.out(), {"reset": done})
     else:
+        console = app.out()
         for row in done:
-            out().print(f"{row['model']} v{row['version']}: {row['was']} -> closed")
+            console.print(f"{row['model']} v{row['version']}: {row['was']} -> closed")

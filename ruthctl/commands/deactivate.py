@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import fail, preflight, render_server_results
-from ruthctl.commands.activate import parse_model_ref, progress_display
+from ruthctl.commands._common import JsonOption
+from ruthctl.commands.activate import change_servers, parse_model_ref
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def deactivate(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="MODEL (a :VERSION suffix is accepted and ignored).")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the drain on each server.")] = 60.0,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Mark a model INACTIVE and unload it from every server.
 
@@ -29,18 +29,15 @@ def deactivate(
     Exit codes: 0 unloaded everywhere, 1 refused or failed, 4 a server unreachable or still draining at the timeout.
     """
     from ruthctl import activation
-    from ruthctl.registry import ModelBusy
 
     name, _ = parse_model_ref(model)
     app = app_of(ctx)
     env = app.env()
     reg = app.registry(env, f"deactivate {name}")
-    with app.adapters(env) as clients, progress_display(not json_out) as progress:
-        preflight(clients)
-        try:
-            results = activation.deactivate(clients, reg, name, timeout, progress)
-        except ModelBusy as exc:
-            fail(f"refused: {exc}")
-    render_server_results(
-        f"deactivate {name}", results, activation.exit_code(results), {"model": name} if json_out else None
+    change_servers(
+        app,
+        env,
+        f"deactivate {name}",
+        lambda clients, progress: activation.deactivate(clients, reg, name, timeout, progress),
+        {"model": name} if json_out else None,
     )

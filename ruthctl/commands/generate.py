@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail, out, print_json
-from ruthctl.exit_codes import ExitCode
+from ruthctl.commands._common import JsonOption, fail, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +20,7 @@ def generate(
     check: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 3 if any generated file would change.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
     specs: Annotated[
         Path | None, typer.Option(help="Spec folder (default: config/models next to the repository).")
     ] = None,
@@ -32,33 +31,18 @@ def generate(
 
     Exit codes: 0 up to date (or written), 1 a spec or profile is invalid, 3 drift found with --check.
     """
-    from ruthctl.render import render_files, stale_generated_files, sync_files
-    from ruthctl.spec import SpecError, load_profiles, load_specs
+    from ruthctl.render import generate_repository
+    from ruthctl.spec import SpecError
 
-    env = app_of(ctx).env(token=False)
-    spec_dir = specs or env.specs
+    app = app_of(ctx)
+    env = app.env(token=False)
     repo = (repository or env.repository).resolve()
     try:
-        profile_specs = load_profiles(profiles or env.profiles)
+        report = generate_repository(specs or env.specs, profiles or env.profiles, repo, check=check)
     except SpecError as exc:
         fail(str(exc))
-    models, errors = load_specs(spec_dir)
-    if not models and not errors:
-        fail(f"no specs in {spec_dir}")
-    rows: list[dict[str, str]] = []
-    for name, spec in sorted(models.items()):
-        try:
-            rendered = render_files(spec, profile_specs)
-        except SpecError as exc:
-            errors[f"{name}.yaml"] = str(exc)
-            continue
-        stale = stale_generated_files(repo, name, rendered)
-        for change in sync_files(repo, rendered, write=not check, stale=stale):
-            rows.append({"model": name, "path": str(change.path), "status": change.status})
-    drift = [r for r in rows if r["status"] != "unchanged"]
-    code = ExitCode.ERROR if errors else (ExitCode.DRIFT if check and drift else ExitCode.OK)
     if json_out:
-        print_json({"repository": str(repo), "check": check, "files": rows, "errors": errors, "drift": bool(drift)})
+        print_json(app.out(), report.to_json())
     else:
         from rich.table import Table
 
@@ -66,12 +50,12 @@ def generate(
         for column in ("model", "file", "status"):
             table.add_column(column)
         colours = {"unchanged": "dim", "created": "green", "changed": "yellow", "removed": "red"}
-        for row in rows:
-            status = row["status"] if not check or row["status"] == "unchanged" else f"would be {row['status']}"
-            table.add_row(row["model"], row["path"], f"[{colours[row['status']]}]{status}[/]")
-        out().print(table)
-        for file, error in sorted(errors.items()):
-            err.print(f"[red]invalid spec[/red] {file}: {error}", highlight=False)
-        if check and drift:
-            err.print(f"{len(drift)} generated file(s) out of date: run `ruthctl generate`")
-    raise typer.Exit(int(code))
+        for row in report.files:
+            status = row.status if not check or row.status == "unchanged" else f"would be {row.status}"
+            table.add_row(row.model, row.path, f"[{colours[row.status]}]{status}[/]")
+        app.out().print(table)
+        for file, error in sorted(report.errors.items()):
+            app.err.print(f"[red]invalid spec[/red] {file}: {error}", highlight=False)
+        if check and report.drift:
+            app.err.print(f"{len(report.drift)} generated file(s) out of date: run `ruthctl generate`")
+    raise typer.Exit(int(report.exit_code))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import print_json
+from ruthctl.commands._common import JsonOption, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 def health(
     ctx: typer.Context,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Server liveness, readiness of every wanted model, breakers, dead stubs and zombies, rolled up.
 
@@ -27,17 +25,15 @@ def health(
 
     Exit codes: 0 healthy, 1 degraded, 5 unhealthy.
     """
-    from ruthctl.health import Health, HealthReport, server_health
+    from ruthctl.health import Health, fleet_health
 
     app = app_of(ctx)
     env = app.env()
     with app.adapters(env, timeout_s=5.0) as clients:
-        rec = app.reconciler(env, clients, "health")
-        local = rec.gather_local(thorough=False)
-        report = HealthReport([server_health(client, rec.gather_server(client, local), local) for client in clients])
+        report = fleet_health(app.reconciler(env, clients, "health"), clients)
     overall = report.status
     if json_out:
-        print_json(report.to_json())
+        print_json(app.out(), report.to_json())
     else:
         from rich.table import Table
 

@@ -6,14 +6,17 @@ without an engine; `--json` prints one document on stdout, everything else goes 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ruthctl.app import App, app_of
+from ruthctl.commands._common import print_json
 from ruthctl.exit_codes import ExitCode
 from ruthctl.settings import Profile
 
@@ -22,8 +25,6 @@ app = typer.Typer(
     help="Build and run the runtime images (cpu, gpu, jetson) with the Docker SDK.",
     no_args_is_help=True,
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console()
 
 VariantOption = Annotated[Profile, typer.Option("--variant", help="Image: cpu, gpu (NGC Triton) or jetson (igpu).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -37,25 +38,31 @@ ExitTimeoutOption = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    from ruthctl.images import EngineUnreachable  # noqa: PLC0415 - keep `ruthctl --help` light
+@contextlib.contextmanager
+def _image_errors(app: App) -> Iterator[None]:
+    """An `ImageError` ends the command: its message on stderr, exit 4 when no engine answers, else 1."""
+    from ruthctl.images import EngineUnreachable, ImageError  # noqa: PLC0415 - keep `ruthctl --help` light
 
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(ExitCode.UNREACHABLE if isinstance(exc, EngineUnreachable) else ExitCode.ERROR)
+    try:
+        yield
+    except ImageError as exc:
+        app.err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(ExitCode.UNREACHABLE if isinstance(exc, EngineUnreachable) else ExitCode.ERROR) from exc
 
 
-def _emit(document: dict[str, Any], as_json: bool, title: str) -> None:
+def _emit(app: App, document: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
-        typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+        print_json(app.out(), document, indent=2, sort_keys=True)
         return
     table = Table(title=title, show_header=False)
     for key, value in document.items():
         table.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
-    out.print(table)
+    app.out().print(table)
 
 
 @app.command("build")
 def build(
+    ctx: typer.Context,
     variant: VariantOption = Profile.CPU,
     tag: Annotated[str | None, typer.Option(help="Image tag (default ruth-ai/<image>:<package version>).")] = None,
     extra_tag: Annotated[list[str] | None, typer.Option("--extra-tag", help="More tags for the same image.")] = None,
@@ -75,6 +82,7 @@ def build(
     The cpu image installs from build/wheelhouse/ (`ruthctl image wheelhouse`), not from a package index."""
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
+    app = app_of(ctx)
     options: dict[str, Any] = {
         "extra_tags": tuple(extra_tag or ()),
         "context": context,
@@ -84,19 +92,20 @@ def build(
         "nocache": no_cache,
         "base": base,
     }
-    try:
+    with _image_errors(app):
         if dry_run:
             plan = images.plan_build(variant.value, tag=tag, **options)
-            _emit({"dry_run": True, **plan.as_dict()}, as_json, f"would build {plan.tags[0]}")
+            _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would build {plan.tags[0]}")
             return
-        result = images.build_image(variant.value, tag, on_log=lambda line: err.print(line, markup=False), **options)
-    except images.ImageError as exc:
-        raise _fail(exc) from exc
-    _emit(result.as_dict(), as_json, f"built {result.tags[0]}")
+        result = images.build_image(
+            variant.value, tag, on_log=lambda line: app.err.print(line, markup=False, soft_wrap=True), **options
+        )
+    _emit(app, result.as_dict(), as_json, f"built {result.tags[0]}")
 
 
 @app.command("wheelhouse")
 def wheelhouse(
+    ctx: typer.Context,
     context: Annotated[Path, typer.Option(help="Build context: the repository root.")] = Path(),
     refresh: Annotated[bool, typer.Option(help="Rebuild it even if the requirements did not change.")] = False,
     as_json: JsonOption = False,
@@ -107,15 +116,15 @@ def wheelhouse(
     unchanged."""
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
-    try:
+    app = app_of(ctx)
+    with _image_errors(app):
         result = images.prepare_wheelhouse(context, refresh=refresh)
-    except images.ImageError as exc:
-        raise _fail(exc) from exc
-    _emit(result.as_dict(), as_json, f"wheelhouse {result.path} ({'cached' if result.cached else 'made'})")
+    _emit(app, result.as_dict(), as_json, f"wheelhouse {result.path} ({'cached' if result.cached else 'made'})")
 
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     variant: VariantOption = Profile.CPU,
     image: Annotated[str | None, typer.Option(help="Image to run (default: the build's default tag).")] = None,
     name: Annotated[str | None, typer.Option(help="Container name (default ruth-ai-<variant>).")] = None,
@@ -139,9 +148,10 @@ def run(
     """Start a detached container with its ports, state volume, /dev/shm, devices and stop timeout."""
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
+    app = app_of(ctx)
     pairs = [item.partition("=") for item in env or []]
     if bad := [key for key, sep, _ in pairs if not sep or not key]:
-        err.print(f"[red]error:[/red] --env expects KEY=VALUE, got {bad}")
+        app.err.print(f"[red]error:[/red] --env expects KEY=VALUE, got {bad}", soft_wrap=True)
         raise typer.Exit(ExitCode.USAGE)
     options: dict[str, Any] = {
         "image": image,
@@ -156,17 +166,15 @@ def run(
         "restart": restart,
         "network": network,
     }
-    try:
+    with _image_errors(app):
         if dry_run:
             plan = images.plan_run(variant.value, **options)
-            _emit({"dry_run": True, **plan.as_dict()}, as_json, f"would run {plan.image}")
+            _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would run {plan.image}")
             return
         client = images.docker_client()
         result = images.run_image(variant.value, client=client, **options)
         if wait > 0:
-            err.print(f"waiting up to {wait:.0f}s for {result.name} to turn healthy...")
+            app.err.print(f"waiting up to {wait:.0f}s for {result.name} to turn healthy...", soft_wrap=True)
             health = images.wait_healthy(client, result.container_id, wait)
             result = images.RunResult(**{**result.as_dict(), "health": health})
-    except images.ImageError as exc:
-        raise _fail(exc) from exc
-    _emit(result.as_dict(), as_json, f"running {result.name}")
+    _emit(app, result.as_dict(), as_json, f"running {result.name}")

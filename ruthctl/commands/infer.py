@@ -53,7 +53,8 @@ def infer(
         fail("--protocol must be http or grpc", ExitCode.USAGE)
     data = sys.stdin.buffer.read() if str(image) == "-" else _read(image)
     cfg, meta = _json_object(config, "--config"), _json_object(metadata, "--metadata")
-    env = app_of(ctx).env(token=False)
+    app = app_of(ctx)
+    env = app.env(token=False)
     results: dict[str, Any] = {}
     code = ExitCode.OK
     for url in env.urls:
@@ -86,11 +87,11 @@ def infer(
                 code = worst([code, ExitCode.ERROR])
     for url, result in results.items():
         if "error" in result:
-            typer.echo(f"error: {url}: {result['error']}: {result['message']}", err=True)
+            app.err.out(f"error: {url}: {result['error']}: {result['message']}", highlight=False)
     if len(results) > 1:
-        print_json(results)
+        print_json(app.out(), results)
     elif code == ExitCode.OK:
-        print_json(next(iter(results.values())))
+        print_json(app.out(), next(iter(results.values())))
     raise typer.Exit(int(code))
 
 

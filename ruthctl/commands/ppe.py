@@ -17,59 +17,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import cv2
 import typer
-import yaml
-from rich.console import Console
 from rich.table import Table
 
 from python_backends.storage import atomic_write_bytes
+from ruthctl.app import app_of
 from ruthctl.exit_codes import ExitCode
 
 app = typer.Typer(help="PPE: fit the colour ranges to a site.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
-
-
-def calibrate_file(frames_yaml: Path, weights_dir: Path | None = None) -> Any:
-    """The CalibrationReport for the frames a YAML file lists (see the module doc)."""
-    from python_backends.weights import default_weights_dir, pin_named, verify
-    from ruth_vision import ppe
-    from ruth_vision.pose import PoseEngineConfig, build_engine
-    from ruth_vision.ppe_calibration import LabelledWorker, fit_colours, match_heads
-    from ruthctl.app import config_root
-    from ruthctl.settings import load_settings
-    from ruthctl.spec import weight_pins
-
-    data = yaml.safe_load(frames_yaml.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
-        raise ValueError(f"{frames_yaml}: expected `frames:` with at least one entry")
-    movenet = pin_named(weight_pins(config_root(load_settings().models_root.resolve()) / "models"), "movenet")
-    weights = verify((weights_dir or default_weights_dir()) / movenet.path, movenet)
-    engine = build_engine(PoseEngineConfig(weights=weights, extra_input_sizes=(512,)))
-    workers: list[LabelledWorker] = []
-    for entry in data["frames"]:
-        path = frames_yaml.parent / str(entry["image"])
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise ValueError(f"{path}: not a readable image")
-        labels = entry.get("workers") or []
-        heads = [(float(w["head"][0]), float(w["head"][1])) for w in labels]
-        poses = match_heads(heads, engine.infer(frame), frame.shape[1], frame.shape[0])
-        for label, pose in zip(labels, poses, strict=True):
-            if pose is None:
-                err.print(f"[yellow]{path}[/]: no person found at head {label['head']}; skipped")
-                continue
-            workers.append(LabelledWorker(frame, pose, label.get("hardhat"), label.get("vest")))
-    if not workers:
-        raise ValueError("no labelled worker was found by the pose network: nothing to fit")
-    return fit_colours(workers, ppe.PpeConfig())
 
 
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     frames: Annotated[Path, typer.Argument(help="YAML listing the frames and their labelled workers.")],
     output: Annotated[Path, typer.Option("--out", help="Where to write the CONFIG preset (JSON).")],
     weights_dir: Annotated[
@@ -78,14 +40,21 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Fit the hard-hat and vest colour ranges from labelled frames; write a CONFIG preset."""
+    from ruthctl.calibrate import calibrate_file
+
+    app = app_of(ctx)
+
+    def skipped(path: Path, head: object) -> None:
+        app.err.print(f"[yellow]{path}[/]: no person found at head {head}; skipped")
+
     try:
-        report = calibrate_file(frames, weights_dir)
+        report = calibrate_file(frames, weights_dir, skipped)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        err.print(f"[red]calibration failed[/]: {exc}")
+        app.err.print(f"[red]calibration failed[/]: {exc}")
         raise typer.Exit(ExitCode.USAGE) from None
     atomic_write_bytes(output, json.dumps(report.preset(), indent=1).encode(), mode=0o600)
     if as_json:
-        out.print_json(json.dumps({"preset": str(output), **report.model_dump()}))
+        app.out().print_json(json.dumps({"preset": str(output), **report.model_dump()}))
         return
     table = Table(title=f"PPE calibration -> {output}")
     for column in ("item", "worn", "not worn", "worn passing", "not-worn matching", "refitted"):
@@ -99,4 +68,4 @@ def calibrate(
             f"{fit.not_worn_matching_before} -> {fit.not_worn_matching_after}",
             ", ".join(fit.changed) or "-",
         )
-    out.print(table)
+    app.out().print(table)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ruthctl.app import app_of
 from ruthctl.commands._common import fail
 from ruthctl.exit_codes import ExitCode
 
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def probe_command(
+    ctx: typer.Context,
     which: Annotated[Which, typer.Argument(help="ready: every wanted model READY; live: tritonserver not wedged.")],
     port: Annotated[int | None, typer.Option(help="Probe port (default RUTH_PROBE_PORT, 8003).")] = None,
     host: Annotated[str | None, typer.Option(help="Probe address (default: RUTH_HOST, loopback for 0.0.0.0).")] = None,
@@ -45,5 +47,5 @@ def probe_command(
         which.value,
         timeout_s=timeout,
     )
-    typer.echo(f"{which.value}: {'ok' if verdict.ok else 'FAIL'}: {verdict.reason}")
+    app_of(ctx).out().out(f"{which.value}: {'ok' if verdict.ok else 'FAIL'}: {verdict.reason}", highlight=False)
     raise typer.Exit(int(ExitCode.OK if verdict.ok else ExitCode.ERROR))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import print_json
+from ruthctl.commands._common import ChangeTimeoutOption, JsonOption, StuckAfterOption, print_json
 from ruthctl.commands.verify import render_violations
 
 
@@ -18,9 +18,9 @@ def register(app: typer.Typer) -> None:
 def repair_command(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
-    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")] = 120.0,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    stuck_after: StuckAfterOption = 300.0,
+    timeout: ChangeTimeoutOption = 120.0,
+    json_out: JsonOption = False,
 ) -> None:
     """Verify, plan one action per violation, carry the plan out, and verify again. Safe to run twice.
 
@@ -42,7 +42,7 @@ def repair_command(
         )
         report = repair(rec, dry_run=dry_run)
     if json_out:
-        print_json(report.to_json())
+        print_json(app.out(), report.to_json())
     else:
         from rich.table import Table
 
@@ -66,7 +66,7 @@ def repair_command(
                 table.add_row(action.kind.value, action.model or "-", action.server or "-", causes, shown(result))
             console.print(table)
             if not dry_run and report.remaining:
-                render_violations(report.remaining, title="still violated after repair")
+                render_violations(console, report.remaining, title="still violated after repair")
         if report.unfixable:
             app.err.print(f"{len(report.unfixable)} violation(s) need a person (see the repair column)")
     raise typer.Exit(int(report.exit_code))

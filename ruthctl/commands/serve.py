@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,22 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from python_backends.state import StateLayout
-from ruthctl.access import WeakToken, admin_token, auth_headers, keyed_apis, secure_state_dir
+from ruthctl.access import WeakToken
 from ruthctl.app import app_of
 from ruthctl.commands._common import profile_option
 from ruthctl.exit_codes import ExitCode
-from ruthctl.keyshim import KeyShimUnavailable, shim_library
-from ruthctl.server import (
-    TritonFlags,
-    TritonInstall,
-    TritonNotInstalled,
-    TritonServer,
-    prepare_backends_dir,
-    server_environment,
-)
-from ruthctl.settings import Hardware, Profile, Settings, load_settings
-
-err = Console(stderr=True)
+from ruthctl.keyshim import KeyShimUnavailable
+from ruthctl.server import TritonNotInstalled, TritonServer
+from ruthctl.settings import Profile, Settings, load_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -67,7 +54,8 @@ def serve(
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for each model load.")] = 120.0,
 ) -> None:
     """Start tritonserver, load the models the desired state marks active, and stay up until SIGTERM/SIGINT."""
-    root = app_of(ctx).options
+    app = app_of(ctx)
+    root, err = app.options, app.err
     try:
         settings = load_settings(
             ruth_host=host,
@@ -87,7 +75,7 @@ def serve(
             name = str(problem["loc"][0]).upper() if problem["loc"] else "?"
             err.print(f"[red]error:[/red] invalid setting {name}: {problem['msg']} (got {shown_input(name, problem)})")
         raise typer.Exit(ExitCode.USAGE) from exc
-    mismatch = hardware_problem(settings)
+    mismatch = settings.hardware_problem()
     if mismatch:
         err.print(f"[red]error:[/red] {mismatch}")
         raise typer.Exit(ExitCode.USAGE)
@@ -96,6 +84,8 @@ def serve(
         f"hardware {settings.resolved_hardware().value}",
         highlight=False,
     )
+    from ruthctl.supervise import build_server
+
     try:
         server = build_server(settings, log_file=log_file)
     except (TritonNotInstalled, KeyShimUnavailable) as exc:
@@ -104,19 +94,7 @@ def serve(
     except (WeakToken, ValueError) as exc:  # an unsafe key, key file or state dir, or a bad RUTH_KEYED_APIS
         err.print(f"[red]error:[/red] refusing to start: {exc}")
         raise typer.Exit(ExitCode.USAGE) from exc
-    raise typer.Exit(run_foreground(server, settings, models=model, load_timeout_s=load_timeout))
-
-
-def hardware_problem(settings: Settings) -> str | None:
-    """A GPU profile on a host without a GPU would start with every model failing: refuse it up front."""
-    found = settings.resolved_hardware()
-    if settings.ruth_ai_profile is Profile.CPU or found is not Hardware.CPU:
-        return None
-    return (
-        f"profile {settings.ruth_ai_profile.value} needs a GPU, but this host is cpu "
-        f"(AI_RUNTIME_HARDWARE={settings.ai_runtime_hardware.value}); no model of that profile could load. "
-        "Use --profile cpu (or RUTH_AI_PROFILE=cpu)"
-    )
+    raise typer.Exit(run_foreground(server, settings, err, models=model, load_timeout_s=load_timeout))
 
 
 def shown_input(name: str, problem: Mapping[str, Any]) -> str:
@@ -131,62 +109,16 @@ def shown_input(name: str, problem: Mapping[str, Any]) -> str:
     return repr(value)
 
 
-def build_server(settings: Settings, *, log_file: Path | None = None) -> TritonServer:
-    """Everything `serve` needs, from settings: flags, backends folder, environment. Used by the test fixture too."""
-    install = TritonInstall.locate(settings.ruth_tritonserver, settings.ruth_backend_directory)
-    state_dir = secure_state_dir(settings.ruth_state_dir.resolve())
-    backends = prepare_backends_dir(install, state_dir)
-    env_token = settings.ruth_admin_token.get_secret_value() if settings.ruth_admin_token is not None else None
-    token = admin_token(state_dir, env_token)  # empty: the state dir's generated key; never "no key"
-    apis = keyed_apis(settings.ruth_keyed_apis.split(","))
-    shim = shim_library(state_dir, settings.ruth_key_shim)
-    flags = TritonFlags(
-        model_repository=settings.models_root.resolve(),
-        backend_directory=backends,
-        host=settings.ruth_host,
-        http_port=settings.ruth_http_port,
-        grpc_port=settings.ruth_grpc_port,
-        metrics_port=settings.ruth_metrics_port,
-        model_config_name=settings.ruth_ai_profile.value,
-        exit_timeout_s=settings.graceful_shutdown_timeout_seconds,
-        log_verbose=1 if settings.log_level == "DEBUG" else 0,
-        log_level=settings.log_level,
-        strict_readiness=settings.ruth_strict_readiness,
-        metrics_enabled=settings.metrics_enabled,
-        admin_token=token,
-        keyed_apis=apis,
-        max_concurrent_executions=settings.max_concurrent_inferences,
-    )
-    env = server_environment(dict(__import__("os").environ), settings.model_env())
-    return TritonServer(flags, install, env, log_file=log_file, log_format=settings.log_format, key_shim=shim)
-
-
-def load_model(http_url: str, name: str, token: str | None, timeout_s: float) -> tuple[bool, str]:
-    """Load through the repository API; returns (ok, Triton's reason on failure)."""
-    request = urllib.request.Request(
-        f"http://{http_url}/v2/repository/models/{name}/load",
-        data=b"{}",
-        method="POST",
-        headers={"Content-Type": "application/json", **auth_headers(token)},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return True, ""
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
-        try:
-            return False, str(json.loads(body).get("error", body))
-        except ValueError:
-            return False, body
-    except (urllib.error.URLError, OSError) as exc:
-        return False, str(exc)
-
-
 def run_foreground(
-    server: TritonServer, settings: Settings, *, models: list[str] | None = None, load_timeout_s: float = 120.0
+    server: TritonServer,
+    settings: Settings,
+    err: Console,
+    *,
+    models: list[str] | None = None,
+    load_timeout_s: float = 120.0,
 ) -> int:
-    """Start, load, print endpoints, then supervise until SIGTERM/SIGINT (ruthctl.supervise)."""
-    from ruthctl.supervise import Supervised, stderr_say
+    """Start, load, print endpoints (on `err`), then supervise until SIGTERM/SIGINT (ruthctl.supervise)."""
+    from ruthctl.supervise import Supervised, load_model, stderr_say
 
     return Supervised(
         server,
@@ -195,11 +127,11 @@ def run_foreground(
         loader=load_model,
         say=stderr_say(settings.log_format, err),
         load_timeout_s=load_timeout_s,
-        on_ready=lambda names, failures: print_endpoints(server, settings, names, failures),
+        on_ready=lambda names, failures: print_endpoints(err, server, settings, names, failures),
     ).run()
 
 
-def print_endpoints(server: TritonServer, settings: Settings, names: list[str], failures: int) -> None:
+def print_endpoints(err: Console, server: TritonServer, settings: Settings, names: list[str], failures: int) -> None:
     table = Table(
         title=f"Ruth AI on Triton — profile {settings.ruth_ai_profile.value}, environment {settings.ruth_ai_env}",
         show_header=False,
@@ -217,7 +149,7 @@ def print_endpoints(server: TritonServer, settings: Settings, names: list[str], 
     table.add_row("admin key", f"{where} (header ruth-admin-token; keyed: {', '.join(server.flags.keyed_apis)})")
     err.print(table)
     err.print("Ctrl-C or SIGTERM drains in-flight requests and stops.")
-    sys.stderr.flush()
+    err.file.flush()
 
 
-__all__ = ["Profile", "build_server", "register", "run_foreground", "serve"]
+__all__ = ["Profile", "register", "run_foreground", "serve"]

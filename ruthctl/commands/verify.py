@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import out, print_json
-from ruthctl.exit_codes import ExitCode
+from ruthctl.commands._common import JsonOption, StuckAfterOption, print_json
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ruthctl.invariants import Violation
 
 
@@ -21,8 +22,8 @@ def register(app: typer.Typer) -> None:
 
 def verify(
     ctx: typer.Context,
-    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    stuck_after: StuckAfterOption = 300.0,
+    json_out: JsonOption = False,
 ) -> None:
     """Report every violated invariant (read-only).
 
@@ -34,31 +35,22 @@ def verify(
 
     Exit codes: 0 no violation, 1 violations found, 4 only unreachable servers.
     """
+    from ruthctl.invariants import VerifyReport
+
     app = app_of(ctx)
     env = app.env()
     with app.adapters(env) as clients:
-        violations = app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify()
+        report = VerifyReport(env.urls, app.reconciler(env, clients, "verify", stuck_after_s=stuck_after).verify())
     if json_out:
-        print_json({"ok": not violations, "servers": list(env.urls), "violations": [v.to_json() for v in violations]})
+        print_json(app.out(), report.to_json())
     else:
-        render_violations(violations, title=f"verify ({', '.join(env.urls)})")
-    raise typer.Exit(int(exit_code(violations)))
+        render_violations(app.out(), report.violations, title=f"verify ({', '.join(env.urls)})")
+    raise typer.Exit(int(report.exit_code))
 
 
-def exit_code(violations: Sequence[Violation]) -> ExitCode:
-    from ruthctl.invariants import Kind
-
-    if not violations:
-        return ExitCode.OK
-    if all(v.kind is Kind.SERVER_UNREACHABLE for v in violations):
-        return ExitCode.UNREACHABLE
-    return ExitCode.ERROR
-
-
-def render_violations(violations: Sequence[Violation], title: str) -> None:
+def render_violations(console: Console, violations: Sequence[Violation], title: str) -> None:
     from rich.table import Table
 
-    console = out()
     if not violations:
         console.print(f"[green]ok[/green]: no violations ({title})")
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ruthctl.app import app_of
-from ruthctl.commands._common import err, fail
+from ruthctl.commands._common import ChangeTimeoutOption, StuckAfterOption, fail, print_json
 from ruthctl.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -33,8 +32,8 @@ def watch(
         float, typer.Option(help="Cap of the recovery backoff and of the loop's error backoff.")
     ] = 300.0,
     stable_after: Annotated[float, typer.Option(help="Healthy this long after a recovery resets the count.")] = 600.0,
-    stuck_after: Annotated[float, typer.Option(help="Seconds after which LOADING/UNLOADING counts as stuck.")] = 300.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each load or unload.")] = 120.0,
+    stuck_after: StuckAfterOption = 300.0,
+    timeout: ChangeTimeoutOption = 120.0,
     metrics_port: Annotated[int, typer.Option(help="Prometheus port (0 = off).")] = 9108,
     metrics_addr: Annotated[str, typer.Option(help="Address the metrics port binds.")] = "127.0.0.1",
     iterations: Annotated[
@@ -63,6 +62,7 @@ def watch(
         fail(str(exc), ExitCode.USAGE)
     app = app_of(ctx)
     env = app.env()
+    err = app.err
     metrics = WatchMetrics()
     if metrics_port:
         try:
@@ -79,7 +79,7 @@ def watch(
 
     def report(cycle: Cycle) -> None:
         if json_out:
-            typer.echo(json.dumps(summary(cycle), separators=(",", ":"), default=str))
+            print_json(app.out(), summary(cycle))
             return
         if cycle.error:
             err.print(f"[red]round failed:[/red] {cycle.error}")

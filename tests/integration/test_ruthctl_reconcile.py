@@ -325,8 +325,8 @@ def test_the_rate_limiter_bounds_concurrent_executions_across_instances(world: W
 
     from support import free_port
 
-    from ruthctl.commands.serve import build_server
     from ruthctl.settings import Settings
+    from ruthctl.supervise import build_server
 
     config = world.server.model_config("sleepy")
     sleep_s = 1.5  # long against the per-request overhead, which grows on a loaded CI machine

@@ -312,3 +312,21 @@ def test_a_model_loads_only_a_pinned_file_with_its_bytes(tmp_path: Path) -> None
 def test_fetch_writes_owner_only_files(tmp_path: Path) -> None:
     path = w.fetch(YOLOX_NANO, tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_fetch_all_says_what_it_fetched_skipped_or_failed_and_what_was_there(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / MOVENET_ONNX.path).write_bytes(b"tampered")
+    pins = (MOVENET, MOVENET_ONNX, YOLOX_NANO)
+    first = {s.pin.label: s for s in w.fetch_all(pins, tmp_path / "w", models_dir=models)}
+    assert {label: s.status for label, s in first.items()} == {
+        "movenet": "fetched",
+        "movenet_onnx": "failed",
+        "yolox_nano": "skipped",
+    }
+    assert first["movenet"].acceptable and first["yolox_nano"].acceptable and not first["movenet_onnx"].acceptable
+    assert "expected 2e67d634" in first["movenet_onnx"].detail and "optional" in first["yolox_nano"].detail
+    assert first["movenet"].to_json()["required"] is True and first["yolox_nano"].to_json()["required"] is False
+    again = w.fetch_all((MOVENET,), tmp_path / "w", models_dir=models)
+    assert [(s.status, s.detail) for s in again] == [("ok", "")]  # already there: not fetched again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,43 @@ def test_no_command_builds_a_client_of_its_own() -> None:
         names = {n.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Name)}
         names |= {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
         assert "TritonClient" not in names, f"{path.name} builds its own TritonClient"
+
+
+def test_every_command_prints_through_the_app_consoles_only(
+    cli: Any, wiring: Any, fake_triton: Any, with_fakes: Any, deployment: Any
+) -> None:
+    """An injected pair of consoles gets a command's result and its messages; nothing goes around them."""
+    import io
+
+    from rich.console import Console
+
+    server = fake_triton("127.0.0.1:8000")
+    with_fakes([server])
+    out, err = io.StringIO(), io.StringIO()
+    wiring.services = dataclasses.replace(
+        wiring.services, out=lambda: Console(file=out, width=160), err=Console(file=err, width=160)
+    )
+    runs = [
+        (("activate", "alpha", "--json"), '"model":"alpha"', ""),
+        (("status", "--json"), '"profile":"cpu"', ""),
+        (("status",), "ruthctl status (profile cpu)", ""),
+        (("generate", "--check"), "generated configs in", ""),
+        (("verify",), "no violations", ""),
+        (("breaker", "list", "--json"), '"breakers":[]', ""),
+        (("deactivate", "beta"), "deactivate beta", ""),
+        (("breaker", "reset"), "", "error: give MODEL"),
+        (("--version",), "ruthctl ", ""),
+    ]
+    for args, on_out, on_err in runs:
+        out.seek(0), out.truncate(), err.seek(0), err.truncate()
+        result = cli(*args, url="127.0.0.1:8000")
+        assert result.stdout == "" and result.stderr == "", (args, result.stdout, result.stderr)
+        assert on_out in out.getvalue() and on_err in err.getvalue(), (args, out.getvalue(), err.getvalue())
+
+
+def test_no_command_module_has_a_console_or_echo_of_its_own() -> None:
+    """Output reaches people only through `app.out()` and `app.err` (ruthctl/app.py): an injected console sees all."""
+    for path in [*sorted(COMMANDS.glob("*.py")), COMMANDS.parent / "cli.py"]:
+        tree = ast.parse(path.read_text())
+        calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        assert not calls & {"Console", "typer.echo", "print", "sys.stdout.write", "sys.stderr.write"}, path.name

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ruthctl.health import Health, HealthReport, ModelHealth, ServerHealth, server_health
+from ruthctl.health import Health, HealthReport, ModelHealth, ServerHealth, fleet_health
 from ruthctl.procs import ProcessTable
 from ruthctl.reconcile import Reconciler
 from ruthctl.registry import Desired, Registry
@@ -21,8 +21,7 @@ def check(deployment: Any, fakes: list[Any], tmp_path: Path) -> HealthReport:
     rec = Reconciler(
         deployment.paths(), Profile.CPU, Registry(deployment.state), fakes, processes=ProcessTable(tmp_path / "np")
     )
-    local = rec.gather_local(thorough=False)
-    return HealthReport([server_health(f, rec.gather_server(f, local), local) for f in fakes])
+    return fleet_health(rec, fakes)
 
 
 @pytest.fixture

@@ -257,3 +257,17 @@ def test_callees_load_before_their_callers() -> None:
 def test_unfixable_violations_get_no_action() -> None:
     facts = local(registry_of(), weights=[WeightProblem("tank", Path("/w"), True, "", "missing")])
     assert plan_repairs(find_violations(facts, [], now=NOW)) == []
+
+
+def test_the_verify_report_exits_4_only_when_every_violation_is_an_unreachable_server() -> None:
+    from ruthctl.exit_codes import ExitCode
+    from ruthctl.invariants import Kind, VerifyReport, Violation
+
+    down = Violation(Kind.SERVER_UNREACHABLE, "connection refused", server="b:1", fixable=False)
+    stuck = Violation(Kind.STUCK, "LOADING for 400s", model="alpha", server="a:1")
+    assert VerifyReport(("a:1",), ()).exit_code is ExitCode.OK
+    assert VerifyReport(("a:1", "b:1"), (down,)).exit_code is ExitCode.UNREACHABLE
+    assert VerifyReport(("a:1", "b:1"), (down, stuck)).exit_code is ExitCode.ERROR
+    document = VerifyReport(("a:1", "b:1"), (stuck,)).to_json()
+    assert document == {"ok": False, "servers": ["a:1", "b:1"], "violations": [stuck.to_json()]}
+    assert document["violations"][0]["kind"] == "stuck"

@@ -288,3 +288,41 @@ def test_a_profile_overrides_only_the_spec_parameters_it_names() -> None:
     unknown = {**base, "profiles": {"gpu": {"kind": "KIND_CPU", "parameters": {"typo": 1}}}}
     with pytest.raises(SpecError, match="not in the spec's parameters"):
         parse_spec(unknown)
+
+
+def test_generate_repository_reports_each_file_and_checking_writes_nothing(deployment: Any) -> None:
+    from ruthctl.exit_codes import ExitCode
+    from ruthctl.render import GeneratedFile, generate_repository
+
+    d = deployment
+    current = generate_repository(d.specs, d.profiles, d.repository, check=True)
+    assert len(current.files) == 8 and current.drift == [] and current.exit_code is ExitCode.OK
+    edited = d.repository / "beta" / "config.pbtxt"
+    edited.write_text(edited.read_text() + "# hand edit\n")
+    (d.repository / "alpha" / "configs" / "gpu.pbtxt").unlink()
+    checked = generate_repository(d.specs, d.profiles, d.repository, check=True)
+    assert checked.drift == [
+        GeneratedFile("alpha", "alpha/configs/gpu.pbtxt", "created"),
+        GeneratedFile("beta", "beta/config.pbtxt", "changed"),
+    ]
+    assert checked.exit_code is ExitCode.DRIFT and checked.to_json()["drift"] is True
+    assert edited.read_text().endswith("# hand edit\n")  # checking writes nothing
+    written = generate_repository(d.specs, d.profiles, d.repository, check=False)
+    assert written.exit_code is ExitCode.OK and len(written.drift) == 2  # written, so no drift left to report as 3
+    assert generate_repository(d.specs, d.profiles, d.repository, check=True).drift == []
+
+
+def test_generate_repository_renders_the_valid_specs_past_an_invalid_one(deployment: Any, tmp_path: Path) -> None:
+    from ruthctl.exit_codes import ExitCode
+    from ruthctl.render import generate_repository
+    from ruthctl.spec import SpecError
+
+    d = deployment
+    (d.specs / "gamma.yaml").write_text("name: gamma\nmax_batch_size: -1\n")
+    (d.repository / "alpha" / "config.pbtxt").unlink()
+    report = generate_repository(d.specs, d.profiles, d.repository, check=False)
+    assert list(report.errors) == ["gamma.yaml"] and "max_batch_size" in report.errors["gamma.yaml"]
+    assert report.exit_code is ExitCode.ERROR and (d.repository / "alpha" / "config.pbtxt").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="no specs in"):
+        generate_repository(tmp_path / "empty", d.profiles, d.repository, check=True)

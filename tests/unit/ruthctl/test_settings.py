@@ -157,3 +157,15 @@ def test_serve_refuses_a_password_in_the_store_url_without_printing_it(tmp_path:
     assert "RUTH_STREAM_STORE" in result.output and "RUTH_STREAM_STORE_PASSWORD_FILE" in result.output
     assert "hunter2" not in result.output
     assert ":***@redis" in result.output
+
+
+def test_a_gpu_profile_on_a_cpu_host_is_a_hardware_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RUTH_AI_PROFILE", "AI_RUNTIME_HARDWARE"):
+        monkeypatch.delenv(key, raising=False)
+    on_cpu = Settings(ruth_ai_profile=Profile.GPU, ai_runtime_hardware=Hardware.CPU)
+    problem = on_cpu.hardware_problem()
+    assert problem is not None and "profile gpu needs a GPU, but this host is cpu" in problem
+    assert "AI_RUNTIME_HARDWARE=cpu" in problem and problem.endswith("Use --profile cpu (or RUTH_AI_PROFILE=cpu)")
+    assert Settings(ruth_ai_profile=Profile.CPU, ai_runtime_hardware=Hardware.CPU).hardware_problem() is None
+    assert Settings(ruth_ai_profile=Profile.GPU, ai_runtime_hardware=Hardware.GPU).hardware_problem() is None
+    assert Settings(ruth_ai_profile=Profile.JETSON, ai_runtime_hardware=Hardware.CPU).hardware_problem() is not None

@@ -51,3 +51,31 @@ def test_ledger_entries_of_dead_processes_are_stale_and_reaped(tmp_path: Path) -
     assert reap_ledger(tmp_path) == 1
     assert stale_ledger_entries(tmp_path) == []
     assert stale_ledger_entries(tmp_path / "nowhere") == []
+
+
+def test_breaker_files_of_one_model_or_version_and_their_time_to_retry(tmp_path: Path) -> None:
+    from python_backends.breaker import BreakerPolicy, CircuitBreaker
+    from python_backends.breaker_storage import FileBreakerStorage
+
+    for model, version in (("tank", 1), ("tank", 2), ("fall", 1)):
+        storage = FileBreakerStorage(tmp_path / "breakers" / f"{model}-{version}.json")
+        policy = BreakerPolicy(failure_threshold=1, cooldown_s=30.0)
+        breaker = CircuitBreaker(f"{model}:{version}", policy, storage, clock=lambda: 1000.0)
+        breaker.record_failure(breaker.admit())
+    assert sorted((b.model, b.version) for b in breaker_files(tmp_path, "tank")) == [("tank", 1), ("tank", 2)]
+    assert [(b.model, b.version) for b in breaker_files(tmp_path, "tank:2")] == [("tank", 2)]
+    assert breaker_files(tmp_path, "tank:3") == [] and breaker_files(tmp_path, "tan") == []
+    [fall] = breaker_files(tmp_path, "fall:1")
+    assert fall.retry_in_s(1000.0 + 12.34) == 17.7 and fall.retry_in_s(2000.0) == 0.0
+    assert fall.to_json(1010.0) == {
+        "model": "fall",
+        "version": 1,
+        "state": "open",
+        "consecutive_failures": 1,
+        "total_trips": 1,
+        "retry_in_s": 20.0,
+        "path": str(tmp_path / "breakers" / "fall-1.json"),
+    }
+    reset_breaker(fall.path, "fall:1")
+    [closed] = breaker_files(tmp_path, "fall")
+    assert closed.retry_in_s(1000.0) is None and closed.to_json(1000.0)["state"] == "closed"
