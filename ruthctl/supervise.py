@@ -44,7 +44,16 @@ from ruthctl.server import (
 )
 from ruthctl.settings import Settings
 
-__all__ = ["Supervised", "claim", "registry_server_name", "release", "renew", "seed_registry"]
+__all__ = [
+    "Supervised",
+    "build_server",
+    "claim",
+    "load_model",
+    "registry_server_name",
+    "release",
+    "renew",
+    "seed_registry",
+]
 
 log = logging.getLogger(__name__)
 
