@@ -23,14 +23,19 @@ import numpy as np
 StateFn = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 
-def load_model_class(model_py: Path) -> type:
-    """The `TritonPythonModel` class of a repository model file, imported under a private module name."""
+def load_model_module(model_py: Path) -> Any:
+    """A repository model file, imported under a private module name."""
     spec = importlib.util.spec_from_file_location(f"ruth_bench_real_{model_py.parent.parent.name}", model_py)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {model_py}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cls: type = module.TritonPythonModel
+    return module
+
+
+def load_model_class(model_py: Path) -> type:
+    """The `TritonPythonModel` class of a repository model file."""
+    cls: type = load_model_module(model_py).TritonPythonModel
     return cls
 
 
@@ -118,7 +123,9 @@ class BareModel:
 
 
 def local_pose_call(pose_model_py: Path) -> Callable[..., dict[str, np.ndarray]]:
-    """A stand-in for the BLS call to `pose_estimator`: its network, built from its own spec, run in this process."""
+    """A stand-in for the BLS call to `pose_estimator`: its network, built from its own spec the way its model file
+    builds it (the same engine keys, the person detector when the profile has one), run in this process. Without
+    the same passes the in-process figure would measure a cheaper pipeline than the server runs."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -127,18 +134,20 @@ def local_pose_call(pose_model_py: Path) -> Callable[..., dict[str, np.ndarray]]
     from python_backends.weights import default_weights_dir
     from ruth_vision.pose import PoseEngineConfig, build_engine, pack_pose_outputs
 
+    engine_keys: tuple[str, ...] = load_model_module(pose_model_py).ENGINE_KEYS
     text = (pose_model_py.parent.parent / "config.pbtxt").read_text()
     config = json_format.MessageToDict(
         text_format.Parse(text, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
     )
     params = ModelParams.parse(parameters_of(config)).model
-    keys = ("layout", "input_size", "min_score", "iou_threshold", "max_people", "threads")
+    detector = params.get("person_detector") or None
     engine = build_engine(
         PoseEngineConfig.model_validate(
             {
                 "engine": "litert",
                 "weights": default_weights_dir() / params["weights"],
-                **{k: params[k] for k in keys if k in params},
+                "person_detector": default_weights_dir() / detector if detector else None,
+                **{k: params[k] for k in engine_keys if k in params},
             }
         ),
         "cpu",
