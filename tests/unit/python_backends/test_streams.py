@@ -221,8 +221,8 @@ def test_nonsense_bounds_are_rejected(tmp_path: Path, kwargs: dict[str, float]) 
 
 
 def _open_and_update(path: str, barrier: Any, queue: Any) -> None:
-    barrier.wait(timeout=30)
     try:
+        barrier.wait(timeout=60)
         store = SqliteStreamStore(Path(path))
         store.update("s", "k", lambda s: {"n": (s or {}).get("n", 0) + 1})
         store.close()
@@ -232,15 +232,18 @@ def _open_and_update(path: str, barrier: Any, queue: Any) -> None:
 
 
 def test_instances_opening_a_new_store_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
-    """Triton starts every instance of a model together; a fresh database must not fail any of their loads."""
-    ctx = multiprocessing.get_context("fork")
+    """Triton starts every instance of a model together; a fresh database must not fail any of their loads.
+
+    The instances are started by a fork server, not forked from pytest: a fork copies whatever lock another thread of
+    this process holds at that moment (earlier tests leave model threads running), and the child can hang on it."""
+    ctx = multiprocessing.get_context("forkserver")
     for attempt in range(20):  # without the set-up lock, about 1 attempt in 15 failed here
         path = tmp_path / f"fresh-{attempt}.sqlite"
         queue, barrier = ctx.Queue(), ctx.Barrier(4)
         procs = [ctx.Process(target=_open_and_update, args=(str(path), barrier, queue)) for _ in range(4)]
         for proc in procs:
             proc.start()
-        outcomes = [queue.get(timeout=30) for _ in procs]
+        outcomes = [queue.get(timeout=90) for _ in procs]
         for proc in procs:
             proc.join(timeout=10)
         assert outcomes == ["ok"] * 4
