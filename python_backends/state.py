@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
 
+from python_backends.errors import first_error
+
 __all__ = [
     "DEFAULT_STATE_DIR",
     "STATE_DIR_MODE",
@@ -203,7 +205,7 @@ class BreakerSnapshot(_Record):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ValueError(f"not a breaker snapshot: {_first_error(exc)}") from None
+            raise ValueError(f"not a breaker snapshot: {first_error(exc)}") from None
 
 
 class Reservation(_Record):
@@ -231,9 +233,3 @@ class Reservation(_Record):
     def from_json(cls, data: Mapping[str, Any]) -> Reservation:
         """Parse a stored entry; `ValueError` (a pydantic ValidationError) for anything that isn't one."""
         return cls.model_validate(data)
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
