@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from python_backends.bounds import above, at_least
 from python_backends.errors import BreakerOpen
 from python_backends.params import DEFAULTS
 from python_backends.state import BreakerSnapshot, BreakerState
@@ -62,16 +63,12 @@ class BreakerPolicy:
     half_open_max_trials: int = DEFAULTS.breaker.half_open_max_trials
 
     def __post_init__(self) -> None:
-        if self.failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be >= 1, got {self.failure_threshold}")
-        if not self.cooldown_s > 0:
-            raise ValueError(f"cooldown_s must be > 0, got {self.cooldown_s}")
+        at_least("failure_threshold", self.failure_threshold, 1)
+        above("cooldown_s", self.cooldown_s, 0)
         if not self.max_cooldown_s >= self.cooldown_s:
             raise ValueError(f"max_cooldown_s ({self.max_cooldown_s}) must be >= cooldown_s ({self.cooldown_s})")
-        if not self.backoff_factor >= 1:
-            raise ValueError(f"backoff_factor must be >= 1, got {self.backoff_factor}")
-        if self.half_open_max_trials < 1:
-            raise ValueError(f"half_open_max_trials must be >= 1, got {self.half_open_max_trials}")
+        at_least("backoff_factor", self.backoff_factor, 1)
+        at_least("half_open_max_trials", self.half_open_max_trials, 1)
 
     def cooldown_for(self, trips: int) -> float:
         """Cooldown after the `trips`-th consecutive trip: exponential, capped at `max_cooldown_s`."""

@@ -24,13 +24,24 @@ class ErrorCode(str, enum.Enum):
 
 
 class RuthError(Exception):
-    """Root of every error the model library raises on purpose."""
+    """Root of every error the model library raises on purpose.
+
+    A subclass declares its identity in its class line: `class X(RuthError, wire=..., outcome=..., code=...)`;
+    what it leaves out it inherits."""
 
     code: ErrorCode = ErrorCode.INTERNAL
     #: stable machine-readable identity sent in front of the message (python_backends/wire.py)
     wire: WireCode = WireCode.INTERNAL
     #: label used in metrics (`ruth_requests_total{code=...}`); stable, low-cardinality
     outcome: str = "internal"
+
+    def __init_subclass__(
+        cls, *, wire: WireCode | None = None, outcome: str | None = None, code: ErrorCode | None = None
+    ) -> None:
+        super().__init_subclass__()
+        cls.wire = wire or cls.wire
+        cls.outcome = outcome or cls.outcome
+        cls.code = code or cls.code
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -44,31 +55,20 @@ class RuthError(Exception):
         return {}
 
 
-class InvalidInput(RuthError):
+class InvalidInput(RuthError, wire=WireCode.INVALID_INPUT, outcome="invalid_arg", code=ErrorCode.INVALID_ARG):
     """The request is malformed or out of limits. Never counts against the circuit breaker."""
-
-    wire = WireCode.INVALID_INPUT
-    code = ErrorCode.INVALID_ARG
-    outcome = "invalid_arg"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
 
 
-class Unavailable(RuthError):
+class Unavailable(RuthError, wire=WireCode.UNAVAILABLE, outcome="unavailable", code=ErrorCode.UNAVAILABLE):
     """The model can't serve this request now; the client may retry later."""
 
-    wire = WireCode.UNAVAILABLE
-    code = ErrorCode.UNAVAILABLE
-    outcome = "unavailable"
 
-
-class BreakerOpen(Unavailable):
+class BreakerOpen(Unavailable, wire=WireCode.BREAKER_OPEN, outcome="breaker_open"):
     """The circuit breaker is open: fail fast instead of queueing work on a failing model."""
-
-    wire = WireCode.BREAKER_OPEN
-    outcome = "breaker_open"
 
     def __init__(self, name: str, retry_at: float, retry_in_s: float) -> None:
         super().__init__(
@@ -82,38 +82,25 @@ class BreakerOpen(Unavailable):
         return {"retry_after": f"{max(self.retry_in_s, 0.0):.1f}"}
 
 
-class InferenceTimeout(Unavailable):
+class InferenceTimeout(Unavailable, wire=WireCode.TIMEOUT, outcome="timeout"):
     """Inference ran past its deadline. The work may still be running (a zombie) but the client is answered."""
-
-    wire = WireCode.TIMEOUT
-    outcome = "timeout"
 
     def __init__(self, name: str, timeout_s: float) -> None:
         super().__init__(f"inference of {name} exceeded its deadline of {timeout_s * 1000:.0f} ms")
         self.timeout_s = timeout_s
 
 
-class StreamStoreUnavailable(Unavailable):
+class StreamStoreUnavailable(Unavailable, wire=WireCode.STORE_UNAVAILABLE, outcome="store_unavailable"):
     """The shared per-stream state store (Redis) can't be reached in time. Not the model's fault: it doesn't count
     against the breaker, and the next frame tries again (docs/deployment.md, fleet section)."""
 
-    wire = WireCode.STORE_UNAVAILABLE
-    outcome = "store_unavailable"
 
-
-class Internal(RuthError):
+class Internal(RuthError, wire=WireCode.INTERNAL, outcome="internal", code=ErrorCode.INTERNAL):
     """The model failed while running a valid request. Counts against the circuit breaker."""
 
-    wire = WireCode.INTERNAL
-    code = ErrorCode.INTERNAL
-    outcome = "internal"
 
-
-class ModelLoadError(RuthError):
+class ModelLoadError(RuthError, wire=WireCode.LOAD_FAILED, outcome="load_failed"):
     """The model can't be loaded. Raised from `initialize()` so Triton's repository index shows the reason."""
-
-    wire = WireCode.LOAD_FAILED
-    outcome = "load_failed"
 
 
 def triton_code_for(error: BaseException) -> ErrorCode:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
+from python_backends.bounds import at_least
 from python_backends.errors import ModelLoadError
 from python_backends.gpu_ledger import MIB, GpuLedger, LedgerFullError, Reservation, mib_text
 from python_backends.gpu_probe import DeviceProbe, ProbeUnavailable
@@ -68,13 +69,11 @@ class DeviceAllocator:
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
     ) -> None:
-        if reserve_mb < 0:
-            raise ValueError(f"reserve_mb must be >= 0, got {reserve_mb}")
         self.probe = probe
         self.ledger = ledger
         self.enable_gpu = enable_gpu
         self.fallback_to_cpu = fallback_to_cpu
-        self.reserve_bytes = reserve_mb * MIB
+        self.reserve_bytes = at_least("reserve_mb", reserve_mb, 0) * MIB
         self._clock = clock
         self._pid = os.getpid() if pid is None else pid
 
@@ -96,8 +95,7 @@ class DeviceAllocator:
         kind = instance_kind.upper().removeprefix("KIND_")
         if kind not in _KINDS:
             raise ValueError(f"unknown instance kind {instance_kind!r}; expected one of {sorted(_KINDS)}")
-        if memory_estimate_mb < 0:
-            raise ValueError(f"memory_estimate_mb must be >= 0, got {memory_estimate_mb}")
+        at_least("memory_estimate_mb", memory_estimate_mb, 0)
         label = f"{model} v{version} ({instance})"
         if kind == "CPU":
             return self._decided(label, Allocation("cpu", "cpu", None, 0, "instance kind CPU", None))

@@ -7,6 +7,7 @@ metrics API. Domain code reports through the `MetricsSink` interface and never i
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import defaultdict
 from typing import Any, Protocol
@@ -18,24 +19,43 @@ OUTCOMES = ("ok", "invalid_arg", "breaker_open", "timeout", "unavailable", "stor
 REJECTION_FIELDS = ("IMAGE", "FRAME", "STREAM_ID", "TIMESTAMP", "CONFIG", "METADATA")
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
-FAMILIES: dict[str, tuple[str, str]] = {
-    # name: (kind, description)
-    "ruth_requests_total": (
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One metric family as docs/metrics.md documents it (a unit test holds the two together)."""
+
+    kind: str  # COUNTER, GAUGE or HISTOGRAM, as pb_utils.MetricFamily spells them
+    labels: tuple[str, ...]
+    description: str
+
+
+BASE = ("model", "version")
+INSTANCE = (*BASE, "instance")
+
+FAMILIES: dict[str, Family] = {
+    "ruth_requests_total": Family(
         "COUNTER",
+        (*BASE, "outcome"),
         "Requests by outcome (ok, invalid_arg, breaker_open, timeout, unavailable, store_unavailable, internal)",
     ),
-    "ruth_validation_rejections_total": ("COUNTER", "INVALID_ARG rejections by input tensor"),
-    "ruth_inference_latency_seconds": ("HISTOGRAM", "Time inside the model's algorithm per request"),
-    "ruth_request_latency_seconds": ("HISTOGRAM", "Whole request inside the model process"),
-    "ruth_breaker_state": ("GAUGE", "Circuit breaker: 0 closed, 1 half-open, 2 open"),
-    "ruth_breaker_trips_total": ("COUNTER", "Transitions of the circuit breaker to OPEN"),
-    "ruth_watchdog_timeouts_total": ("COUNTER", "Inference calls answered at their deadline"),
-    "ruth_zombie_threads": ("GAUGE", "Timed-out inferences still running"),
-    "ruth_device_allocation": ("GAUGE", "1 for the placement this instance got (gpu, cpu, fallback)"),
-    "ruth_device_reserved_bytes": ("GAUGE", "Bytes reserved in the GPU ledger by this instance"),
-    "ruth_model_health": ("GAUGE", "1 healthy, 0 degraded, -1 unhealthy"),
-    "ruth_stream_states": ("GAUGE", "Per-stream states held"),
-    "ruth_pose_cache_total": ("COUNTER", "Pose lookups answered from the frame cache (hit) or by the network (miss)"),
+    "ruth_validation_rejections_total": Family("COUNTER", (*BASE, "field"), "INVALID_ARG rejections by input tensor"),
+    "ruth_inference_latency_seconds": Family("HISTOGRAM", BASE, "Time inside the model's algorithm per request"),
+    "ruth_request_latency_seconds": Family("HISTOGRAM", BASE, "Whole request inside the model process"),
+    "ruth_breaker_state": Family("GAUGE", BASE, "Circuit breaker: 0 closed, 1 half-open, 2 open"),
+    "ruth_breaker_trips_total": Family("COUNTER", BASE, "Transitions of the circuit breaker to OPEN"),
+    "ruth_watchdog_timeouts_total": Family("COUNTER", BASE, "Inference calls answered at their deadline"),
+    "ruth_zombie_threads": Family("GAUGE", INSTANCE, "Timed-out inferences still running"),
+    "ruth_device_allocation": Family(
+        "GAUGE", (*INSTANCE, "placement"), "1 for the placement this instance got (gpu, cpu, fallback)"
+    ),
+    "ruth_device_reserved_bytes": Family("GAUGE", INSTANCE, "Bytes reserved in the GPU ledger by this instance"),
+    "ruth_model_health": Family("GAUGE", INSTANCE, "1 healthy, 0 degraded, -1 unhealthy"),
+    "ruth_stream_states": Family("GAUGE", BASE, "Per-stream states held"),
+    "ruth_pose_cache_total": Family(
+        "COUNTER",
+        (*BASE, "result"),
+        "Pose lookups answered from the frame cache (hit) or by the network (miss)",
+    ),
 }
 
 #: families served only by the model named: a family with no series yet is not in Triton's /metrics at all
@@ -111,9 +131,9 @@ class TritonMetrics:
         self._families: dict[str, Any] = {}
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._lock = threading.Lock()
-        for name, (kind, description) in FAMILIES.items():
+        for name, family in FAMILIES.items():
             self._families[name] = self._pb.MetricFamily(
-                name=name, description=description, kind=getattr(self._pb.MetricFamily, kind)
+                name=name, description=family.description, kind=getattr(self._pb.MetricFamily, family.kind)
             )
         # Every series exists at zero from the first scrape: Prometheus's rate() can't count what happened before a
         # series' first sample, so an outcome that first occurs between two scrapes would be lost to the alerts.
@@ -134,8 +154,11 @@ class TritonMetrics:
             with self._lock:
                 metric = self._metrics.get(key)
                 if metric is None:
+                    declared = FAMILIES[name]
+                    if tuple(sorted(labels)) != tuple(sorted(declared.labels)):
+                        raise ValueError(f"{name} takes labels {declared.labels}, got {tuple(labels)}")
                     family = self._families[name]
-                    if FAMILIES[name][0] == "HISTOGRAM":
+                    if declared.kind == "HISTOGRAM":
                         metric = family.Metric(labels=labels, buckets=LATENCY_BUCKETS)
                     else:
                         metric = family.Metric(labels=labels)

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from filelock import FileLock
 
+from python_backends.bounds import above, at_least
 from python_backends.errors import ModelLoadError
 from python_backends.params import DEFAULTS
 from python_backends.state import StateLayout
@@ -207,13 +208,9 @@ class SqliteStreamStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_s: float = 10.0,
     ) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
-        if not idle_ttl_s > 0:
-            raise ValueError(f"idle_ttl_s must be > 0, got {idle_ttl_s}")
         self.path = Path(path)
-        self.max_streams = max_streams
-        self.idle_ttl_s = idle_ttl_s
+        self.max_streams = at_least("max_streams", max_streams, 1)
+        self.idle_ttl_s = above("idle_ttl_s", idle_ttl_s, 0)
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()

@@ -34,6 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from python_backends.bounds import above, at_least
 from python_backends.errors import ModelLoadError, StreamStoreUnavailable
 from python_backends.params import DEFAULTS
 from python_backends.streams import StepFn, StreamStoreSpec, decode_state
@@ -117,15 +118,11 @@ class RedisStreamStore:
         max_streams: int = DEFAULTS.state.max_streams,
         idle_ttl_s: float = DEFAULTS.state.idle_ttl_s,
     ):
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
-        if not idle_ttl_s > 0:
-            raise ValueError(f"idle_ttl_s must be > 0, got {idle_ttl_s}")
         if spec.kind != "redis":
             raise ValueError(f"not a redis store: {spec.describe()}")
         self.spec = spec
-        self.max_streams = max_streams
-        self.idle_ttl_s = idle_ttl_s
+        self.max_streams = at_least("max_streams", max_streams, 1)
+        self.idle_ttl_s = above("idle_ttl_s", idle_ttl_s, 0)
         self._ttl_ms = max(int(idle_ttl_s * 1000), 1)
         self._prefix = f"ruth:{{{namespace}}}:s:"
         self._seen = f"ruth:{{{namespace}}}:seen"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from python_backends.bounds import above, at_least
 from python_backends.errors import InferenceTimeout
 from python_backends.params import DEFAULTS
 
@@ -57,10 +58,8 @@ class Watchdog:
         clock: Callable[[], float] = time.monotonic,
         max_idle_workers: int = 2,
     ) -> None:
-        if zombie_limit < 1:
-            raise ValueError(f"zombie_limit must be >= 1, got {zombie_limit}")
         self.name = name
-        self.zombie_limit = zombie_limit
+        self.zombie_limit = at_least("zombie_limit", zombie_limit, 1)
         self._clock = clock
         self._max_idle = max(max_idle_workers, 0)
         self._lock = threading.Lock()
@@ -75,8 +74,7 @@ class Watchdog:
 
     def run(self, fn: Callable[[], T], timeout_s: float) -> T:
         """`fn()`'s result or exception, or `InferenceTimeout` once `timeout_s` has passed (fn keeps running)."""
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        above("timeout_s", timeout_s, 0)
         call: _Call[T] = _Call(fn, self._clock())
         with self._lock:
             if self._closed:

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from ruthctl.exit_codes import ExitCode, worst
-from ruthctl.lifecycle import ActivationFailed, DrainTimeout, Progress, Target, load_on, unload_on
+from ruthctl.lifecycle import ActivationFailed, DrainTimeout, Pace, Progress, Target, load_on, unload_on
 from ruthctl.reconcile import Paths
 from ruthctl.registry import Desired, IllegalTransition, Registry, RegistryError, State, Want
 from ruthctl.settings import Profile
@@ -115,7 +115,7 @@ def _activate_locked(
                 reason="activate",
                 want=want,
                 restore=None if done else restore,
-                progress=progress,
+                pace=Pace(progress),
             )
             done = True
             results.append(ServerResult(server, entry.state.value, f"READY at v{entry.version}"))
@@ -171,7 +171,9 @@ def _deactivate_locked(
                 reg.set_desired(name, want.desired, reason="deactivate")
                 results.append(ServerResult(server, state.value, "not loaded"))
                 continue
-            done = unload_on(client, reg, name, timeout_s=timeout_s, reason="deactivate", want=want, progress=progress)
+            done = unload_on(
+                client, reg, name, timeout_s=timeout_s, reason="deactivate", want=want, pace=Pace(progress)
+            )
             results.append(ServerResult(server, done.state.value, "unloaded (drained)"))
         except IllegalTransition as exc:
             detail = f"refused: being loaded ({exc}); try again"

@@ -2,8 +2,9 @@
 
 `App` holds the root options, the settings (resolved on first use, so `--help` never needs a valid environment),
 the consoles, and the `Services` a test may replace: the adapter factory that turns each `--url` into a
-`TritonAdapter`. Tests pass `obj=Services(adapter_factory=...)` to `CliRunner.invoke`; every command, a new one
-included, then talks to that, never to a real client by accident.
+`TritonAdapter` (the admin side), and the inference client factory (`ruthctl infer`). Tests pass
+`obj=Services(adapter_factory=...)` to `CliRunner.invoke`; every command, a new one included, then talks to that,
+never to a real client by accident.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
 from rich.console import Console
@@ -41,6 +42,34 @@ def triton_adapter(endpoint: Endpoint, token: str | None, *, timeout_s: float, l
     return TritonClient(endpoint, token, timeout_s=timeout_s, load_timeout_s=load_timeout_s)
 
 
+class InferClient(Protocol):
+    """What `ruthctl infer` needs of a client: one frame in, the RESULT document out (ruthctl/client.py)."""
+
+    def infer(
+        self,
+        model: str,
+        *,
+        image: bytes | None = None,
+        stream_id: str,
+        timestamp: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class InferClientFactory(Protocol):
+    def __call__(self, endpoint: Endpoint, *, timeout_s: float) -> InferClient: ...
+
+
+def ruth_client(endpoint: Endpoint, *, timeout_s: float) -> InferClient:
+    """The real one: the SDK's `RuthClient` on the endpoint's address and transport."""
+    from ruthctl.client import RuthClient
+
+    return RuthClient(endpoint.address, endpoint.transport.value, timeout_s=timeout_s)
+
+
 def stdout_console() -> Console:
     """A console on the current stdout (built per call, so test runners that swap stdout capture it).
 
@@ -59,6 +88,7 @@ class Services:
     `out` builds the stdout console (the result) per use; `err` carries progress, warnings and errors."""
 
     adapter_factory: AdapterFactory = triton_adapter
+    infer_client_factory: InferClientFactory = ruth_client
     out: Callable[[], Console] = stdout_console
     err: Console = dataclasses.field(default_factory=lambda: Console(stderr=True))
 

@@ -292,24 +292,19 @@ def plan_build(
 
 @dataclasses.dataclass(frozen=True)
 class BuildResult:
+    """What `build_image` made."""
+
     variant: str
-    image_id: str
+    image_id: str  # the engine's id of the image, every tag points at it
     tags: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "image_id": self.image_id, "tags": list(self.tags)}
 
 
-def build_image(
-    name: str,
-    tag: str | None = None,
-    *,
-    client: Any = None,
-    on_log: Callable[[str], None] | None = None,
-    **plan_options: Any,
-) -> BuildResult:
-    """Build one variant and tag it; `on_log` receives the builder's output line by line."""
-    plan = plan_build(name, tag=tag, **plan_options)
+def build_image(plan: BuildPlan, *, client: Any = None, on_log: Callable[[str], None] | None = None) -> BuildResult:
+    """Build what `plan_build` planned (what `--dry-run` shows) and tag it; `on_log` gets the builder's output line
+    by line."""
     if plan.variant.wheelhouse and not any((plan.context / WHEELHOUSE).glob("*.whl")):
         raise ImageError(f"no wheels in {WHEELHOUSE}/: run `ruthctl image wheelhouse` first (the build uses no index)")
     docker = client if client is not None else docker_client()
@@ -324,7 +319,7 @@ def build_image(
             image.tag(repository, version)
     except _docker_errors() as exc:
         raise ImageError(f"building {plan.tags[0]} failed: {exc}") from exc
-    return BuildResult(name, str(image.id), plan.tags)
+    return BuildResult(plan.variant.name, str(image.id), plan.tags)
 
 
 # ------------------------------------------------------------------ run
@@ -465,20 +460,21 @@ def plan_run(
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
+    """What `run_image` started."""
+
     variant: str
     container_id: str
-    name: str
+    name: str  # the container's name
     image: str
-    urls: Mapping[str, str]
-    health: str | None = None
+    urls: Mapping[str, str]  # http, grpc, metrics (and the probe port) as the host reaches them
+    health: str | None = None  # the HEALTHCHECK's status after `--wait`, None without it
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "urls": dict(self.urls)}
 
 
-def run_image(name: str, *, client: Any = None, **plan_options: Any) -> RunResult:
-    """Create and start a detached container of one variant."""
-    plan = plan_run(name, **plan_options)
+def run_image(plan: RunPlan, *, client: Any = None) -> RunResult:
+    """Create and start the detached container `plan_run` planned (what `--dry-run` shows)."""
     docker = client if client is not None else docker_client()
     try:
         host_config = docker.api.create_host_config(**plan.host_config_kwargs())
@@ -486,7 +482,7 @@ def run_image(name: str, *, client: Any = None, **plan_options: Any) -> RunResul
         docker.api.start(created["Id"])
     except _docker_errors() as exc:
         raise ImageError(f"running {plan.image} failed: {exc}") from exc
-    return RunResult(name, str(created["Id"]), plan.name, plan.image, plan.urls())
+    return RunResult(plan.variant.name, str(created["Id"]), plan.name, plan.image, plan.urls())
 
 
 def wait_healthy(

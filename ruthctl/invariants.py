@@ -107,27 +107,31 @@ class VerifyReport:
 
 
 class ActionKind(str, enum.Enum):
-    REBUILD_REGISTRY = "rebuild_registry"
-    ADOPT = "adopt"
-    REGENERATE = "regenerate"
-    RESOLVE_STUCK = "resolve_stuck"
-    REMOVE_BREAKER = "remove_breaker"
-    REAP_LEDGER = "reap_ledger"
-    RECORD = "record"
+    """What `repair` and `watch` do about a violation (`_FIX` maps one to the other)."""
+
+    REBUILD_REGISTRY = "rebuild_registry"  # damaged registry: moved aside, rebuilt from the servers
+    ADOPT = "adopt"  # no registry: record what the servers run
+    REGENERATE = "regenerate"  # config.pbtxt differs from the spec: render it again
+    RESOLVE_STUCK = "resolve_stuck"  # LOADING/UNLOADING whose owner is gone
+    REMOVE_BREAKER = "remove_breaker"  # a breaker file no model owns
+    REAP_LEDGER = "reap_ledger"  # GPU reservations of dead processes
+    RECORD = "record"  # the registry's state catches up with Triton's
     UNLOAD = "unload"
-    LOAD = "load"
-    DISABLE = "disable"
-    FORGET = "forget"
+    LOAD = "load"  # (re)load: not READY, wrong version, live drift, dead stub, hung
+    DISABLE = "disable"  # watch gives up on a model that keeps failing
+    FORGET = "forget"  # a registry entry with no spec
 
 
 @dataclasses.dataclass(frozen=True)
 class Action:
+    """One step of a repair plan (`plan_repairs`)."""
+
     kind: ActionKind
-    model: str | None = None
-    server: str | None = None
+    model: str | None = None  # None: not about one model (the registry, the ledger)
+    server: str | None = None  # None: not about one server (local files)
     detail: str = ""
-    causes: tuple[Kind, ...] = ()
-    subject: str | None = None
+    causes: tuple[Kind, ...] = ()  # the violations it repairs
+    subject: str | None = None  # the file or entry concerned, when it isn't the model itself
 
     def to_json(self) -> dict[str, Any]:
         return {

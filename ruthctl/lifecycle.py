@@ -21,13 +21,27 @@ from ruthctl.render import render_config
 from ruthctl.spec import ModelSpec, ProfileSpec
 from ruthctl.triton_client import IndexEntry, LoadFailed, TritonAdapter, TritonAPIError, Unreachable
 
-__all__ = ["ActivationFailed", "DrainTimeout", "Target", "disable_on", "load_on", "unload_on", "wait_for"]
+__all__ = ["ActivationFailed", "DrainTimeout", "Pace", "Target", "disable_on", "load_on", "unload_on", "wait_for"]
 
 Progress = Callable[[str], None]
 
 
 def _quiet(_message: str) -> None:
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """How a step waits for Triton: where it reports progress, the clock it reads and how it sleeps between polls
+    of the repository index (tests pass a fake clock)."""
+
+    progress: Progress = _quiet
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    interval_s: float = 0.2
+
+
+PACE = Pace()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +88,10 @@ def wait_for(
     *,
     timeout_s: float,
     what: str,
-    progress: Progress = _quiet,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    interval_s: float = 0.2,
+    pace: Pace = PACE,
 ) -> IndexEntry | None:
     """Poll the repository index until `done(entry)`; `TimeoutError` after `timeout_s`."""
+    progress, clock, sleep, interval_s = pace.progress, pace.clock, pace.sleep, pace.interval_s
     start = clock()
     while True:
         entry = _entry(adapter, name)
@@ -102,14 +114,12 @@ def load_on(
     registry: Registry,
     target: Target,
     *,
+    restart: bool = False,
     timeout_s: float = 120.0,
     reason: str = "activate",
-    restart: bool = False,
     want: Want | None = None,
     restore: Want | None = None,
-    progress: Progress = _quiet,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    pace: Pace = PACE,
 ) -> ServerEntry:
     """Load (or reload) `target` and wait for READY at its version. Raises `ActivationFailed` after rolling back.
 
@@ -130,20 +140,11 @@ def load_on(
     version = str(target.version)
     try:
         if restart:
-            progress(f"{target.name}: unloading on {server} to restart its processes")
+            pace.progress(f"{target.name}: unloading on {server} to restart its processes")
             adapter.unload(target.name)
-            wait_for(
-                adapter,
-                target.name,
-                _gone,
-                timeout_s=timeout_s,
-                what="unloaded",
-                progress=progress,
-                clock=clock,
-                sleep=sleep,
-            )
+            wait_for(adapter, target.name, _gone, timeout_s=timeout_s, what="unloaded", pace=pace)
             was_ready = False  # nothing is left serving to roll back to
-        progress(f"{target.name}: loading version {version} on {server}")
+        pace.progress(f"{target.name}: loading version {version} on {server}")
         adapter.load(target.name, target.config())
 
         def ready(entry: IndexEntry | None) -> bool:
@@ -151,9 +152,7 @@ def load_on(
                 raise LoadFailed(target.name, entry.reason)
             return entry is not None and entry.ready and entry.version == version
 
-        wait_for(
-            adapter, target.name, ready, timeout_s=timeout_s, what="READY", progress=progress, clock=clock, sleep=sleep
-        )
+        wait_for(adapter, target.name, ready, timeout_s=timeout_s, what="READY", pace=pace)
     except (TritonAPIError, TimeoutError) as exc:
         why = exc.reason if isinstance(exc, LoadFailed) else str(exc)
         outcome = _roll_back(adapter, registry, target.name, server, why, was_ready, restore)
@@ -203,9 +202,7 @@ def unload_on(
     timeout_s: float = 60.0,
     reason: str = "deactivate",
     want: Want | None = None,
-    progress: Progress = _quiet,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    pace: Pace = PACE,
 ) -> ServerEntry:
     """Unload and wait while Triton drains in-flight requests; UNLOADED when it's gone.
 
@@ -218,9 +215,7 @@ def unload_on(
     registry.transition(name, server, State.UNLOADING, reason=reason, unless=frozenset({State.LOADING}), want=want)
     try:
         adapter.unload(name)
-        wait_for(
-            adapter, name, _gone, timeout_s=timeout_s, what="unloaded", progress=progress, clock=clock, sleep=sleep
-        )
+        wait_for(adapter, name, _gone, timeout_s=timeout_s, what="unloaded", pace=pace)
     except TimeoutError as exc:
         raise DrainTimeout(str(exc)) from None
     except TritonAPIError as exc:
@@ -236,14 +231,13 @@ def disable_on(
     reason: str,
     *,
     timeout_s: float = 30.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    pace: Pace = PACE,
 ) -> ServerEntry:
     """Give up on a model: unload it (best effort) and record DISABLED; only an explicit activate reloads it."""
     server = str(adapter.endpoint)
     try:
         adapter.unload(name)
-        wait_for(adapter, name, _gone, timeout_s=timeout_s, what="unloaded", clock=clock, sleep=sleep)
+        wait_for(adapter, name, _gone, timeout_s=timeout_s, what="unloaded", pace=pace)
     except (TritonAPIError, TimeoutError):
         pass  # disabling must not depend on the sick model cooperating
     current = registry.get(name)

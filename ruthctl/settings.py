@@ -36,10 +36,12 @@ class Profile(str, enum.Enum):
 
 
 class Hardware(str, enum.Enum):
+    """What this host has (AI_RUNTIME_HARDWARE); `auto` finds out with `detect_hardware`."""
+
     AUTO = "auto"
     CPU = "cpu"
-    GPU = "gpu"
-    JETSON = "jetson"
+    GPU = "gpu"  # nvidia-smi on PATH and /dev/nvidia0
+    JETSON = "jetson"  # /etc/nv_tegra_release
 
 
 #: Profile names of the runtime we replace, accepted so existing deployments keep working.

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ruthctl.activation import ServerResult
     from ruthctl.app import App, Env
+    from ruthctl.registry import Registry
     from ruthctl.triton_client import TritonAdapter
 
 
@@ -83,12 +84,11 @@ def activate(
     app = app_of(ctx)
     env = app.env()
     target = activation.prepare(env.paths(), env.profile, name, version, overrides)
-    reg = app.registry(env, f"activate {model}")
     change_servers(
         app,
         env,
         f"activate {name} v{target.version}",
-        lambda clients, progress: activation.activate(clients, reg, target, timeout, progress),
+        lambda clients, reg, progress: activation.activate(clients, reg, target, timeout, progress),
         {"model": name, "version": target.version} if json_out else None,
         load_timeout_s=timeout,
     )
@@ -98,24 +98,25 @@ def change_servers(
     app: App,
     env: Env,
     title: str,
-    change: Callable[[list[TritonAdapter], Progress], list[ServerResult]],
+    change: Callable[[list[TritonAdapter], Registry, Progress], list[ServerResult]],
     json_doc: dict[str, object] | None,
     *,
     load_timeout_s: float = 120.0,
 ) -> NoReturn:
-    """Connect to every server, refuse at once on a rejected admin token, make the change (a spinner for people;
-    `json_doc` None means people), then one row per server and the exit code of the results. A model another
-    command is changing is refused."""
+    """Connect to every server, refuse at once on a rejected admin token, make the change `title` names through
+    the registry (a spinner for people; `json_doc` None means people), then one row per server and the exit code
+    of the results. A model another command is changing is refused."""
     from ruthctl.activation import exit_code
     from ruthctl.registry import ModelBusy
 
+    registry = app.registry(env, title)
     with (
         app.adapters(env, load_timeout_s=load_timeout_s) as clients,
         progress_display(app.err, json_doc is None) as progress,
     ):
         preflight(clients)
         try:
-            results = change(clients, progress)
+            results = change(clients, registry, progress)
         except ModelBusy as exc:
             fail(f"refused: {exc}")
     render_server_results(app, title, results, exit_code(results), json_doc)

@@ -32,12 +32,10 @@ def deactivate(
 
     name, _ = parse_model_ref(model)
     app = app_of(ctx)
-    env = app.env()
-    reg = app.registry(env, f"deactivate {name}")
     change_servers(
         app,
-        env,
+        app.env(),
         f"deactivate {name}",
-        lambda clients, progress: activation.deactivate(clients, reg, name, timeout, progress),
+        lambda clients, reg, progress: activation.deactivate(clients, reg, name, timeout, progress),
         {"model": name} if json_out else None,
     )

@@ -83,23 +83,21 @@ def build(
     from ruthctl import images  # noqa: PLC0415 - keep `ruthctl --help` light
 
     app = app_of(ctx)
-    options: dict[str, Any] = {
-        "extra_tags": tuple(extra_tag or ()),
-        "context": context,
-        "vcs_ref": vcs_ref,
-        "exit_timeout_s": exit_timeout,
-        "pull": pull,
-        "nocache": no_cache,
-        "base": base,
-    }
     with _image_errors(app):
-        if dry_run:
-            plan = images.plan_build(variant.value, tag=tag, **options)
-            _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would build {plan.tags[0]}")
-            return
-        result = images.build_image(
-            variant.value, tag, on_log=lambda line: app.err.print(line, markup=False, soft_wrap=True), **options
+        plan = images.plan_build(
+            variant.value,
+            tag=tag,
+            context=context,
+            vcs_ref=vcs_ref,
+            base=base,
+            exit_timeout_s=exit_timeout,
+            extra_tags=tuple(extra_tag or ()),
+            pull=pull,
+            nocache=no_cache,
         )
+        if dry_run:
+            return _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would build {plan.tags[0]}")
+        result = images.build_image(plan, on_log=lambda line: app.err.print(line, markup=False, soft_wrap=True))
     _emit(app, result.as_dict(), as_json, f"built {result.tags[0]}")
 
 
@@ -153,26 +151,25 @@ def run(
     if bad := [key for key, sep, _ in pairs if not sep or not key]:
         app.err.print(f"[red]error:[/red] --env expects KEY=VALUE, got {bad}", soft_wrap=True)
         raise typer.Exit(ExitCode.USAGE)
-    options: dict[str, Any] = {
-        "image": image,
-        "container_name": name,
-        "publish_address": publish_address,
-        "host_ports": {"http": http_port, "grpc": grpc_port, "metrics": metrics_port},
-        "env": {key: value for key, _, value in pairs},
-        "state_volume": state_volume,
-        "shm_size": shm_size,
-        "exit_timeout_s": exit_timeout,
-        "gpus": gpus,
-        "restart": restart,
-        "network": network,
-    }
     with _image_errors(app):
+        plan = images.plan_run(
+            variant.value,
+            host_ports={"http": http_port, "grpc": grpc_port, "metrics": metrics_port},
+            image=image,
+            container_name=name,
+            publish_address=publish_address,
+            state_volume=state_volume,
+            shm_size=shm_size,
+            env={key: value for key, _, value in pairs},
+            exit_timeout_s=exit_timeout,
+            gpus=gpus,
+            restart=restart,
+            network=network,
+        )
         if dry_run:
-            plan = images.plan_run(variant.value, **options)
-            _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would run {plan.image}")
-            return
+            return _emit(app, {"dry_run": True, **plan.as_dict()}, as_json, f"would run {plan.image}")
         client = images.docker_client()
-        result = images.run_image(variant.value, client=client, **options)
+        result = images.run_image(plan, client=client)
         if wait > 0:
             app.err.print(f"waiting up to {wait:.0f}s for {result.name} to turn healthy...", soft_wrap=True)
             health = images.wait_healthy(client, result.container_id, wait)

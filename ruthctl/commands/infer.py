@@ -46,7 +46,7 @@ def infer(
 
     Exit codes: 0 ok, 1 the request was refused or failed (message on stderr), 2 bad options, 4 unreachable.
     """
-    from ruthctl.client import RuthClient, RuthClientError, ServerUnreachable
+    from ruthctl.client import RuthClientError, ServerUnreachable
     from ruthctl.triton_client import Endpoint, Transport
 
     if protocol not in (None, "http", "grpc"):
@@ -64,27 +64,29 @@ def infer(
             fail(str(exc), ExitCode.USAGE)
         # `--protocol grpc` with an HTTP URL means the same server's gRPC port (serve layout: HTTP p, gRPC p+1)
         target = endpoint.on(Transport(protocol)) if protocol else endpoint
-        with RuthClient(target.address, target.transport.value, timeout_s=timeout) as client:
-            try:
-                results[url] = client.infer(
-                    model,
-                    image=data,
-                    stream_id=stream_id or str(uuid.uuid4()),
-                    timestamp=timestamp,
-                    config=cfg,
-                    metadata=meta,
-                )
-            except ServerUnreachable as exc:
-                results[url] = {"error": type(exc).__name__, "message": exc.message}
-                code = worst([code, ExitCode.UNREACHABLE])
-            except RuthClientError as exc:
-                results[url] = {
-                    "error": type(exc).__name__,
-                    "code": exc.code.value if exc.code else None,
-                    "message": exc.message,
-                    "status": exc.status,
-                }
-                code = worst([code, ExitCode.ERROR])
+        client = app.services.infer_client_factory(target, timeout_s=timeout)
+        try:
+            results[url] = client.infer(
+                model,
+                image=data,
+                stream_id=stream_id or str(uuid.uuid4()),
+                timestamp=timestamp,
+                config=cfg,
+                metadata=meta,
+            )
+        except ServerUnreachable as exc:
+            results[url] = {"error": type(exc).__name__, "message": exc.message}
+            code = worst([code, ExitCode.UNREACHABLE])
+        except RuthClientError as exc:
+            results[url] = {
+                "error": type(exc).__name__,
+                "code": exc.code.value if exc.code else None,
+                "message": exc.message,
+                "status": exc.status,
+            }
+            code = worst([code, ExitCode.ERROR])
+        finally:
+            client.close()
     for url, result in results.items():
         if "error" in result:
             app.err.out(f"error: {url}: {result['error']}: {result['message']}", highlight=False)

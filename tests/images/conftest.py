@@ -55,10 +55,10 @@ def cpu_image(engine: Any) -> str:
     base = ps.base_image()
     lines: list[str] = []
     started = time.monotonic()
-    result = images.build_image(
-        "cpu", TAG, client=engine, on_log=lines.append, context=ps.REPO, base=base,
-        exit_timeout_s=ps.EXIT_TIMEOUT_S, vcs_ref=_head(),
-    )  # fmt: skip
+    plan = images.plan_build(
+        "cpu", tag=TAG, context=ps.REPO, base=base, exit_timeout_s=ps.EXIT_TIMEOUT_S, vcs_ref=_head()
+    )
+    result = images.build_image(plan, client=engine, on_log=lines.append)
     seconds = time.monotonic() - started
     [inspected] = json.loads(ps.podman("image", "inspect", TAG).stdout)
     steps = sum(1 for line in lines if "STEP" in line)

@@ -55,11 +55,12 @@ def served(engine: Any, cpu_image: str, tmp_path_factory: pytest.TempPathFactory
     ports = ps.Ports.free()
     state = ps.state_dir(tmp_path_factory.mktemp("served") / "state")
     name = f"ruth-img-{uuid.uuid4().hex[:8]}"
-    result = images.run_image(
-        "cpu", client=engine, image=cpu_image, container_name=name, network="host",
+    plan = images.plan_run(
+        "cpu", image=cpu_image, container_name=name, network="host",
         host_ports={"http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics, "probe": ports.probe},
         state_volume=str(state), exit_timeout_s=ps.EXIT_TIMEOUT_S,
     )  # fmt: skip
+    result = images.run_image(plan, client=engine)
     with ps.removed_after(name):
         ready_after = ps.wait_ready(name, ports, models=ALL_MODELS)
         print(f"\n{name}: ready after {ready_after:.1f} s")

@@ -82,17 +82,16 @@ class FakeClient:
 def test_build_passes_dockerfile_tag_build_args_and_platform_to_the_sdk() -> None:
     client = FakeClient(log=[{"stream": "Step 1/20 : FROM nvcr.io/nvidia/tritonserver:24.10-py3\n"}, {"aux": "x"}])
     lines: list[str] = []
-    result = images.build_image(
+    plan = images.plan_build(
         "gpu",
-        "registry.local/ruth/gpu:1.2.3",
-        client=client,
-        on_log=lines.append,
+        tag="registry.local/ruth/gpu:1.2.3",
         context=REPO,
         version="1.2.3",
         vcs_ref="abc123",
         exit_timeout_s=60,
         extra_tags=("registry.local/ruth/gpu:stable",),
     )
+    result = images.build_image(plan, client=client, on_log=lines.append)
     assert client.images.calls == [
         {
             "path": str(REPO),
@@ -151,7 +150,7 @@ def test_build_refuses_a_tag_without_a_version() -> None:
 def test_a_failed_build_raises_image_error_with_the_engine_message() -> None:
     client = FakeClient(error=docker.errors.BuildError("pip install failed", build_log=[]))
     with pytest.raises(images.ImageError, match="pip install failed"):
-        images.build_image("gpu", client=client, context=REPO)
+        images.build_image(images.plan_build("gpu", context=REPO), client=client)
 
 
 def test_the_cpu_build_needs_the_wheelhouse_and_says_how_to_make_it(tmp_path: Path) -> None:
@@ -159,11 +158,11 @@ def test_the_cpu_build_needs_the_wheelhouse_and_says_how_to_make_it(tmp_path: Pa
     (tmp_path / "containers/cpu/Dockerfile").write_text("FROM scratch\n")
     client = FakeClient()
     with pytest.raises(images.ImageError, match="ruthctl image wheelhouse"):
-        images.build_image("cpu", client=client, context=tmp_path)
+        images.build_image(images.plan_build("cpu", context=tmp_path), client=client)
     assert client.images.calls == []
     (tmp_path / images.WHEELHOUSE).mkdir(parents=True)
     (tmp_path / images.WHEELHOUSE / "numpy-1.26.4-cp311-none-any.whl").write_text("x")
-    images.build_image("cpu", client=client, context=tmp_path, base="localhost/base:1")
+    images.build_image(images.plan_build("cpu", context=tmp_path, base="localhost/base:1"), client=client)
     assert client.images.calls[0]["buildargs"]["BASE"] == "localhost/base:1"
 
 
@@ -240,11 +239,8 @@ def test_the_wheelhouse_refuses_another_python_than_the_images(context: Path, mo
 def test_gpu_run_requests_the_gpus_shm_state_volume_ports_and_a_stop_timeout_above_the_drain() -> None:
     client = FakeClient()
     result = images.run_image(
-        "gpu",
+        images.plan_run("gpu", image="ruth-ai/triton-gpu:1.0.0", exit_timeout_s=30, env={"LOG_LEVEL": "DEBUG"}),
         client=client,
-        image="ruth-ai/triton-gpu:1.0.0",
-        exit_timeout_s=30,
-        env={"LOG_LEVEL": "DEBUG"},
     )
     [(config, name)] = client.api.created
     assert name == "ruth-ai-gpu"
@@ -284,7 +280,7 @@ def test_selected_gpus_become_device_ids() -> None:
 
 def test_every_container_runs_hardened_like_the_kubernetes_pod() -> None:
     client = FakeClient()
-    images.run_image("cpu", client=client)
+    images.run_image(images.plan_run("cpu"), client=client)
     [(config, _)] = client.api.created
     host = config["HostConfig"]
     assert host["ReadonlyRootfs"] is True
@@ -296,7 +292,8 @@ def test_every_container_runs_hardened_like_the_kubernetes_pod() -> None:
 def test_host_network_publishes_nothing_and_hands_the_ports_to_the_server() -> None:
     client = FakeClient()
     result = images.run_image(
-        "cpu", client=client, network="host", host_ports={"http": 18000, "grpc": 18001, "metrics": 18002}
+        images.plan_run("cpu", network="host", host_ports={"http": 18000, "grpc": 18001, "metrics": 18002}),
+        client=client,
     )
     [(config, _)] = client.api.created
     host = config["HostConfig"]
@@ -311,14 +308,16 @@ def test_host_network_publishes_nothing_and_hands_the_ports_to_the_server() -> N
 def test_custom_ports_volume_and_restart_policy_reach_the_host_config() -> None:
     client = FakeClient()
     images.run_image(
-        "cpu",
+        images.plan_run(
+            "cpu",
+            publish_address="0.0.0.0",
+            host_ports={"http": 18000, "grpc": 18001, "metrics": 18002},
+            state_volume="/srv/ruth-state",
+            shm_size="2g",
+            restart="unless-stopped",
+            container_name="edge-1",
+        ),
         client=client,
-        publish_address="0.0.0.0",
-        host_ports={"http": 18000, "grpc": 18001, "metrics": 18002},
-        state_volume="/srv/ruth-state",
-        shm_size="2g",
-        restart="unless-stopped",
-        container_name="edge-1",
     )
     [(config, name)] = client.api.created
     host = config["HostConfig"]

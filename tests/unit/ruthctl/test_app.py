@@ -119,3 +119,16 @@ def test_no_command_module_has_a_console_or_echo_of_its_own() -> None:
         tree = ast.parse(path.read_text())
         calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         assert not calls & {"Console", "typer.echo", "print", "sys.stdout.write", "sys.stderr.write"}, path.name
+
+
+def test_no_command_module_builds_a_client_of_its_own() -> None:
+    """Servers are reached only through `Services` (ruthctl/app.py), so a test's fakes reach every command, a new
+    one included: no command names a client class or tritonclient itself."""
+    clients = {"RuthClient", "TritonClient", "InferenceServerClient"}
+    for path in [*sorted(COMMANDS.glob("*.py")), COMMANDS.parent / "cli.py"]:
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not names & clients, path.name
+        assert not {m for m in modules if m.startswith("tritonclient")}, path.name

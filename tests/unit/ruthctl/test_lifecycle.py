@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ruthctl.lifecycle import ActivationFailed, DrainTimeout, Target, disable_on, load_on, unload_on, wait_for
+from ruthctl.lifecycle import ActivationFailed, DrainTimeout, Pace, Target, disable_on, load_on, unload_on, wait_for
 from ruthctl.registry import Registry, State
 from ruthctl.settings import Profile
 from ruthctl.spec import load_profiles, load_specs
@@ -89,7 +89,7 @@ def test_a_load_that_never_gets_ready_times_out_and_rolls_back(
     triton.load = stays_loading
     clock = Clock()
     with pytest.raises(ActivationFailed, match="not READY after 5s"):
-        load_on(triton, registry, target, timeout_s=5, clock=clock, sleep=clock.sleep)
+        load_on(triton, registry, target, timeout_s=5, pace=Pace(clock=clock, sleep=clock.sleep))
     assert 5 <= clock.now < 6
     assert registry.get("alpha").on(str(triton.endpoint)).state is State.FAILED  # type: ignore[union-attr]
 
@@ -131,7 +131,7 @@ def test_a_drain_past_the_timeout_leaves_unloading(fake_triton: Any, registry: R
     triton.unload = lambda name: triton.entries.__setitem__(name, IndexEntry(name, "1", "UNLOADING"))
     clock = Clock()
     with pytest.raises(DrainTimeout):
-        unload_on(triton, registry, "alpha", timeout_s=3, clock=clock, sleep=clock.sleep)
+        unload_on(triton, registry, "alpha", timeout_s=3, pace=Pace(clock=clock, sleep=clock.sleep))
     assert registry.get("alpha").on(str(triton.endpoint)).state is State.UNLOADING  # type: ignore[union-attr]
 
 
@@ -179,8 +179,6 @@ def test_wait_for_reports_progress_until_done(fake_triton: Any) -> None:
         lambda e: bool(e and e.ready),
         timeout_s=10,
         what="READY",
-        progress=progress,
-        clock=clock,
-        sleep=clock.sleep,
+        pace=Pace(progress, clock=clock, sleep=clock.sleep),
     )
     assert entry is not None and entry.ready and len(seen) == 3 and "LOADING" in seen[0]

@@ -78,28 +78,35 @@ def test_infer_of_a_missing_file_exits_2(cli: Any, tmp_path: Path) -> None:
     assert cli("infer", "alpha", str(tmp_path / "none.jpg")).exit_code == 2
 
 
-def test_infer_prints_the_result_document(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ruthctl import client
+def test_infer_prints_the_result_document_from_the_apps_client(cli: Any, tmp_path: Path, wiring: Any) -> None:
+    from ruthctl.app import Services
+    from ruthctl.triton_client import Endpoint
 
     seen: dict[str, Any] = {}
 
-    def fake_infer(self: Any, model: str, **kwargs: Any) -> dict[str, Any]:
-        seen.update(kwargs, model=model, protocol=self.protocol)
-        return {"violation_detected": False}
+    class FakeClient:
+        def __init__(self, endpoint: Endpoint, *, timeout_s: float) -> None:
+            seen.update(endpoint=str(endpoint), transport=endpoint.transport.value, timeout_s=timeout_s)
 
-    monkeypatch.setattr(client.RuthClient, "infer", fake_infer)
+        def infer(self, model: str, **kwargs: Any) -> dict[str, Any]:
+            seen.update(kwargs, model=model)
+            return {"violation_detected": False}
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    wiring.services = Services(infer_client_factory=FakeClient)
     image = tmp_path / "x.jpg"
     image.write_bytes(b"\xff\xd8")
-    result = cli("infer", "alpha", str(image), "--stream-id", "cam", "--config", '{"a": 1}', url="grpc://127.0.0.1:1")
+    result = cli(
+        "infer", "alpha", str(image), "--stream-id", "cam", "--config", '{"a": 1}', "--timeout", "7",
+        url="grpc://127.0.0.1:1",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"violation_detected": False}
-    assert (seen["model"], seen["protocol"], seen["stream_id"], seen["config"], seen["image"]) == (
-        "alpha",
-        "grpc",
-        "cam",
-        {"a": 1},
-        b"\xff\xd8",
-    )
+    got = (seen["model"], seen["transport"], seen["stream_id"], seen["config"], seen["image"], seen["timeout_s"])
+    assert got == ("alpha", "grpc", "cam", {"a": 1}, b"\xff\xd8", 7.0)
+    assert seen["closed"] is True
 
 
 def test_watch_runs_rounds_and_reports_each_as_a_json_line(
