@@ -29,6 +29,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import pydantic
+
 from ruthctl.registry import Desired, Registry, State
 
 __all__ = [
@@ -59,6 +61,17 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "reason": self.reason}
+
+
+class ProbeAnswer(pydantic.BaseModel):
+    """The body of `/ready` and `/live`: written by the probe endpoint, read by `ruthctl probe` (`ask`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    ok: bool
+    reason: str
+    phase: str
+    restarts: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +291,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         snap = self.server.supervisor.snapshot()  # type: ignore[attr-defined]
         if self.path in ("/ready", "/live"):
             verdict = snap.ready if self.path == "/ready" else snap.live
-            body = json.dumps({**verdict.to_json(), "phase": snap.phase, "restarts": snap.restarts}).encode()
+            answer = ProbeAnswer(ok=verdict.ok, reason=verdict.reason, phase=snap.phase, restarts=snap.restarts)
+            body = answer.model_dump_json().encode()
             self._send(200 if verdict.ok else 503, body, "application/json")
         elif self.path == "/metrics":
             self._send(200, metrics_text(snap).encode(), "text/plain; version=0.0.4")
@@ -354,7 +368,9 @@ def ask(host: str, port: int, which: str, timeout_s: float = 4.0) -> Verdict:
 
 
 def _verdict(body: bytes, *, ok: bool) -> Verdict:
+    """The HTTP status decides `ok` (what an orchestrator goes by); the reason comes from the typed answer, or the
+    start of the body when it is not one (another endpoint, an older serve)."""
     try:
-        return Verdict(ok, str(json.loads(body).get("reason", "")))
-    except (ValueError, AttributeError):
+        return Verdict(ok, ProbeAnswer.model_validate_json(body).reason)
+    except pydantic.ValidationError:
         return Verdict(ok, body.decode("utf-8", "replace")[:200])

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -323,3 +325,24 @@ def test_poll_triton_tells_silence_from_refusal() -> None:
     assert refused.answered and refused.index is None and "403" in refused.error
     silent = probe.poll_triton(f"127.0.0.1:{httpd.server_address[1]}", None, timeout_s=1)
     assert not silent.answered
+
+
+def test_the_probe_answer_is_one_typed_body_for_the_endpoint_and_ruthctl_probe() -> None:
+    sup = Supervisor()
+    sup.set_phase("serving")
+    sup.observe(seen(time.monotonic(), a="READY", b="LOADING"), ["a", "b"])
+    server = probe.ProbeServer(sup, "127.0.0.1", 0).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/ready", timeout=5)  # noqa: S310
+        answer = probe.ProbeAnswer.model_validate_json(refused.value.read())
+        assert (answer.ok, answer.phase, answer.restarts) == (False, "serving", 0)
+        assert "b LOADING" in answer.reason
+        assert probe.ask("127.0.0.1", server.port, "ready") == probe.Verdict(False, answer.reason)
+    finally:
+        server.close()
+
+
+def test_a_body_that_is_not_a_probe_answer_is_shown_as_text_with_the_status_deciding() -> None:
+    assert probe._verdict(b"upstream connect error", ok=False) == probe.Verdict(False, "upstream connect error")
+    assert probe._verdict(b'{"ok": "yes", "reason": "r"}', ok=True).reason.startswith('{"ok": "yes"')
