@@ -65,6 +65,13 @@ def bench_profile(session: nox.Session) -> None:
     session.run(PY, "-m", "bench.profile", *session.posargs, external=True)
 
 
+@nox.session(name="bench_ab")
+def bench_ab(session: nox.Session) -> None:
+    """This checkout's hardening overhead against another checkout's, interleaved: `nox -s bench_ab -- --other DIR`
+    (DIR: e.g. `git worktree add DIR <rev>` then `scripts/install.sh` there). Before/after a change to the library."""
+    session.run(PY, "-m", "bench.ab", *session.posargs, external=True)
+
+
 @nox.session
 def bench_streamstore(session: nox.Session) -> None:
     """Redis vs SQLite stream state per frame into docs/benchmarks.md (`-- --smoke` for the quick version)."""

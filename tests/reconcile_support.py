@@ -7,67 +7,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import plain_model_support
 import pytest
 from support import REPO_ROOT, TritonHandle, start_triton
 from typer.testing import CliRunner
 
 TANK = "tank_overflow_monitoring"
-WEIGHTS = b"sleepy's pretend network\n"
-
-MODEL_PY = """
-import json, os, time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        if params.get("model.fail_init") == "true":
-            raise RuntimeError("probe: weights file missing")
-        self.sleep_s = float(params.get("model.sleep_s", "0"))
-        self.instance = args["model_instance_name"]
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            stream = pb_utils.get_input_tensor_by_name(request, "STREAM_ID").as_numpy().reshape(-1)
-            if self.sleep_s:
-                time.sleep(self.sleep_s)
-            result = {"violation_detected": False, "violation_type": None, "severity": "low", "confidence": 1.0,
-                      "detections": [], "metadata": {"instance": self.instance, "pid": os.getpid(),
-                                                      "stream_id": stream[0].decode()}}
-            out = np.array([[json.dumps(result).encode()]] * len(stream), dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", out)]))
-        return responses
-"""
-
-
-def spec(name: str, count: int, **parameters: Any) -> str:
-    weight = hashlib.sha256(WEIGHTS).hexdigest()
-    return f"""
-name: {name}
-description: integration test model
-version: 1
-contract: vision
-max_batch_size: 4
-dynamic_batching: {{max_queue_delay_us: 0, max_queue_size: 16}}
-weights:
-  - {{path: {name}/net.bin, sha256: {weight}, source: "tests/integration/test_ruthctl_reconcile.py writes it"}}
-profiles:
-  cpu: {{kind: KIND_CPU, count: {count}}}
-parameters: {json.dumps(parameters or {"sleep_s": 0})}
-"""
-
-
 @dataclasses.dataclass
 class Deployment:
     root: Path
@@ -108,11 +59,7 @@ def build_deployment(root: Path) -> Deployment:
         ("spare", 1, {"sleep_s": 0}),
         ("brittle", 1, {"fail_init": True}),
     ):
-        (root / "config" / "models" / f"{name}.yaml").write_text(spec(name, count, **params))
-        (d.repository / name / "1").mkdir(parents=True)
-        (d.repository / name / "1" / "model.py").write_text(MODEL_PY)
-        (d.weights / name).mkdir(parents=True)
-        (d.weights / name / "net.bin").write_bytes(WEIGHTS)
+        plain_model_support.install(root, name, count, **params)
     hangy = (REPO_ROOT / "config" / "models" / f"{TANK}.yaml").read_text()
     hangy = hangy.replace(f"name: {TANK}", "name: hangy").replace("failure_threshold: 5", "failure_threshold: 20")
     hangy = hangy.replace("zombie_limit: 4", "zombie_limit: 2").replace(

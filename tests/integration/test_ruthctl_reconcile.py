@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reconcile_support import TANK, WEIGHTS, World, infer_all, stub_pids
+from plain_model_support import WEIGHTS
+from reconcile_support import TANK, World, infer_all, stub_pids
 from support import TritonHandle, jpeg, tank_frame
 
 pytestmark = pytest.mark.integration

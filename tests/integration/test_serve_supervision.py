@@ -8,7 +8,6 @@ raise in initialize, `slowpoke` just answers), or of the real tank model, whose 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import plain_model_support
 import pytest
 from support import REPO_ROOT, jpeg, tank_frame
 
@@ -35,64 +35,13 @@ pytestmark = pytest.mark.integration
 
 RUTHCTL = [sys.executable, "-m", "ruthctl"]
 TANK = "tank_overflow_monitoring"
-WEIGHTS = b"pretend network\n"
-
-MODEL_PY = """
-import json, time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        if params.get("model.fail_init") == "true":
-            raise RuntimeError("probe: weights file missing")
-        time.sleep(float(params.get("model.init_sleep_s", "0")))
-        self.exec_sleep_s = float(params.get("model.exec_sleep_s", "0"))
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            stream = pb_utils.get_input_tensor_by_name(request, "STREAM_ID").as_numpy().reshape(-1)
-            time.sleep(self.exec_sleep_s)
-            result = {"violation_detected": False, "violation_type": None, "severity": "low", "confidence": 1.0,
-                      "detections": [], "metadata": {"stream_id": stream[0].decode()}}
-            out = np.array([[json.dumps(result).encode()]] * len(stream), dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", out)]))
-        return responses
-"""
-
-
-def spec(name: str, **parameters: Any) -> str:
-    weight = hashlib.sha256(WEIGHTS).hexdigest()
-    return f"""
-name: {name}
-description: serve supervision test model
-version: 1
-contract: vision
-max_batch_size: 4
-dynamic_batching: {{max_queue_delay_us: 0, max_queue_size: 16}}
-weights:
-  - {{path: {name}/net.bin, sha256: {weight}, source: "tests/integration/test_serve_supervision.py writes it"}}
-profiles:
-  cpu: {{kind: KIND_CPU, count: 1}}
-parameters: {json.dumps(parameters)}
-"""
-
-
 def build(root: Path, models: dict[str, dict[str, Any]], tank: bool = False) -> Path:
     """A deployment root with `models` (name -> parameters), and the real tank model when `tank`."""
     (root / "config" / "models").mkdir(parents=True)
     shutil.copytree(REPO_ROOT / "config" / "profiles", root / "config" / "profiles")
     repository = root / "model_repository"
     for name, parameters in models.items():
-        (root / "config" / "models" / f"{name}.yaml").write_text(spec(name, **parameters))
-        (repository / name / "1").mkdir(parents=True)
-        (repository / name / "1" / "model.py").write_text(MODEL_PY)
-        (root / "weights" / name).mkdir(parents=True)
-        (root / "weights" / name / "net.bin").write_bytes(WEIGHTS)
+        plain_model_support.install(root, name, **parameters)
     if tank:
         shutil.copy(REPO_ROOT / "config" / "models" / f"{TANK}.yaml", root / "config" / "models")
         shutil.copytree(REPO_ROOT / "model_repository" / TANK / "1", repository / TANK / "1")
@@ -262,7 +211,8 @@ def test_ready_is_503_while_loading_and_after_a_failed_load_then_recovers_when_d
         code, body = serve.get("/ready")
         assert code == 503 and "1/2 wanted models not READY: fragile" in body["reason"], body
 
-        (root / "config" / "models" / "fragile.yaml").write_text(spec("fragile"))  # the fix: its spec corrected
+        # the fix: its spec corrected
+        (root / "config" / "models" / "fragile.yaml").write_text(plain_model_support.spec("fragile"))
         for command in (("generate",), ("activate", "fragile")):
             fixed = serve.ruthctl(*command)
             assert fixed.returncode == 0, fixed.stdout + fixed.stderr
