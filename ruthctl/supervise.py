@@ -26,7 +26,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
+
+import pydantic
 
 from ruthctl import probe
 from ruthctl.access import admin_token, auth_headers, keyed_apis, secure_state_dir
@@ -45,6 +47,7 @@ from ruthctl.server import (
 from ruthctl.settings import Settings
 
 __all__ = [
+    "ServeEvent",
     "Supervised",
     "build_server",
     "claim",
@@ -60,7 +63,25 @@ log = logging.getLogger(__name__)
 RESTART_WINDOW_S = 3600.0
 
 Loader = Callable[[str, str, str | None, float], tuple[bool, str]]  # (http url, model, admin token, timeout)
-Say = Callable[[str, str], None]  # (level, message)
+
+
+class ServeEvent(pydantic.BaseModel):
+    """A machine-readable event of `serve` on stderr (docs/operations.md): one JSON object a line with
+    LOG_FORMAT=json, `event <name>: field=value, ...` for people."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    event: Literal["tritonserver_restart", "tritonserver_gave_up"]
+    reason: str
+    attempt: int | None = None  # tritonserver_restart: which restart of the hour, and the hour's limit
+    limit: int | None = None
+    restarts_last_hour: int | None = None  # tritonserver_gave_up: the restarts that spent the budget
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"event"})
+
+
+Say = Callable[[str, "str | ServeEvent"], None]  # (level, message); level "event" carries a ServeEvent
 
 
 def registry_server_name(settings: Settings) -> str:
@@ -324,19 +345,14 @@ class Supervised:
         if len(self.restarts) >= limit:
             self.say(
                 "event",
-                json.dumps(
-                    {"event": "tritonserver_gave_up", "reason": reason, "restarts_last_hour": len(self.restarts)}
-                ),
+                ServeEvent(event="tritonserver_gave_up", reason=reason, restarts_last_hour=len(self.restarts)),
             )
             self.say("error", f"{reason}; {len(self.restarts)} restarts in the last hour (limit {limit}): giving up")
             return False
         self.restarts.append(now)
         self.supervisor.count_restart(reason)
         attempt = len(self.restarts)
-        self.say(
-            "event",
-            json.dumps({"event": "tritonserver_restart", "reason": reason, "attempt": attempt, "limit": limit}),
-        )
+        self.say("event", ServeEvent(event="tritonserver_restart", reason=reason, attempt=attempt, limit=limit))
         self.supervisor.set_phase("restarting")
         self.supervisor.forget()
         self.server.stop()
@@ -372,22 +388,20 @@ def _spec_versions(settings: Settings) -> dict[str, int]:
 def stderr_say(log_format: str, console: Any) -> Say:
     """Progress and events of serve on stderr: rich text, or one JSON object a line with LOG_FORMAT=json."""
 
-    def say(level: str, message: str) -> None:
+    def say(level: str, message: str | ServeEvent) -> None:
         if log_format == "json":
             doc: dict[str, Any] = {"ts": time.time(), "source": "ruthctl serve", "level": level}
-            if level == "event":
-                doc.update(json.loads(message))
+            if isinstance(message, ServeEvent):
+                doc.update(event=message.event, **message.fields())
             else:
                 doc["msg"] = message
             sys.stderr.write(json.dumps(doc) + "\n")
             sys.stderr.flush()
             return
         style = {"ready": "[green]READY[/green] ", "failed": "[red]FAILED[/red] ", "error": "[red]error:[/red] "}
-        if level == "event":
-            event = json.loads(message)
-            console.print(
-                f"[yellow]event[/yellow] {event.pop('event')}: " + ", ".join(f"{k}={v}" for k, v in event.items())
-            )
+        if isinstance(message, ServeEvent):
+            fields = ", ".join(f"{k}={v}" for k, v in message.fields().items())
+            console.print(f"[yellow]event[/yellow] {message.event}: {fields}", highlight=False)
         else:
             console.print(style.get(level, "") + message, highlight=False)
 
