@@ -52,8 +52,8 @@ def _child(models: list[str], point_s: float, rounds: int, concurrency: int, out
         overhead_rounds=rounds,
         overhead_concurrency=concurrency,
     )
-    images = [frame[0] for frame in bench_frames()]
-    raw = [frame[1] for frame in bench_frames()]
+    frames = bench_frames()
+    images, raw = [frame[0] for frame in frames], [frame[1] for frame in frames]
     vision, callees, _ = discover(plan)
     with tempfile.TemporaryDirectory(prefix="ruth-ab-") as tmp_name:
         tmp = Path(tmp_name)

